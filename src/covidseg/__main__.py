@@ -1,0 +1,3 @@
+from covidseg.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,270 @@
+"""The ``covidseg`` command: argument parsing only; every command calls a library function."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+from covidseg import __version__
+from covidseg.errors import CovidsegError
+
+log = logging.getLogger("covidseg")
+
+
+def _progress(enabled: bool):
+    """A tqdm progress bar on stderr when it is a terminal (or forced with --progress)."""
+    from tqdm.auto import tqdm
+
+    def bar(iterable, *, desc: str = "", total: int | None = None):
+        return tqdm(iterable, desc=desc, total=total, leave=False, dynamic_ncols=True, disable=not enabled,
+                    file=sys.stderr)
+
+    return bar
+
+
+def _setup_logging(verbose: bool, log_file: Path | None = None) -> None:
+    root = logging.getLogger("covidseg")
+    root.setLevel(logging.DEBUG if verbose else logging.INFO)
+    for h in list(root.handlers):
+        root.removeHandler(h)
+    console = logging.StreamHandler(sys.stderr)
+    console.setFormatter(logging.Formatter("%(message)s"))
+    root.addHandler(console)
+    if log_file is not None:
+        log_file.parent.mkdir(parents=True, exist_ok=True)
+        fh = logging.FileHandler(log_file)
+        fh.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        root.addHandler(fh)
+    root.propagate = False
+
+
+def _parse_sets(items: list[str]) -> dict[str, Any]:
+    from covidseg.config import parse_value
+
+    out = {}
+    for item in items:
+        key, eq, value = item.partition("=")
+        if not eq or not key:
+            raise CovidsegError(f"--set expects KEY=VALUE (for example train.epochs=5), got {item!r}")
+        out[key.strip()] = parse_value(value.strip())
+    return out
+
+
+def _train_overrides(a: argparse.Namespace) -> dict[str, Any]:
+    flags = {
+        "data.root": a.data, "data.image_size": a.image_size, "data.cache_dir": a.cache_dir,
+        "data.train_limit": a.train_limit, "data.val_limit": a.val_limit, "data.num_workers": a.workers,
+        "train.epochs": a.epochs, "train.batch_size": a.batch_size, "train.seed": a.seed,
+        "train.device": a.device, "optim.lr": a.lr, "model.name": a.model,
+    }
+    out = {k: v for k, v in flags.items() if v is not None}
+    out.update(_parse_sets(a.set))
+    return out
+
+
+def cmd_data(a: argparse.Namespace) -> int:
+    from covidseg.data.discovery import discover
+
+    d = discover(a.root)
+    print(f"COVID-QU-Ex infection segmentation data in {d.root}")
+    print(d.table())
+    for path, reason in d.skipped[: a.show_skipped]:
+        print(f"  skipped {path}: {reason}")
+    return 0
+
+
+def cmd_synth(a: argparse.Namespace) -> int:
+    from covidseg.data.synthetic import SynthSpec, write_synthetic
+
+    spec = SynthSpec(train=a.train, val=a.val, test=a.test, seed=a.seed)
+    root = write_synthetic(a.out, spec, _progress(a.progress))
+    print(f"wrote a synthetic COVID-QU-Ex set ({a.train}/{a.val}/{a.test} Train/Val/Test images) to {root}")
+    return 0
+
+
+def cmd_train(a: argparse.Namespace) -> int:
+    import torch
+
+    from covidseg.config import build_config
+    from covidseg.engine.fit import fit, load_run_config
+
+    out = Path(a.out)
+    _setup_logging(a.verbose, out / "train.log")
+    if a.resume:
+        from covidseg.config import apply_overrides
+
+        cfg = apply_overrides(load_run_config(out), _train_overrides(a))
+    else:
+        cfg = build_config(a.preset, a.config, _train_overrides(a), cuda_available=torch.cuda.is_available())
+        if a.preset is None:
+            log.info("no --preset given: using %r for this machine", cfg.preset)
+    result = fit(cfg, out, resume=a.resume, progress=_progress(a.progress), argv=sys.argv)
+    print(f"best {result.select_metric} {result.best_value:.4f} at epoch {result.best_epoch}; run folder: {out}")
+    return 0
+
+
+def cmd_evaluate(a: argparse.Namespace) -> int:
+    from covidseg.evaluation import evaluate_run
+
+    _setup_logging(a.verbose)
+    s = evaluate_run(a.run_dir, a.data, a.split, a.checkpoint, a.threshold, a.device, a.batch_size, a.limit,
+                     a.panel, a.cache_dir, _progress(a.progress))
+    p, pi, pc = s["pooled"], s["per_image"], s["per_image_covid"]
+    print(f"{s['split']} ({s['images']} images, threshold {s['threshold']}):")
+    print(f"  pooled      dice {p['dice']:.4f}  iou {p['iou']:.4f}  pixel accuracy {p['pixel_accuracy']:.4f}")
+    print(f"  per image   dice {pi['dice']:.4f}  iou {pi['iou']:.4f}  (empty truth and prediction = {s['empty_empty']})")
+    if pc["images"]:
+        print(f"  COVID-19    dice {pc['dice']:.4f}  iou {pc['iou']:.4f}  (per image, {pc['images']} images)")
+    fp = s["negatives_with_false_positives"]
+    if fp is not None:
+        print(f"  negatives with false-positive pixels: {fp:.1%}")
+    print(f"written to {Path(a.run_dir) / 'eval' / s['split']}")
+    return 0
+
+
+def cmd_predict(a: argparse.Namespace) -> int:
+    from covidseg.predict import Predictor, predict_paths
+
+    _setup_logging(a.verbose)
+    predictor = Predictor.from_run(a.run_dir, a.checkpoint, a.device, a.threshold)
+    done, skipped = predict_paths(predictor, a.inputs, a.out, _progress(a.progress))
+    print(f"predicted {done} image(s) into {a.out}" + (f"; skipped {len(skipped)} unreadable file(s)" if skipped else ""))
+    return 0
+
+
+def cmd_demo(a: argparse.Namespace) -> int:
+    from covidseg.demo import run_demo
+
+    out = Path(a.out)
+    _setup_logging(a.verbose, out / "demo.log")
+    overrides = _parse_sets(a.set)
+    if a.epochs is not None:
+        overrides["train.epochs"] = a.epochs
+    r = run_demo(out, overrides, progress=_progress(a.progress), argv=sys.argv)
+    p = r.summary["pooled"]
+    run = r.run.run_dir
+    print(f"\ndemo finished: synthetic Val pooled Dice {p['dice']:.4f}, IoU {p['iou']:.4f}, "
+          f"pixel accuracy {p['pixel_accuracy']:.4f}")
+    print(f"  data:        {r.data_dir}")
+    print(f"  run folder:  {run}")
+    print(f"  metrics:     {run / 'eval' / 'Val' / 'summary.json'}, {run / 'eval' / 'Val' / 'per_image.csv'}")
+    print(f"  history:     {run / 'history.csv'}")
+    for name in ("samples.png", "curves.png", "predictions_Val.png"):
+        print(f"  figure:      {run / 'plots' / name}")
+    return 0
+
+
+def cmd_models(a: argparse.Namespace) -> int:
+    from covidseg.models import list_models
+
+    for name, desc in list_models().items():
+        print(f"{name:<24} {desc}")
+    return 0
+
+
+def cmd_presets(a: argparse.Namespace) -> int:
+    from covidseg.config import PRESETS
+
+    for name, over in PRESETS.items():
+        print(f"{name:<14} " + (", ".join(f"{k}={v}" for k, v in over.items()) or "(the reference settings)"))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="covidseg", description="COVID-19 infection segmentation on chest X-rays.")
+    p.add_argument("--version", action="version", version=f"covidseg {__version__}")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def common(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument("--progress", action=argparse.BooleanOptionalAction, default=sys.stderr.isatty(),
+                        help="show progress bars (default: when stderr is a terminal)")
+        sp.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+
+    sp = sub.add_parser("data", help="count the images of a COVID-QU-Ex folder per split and group")
+    sp.add_argument("root", help="the dataset root, its 'Infection Segmentation Data' folder, or the nested form")
+    sp.add_argument("--show-skipped", type=int, default=20, metavar="N", help="list up to N skipped files (default 20)")
+    sp.set_defaults(func=cmd_data)
+
+    sp = sub.add_parser("synth", help="write a synthetic chest X-ray set in the COVID-QU-Ex layout")
+    sp.add_argument("out", help="output folder")
+    sp.add_argument("--train", type=int, default=96, help="Train images (default 96)")
+    sp.add_argument("--val", type=int, default=32, help="Val images (default 32)")
+    sp.add_argument("--test", type=int, default=32, help="Test images (default 32)")
+    sp.add_argument("--seed", type=int, default=0, help="seed (default 0)")
+    common(sp)
+    sp.set_defaults(func=cmd_synth)
+
+    sp = sub.add_parser("train", help="train a model into a run folder")
+    sp.add_argument("--data", help="data folder (COVID-QU-Ex layout)")
+    sp.add_argument("-o", "--out", required=True, help="run folder to create (or continue with --resume)")
+    sp.add_argument("--preset", help="reference, reference-cpu or demo (default: reference on a GPU, reference-cpu on CPU)")
+    sp.add_argument("-c", "--config", help="YAML file with config sections, applied over the preset")
+    sp.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    sp.add_argument("--epochs", type=int)
+    sp.add_argument("--batch-size", type=int)
+    sp.add_argument("--image-size", type=int)
+    sp.add_argument("--lr", type=float)
+    sp.add_argument("--model")
+    sp.add_argument("--seed", type=int)
+    sp.add_argument("--device", help="auto, cpu, cuda or cuda:N (default auto)")
+    sp.add_argument("--workers", type=int, help="DataLoader worker processes (default 0)")
+    sp.add_argument("--train-limit", type=int, help="train on a group-stratified subset of N images")
+    sp.add_argument("--val-limit", type=int, help="validate on a group-stratified subset of N images")
+    sp.add_argument("--cache-dir", help="where decoded arrays are cached (default ~/.cache/covidseg)")
+    sp.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="override any config key, e.g. --set optim.weight_decay=1e-4 (repeatable)")
+    common(sp)
+    sp.set_defaults(func=cmd_train)
+
+    sp = sub.add_parser("evaluate", help="score a run on a split: summary.json, per_image.csv, prediction panel")
+    sp.add_argument("run_dir")
+    sp.add_argument("--data", help="data folder (default: the one the run was trained on)")
+    sp.add_argument("--split", default="Val", choices=("Train", "Val", "Test"), help="default Val")
+    sp.add_argument("--checkpoint", default="best", choices=("best", "last"), help="default best")
+    sp.add_argument("--threshold", type=float, help="probability threshold (default: the run's, 0.5)")
+    sp.add_argument("--device", default="auto")
+    sp.add_argument("--batch-size", type=int)
+    sp.add_argument("--limit", type=int, help="evaluate a group-stratified subset of N images")
+    sp.add_argument("--panel", type=int, default=6, help="examples in the prediction panel (default 6)")
+    sp.add_argument("--cache-dir")
+    common(sp)
+    sp.set_defaults(func=cmd_evaluate)
+
+    sp = sub.add_parser("predict", help="segment new X-rays: masks, overlays and infected fractions")
+    sp.add_argument("run_dir")
+    sp.add_argument("inputs", help="an image file or a folder of images")
+    sp.add_argument("-o", "--out", required=True, help="output folder")
+    sp.add_argument("--checkpoint", default="best", choices=("best", "last"))
+    sp.add_argument("--threshold", type=float)
+    sp.add_argument("--device", default="auto")
+    common(sp)
+    sp.set_defaults(func=cmd_predict)
+
+    sp = sub.add_parser("demo", help="the main job on synthetic data: synth, train, evaluate, figures")
+    sp.add_argument("-o", "--out", default="covidseg-demo", help="output folder (default ./covidseg-demo)")
+    sp.add_argument("--epochs", type=int, help="override the demo's epochs")
+    sp.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    common(sp)
+    sp.set_defaults(func=cmd_demo)
+
+    sub.add_parser("models", help="list the registered models").set_defaults(func=cmd_models)
+    sub.add_parser("presets", help="list the presets").set_defaults(func=cmd_presets)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    a = parser.parse_args(argv)
+    if not logging.getLogger("covidseg").handlers:
+        _setup_logging(getattr(a, "verbose", False))
+    try:
+        return a.func(a)
+    except CovidsegError as exc:
+        print(f"covidseg: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("covidseg: interrupted; a training run continues with 'covidseg train --out RUN --resume'", file=sys.stderr)
+        return 130

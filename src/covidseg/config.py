@@ -1,0 +1,296 @@
+"""Configuration: frozen dataclasses, presets and dotted overrides.
+
+Sources are layered: defaults <- preset <- optional YAML file <- explicit CLI flags <- ``--set``
+overrides (``train.epochs=2``). The resolved config is written to the run folder as
+``config.yaml`` before training and stored in checkpoints as a plain dict.
+"""
+
+from __future__ import annotations
+
+import ast
+import dataclasses
+import math
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from covidseg.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Where the data is and how it is preprocessed.
+
+    ``image_size`` is the side S of the square network input: images are converted to gray,
+    resized to SxS (bilinear) and scaled to [0, 1]; masks are resized with nearest neighbour and
+    binarised at > 127. ``train_limit``/``val_limit`` cap the number of images per split, drawn
+    stratified by group with the training seed, for quick runs (``None``: all).
+    """
+
+    root: str | None = None
+    image_size: int = 256
+    cache_dir: str | None = None
+    train_limit: int | None = None
+    val_limit: int | None = None
+    num_workers: int = 0
+
+    def __post_init__(self) -> None:
+        if self.image_size < 16 or self.image_size % 8:
+            raise ConfigError(f"data.image_size must be a multiple of 8 and >= 16, got {self.image_size}")
+        for name in ("train_limit", "val_limit"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ConfigError(f"data.{name} must be >= 1 or None, got {value}")
+        if self.num_workers < 0:
+            raise ConfigError(f"data.num_workers must be >= 0, got {self.num_workers}")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Which network to build (see ``covidseg models``).
+
+    ``base_channels`` is the first encoder width of the reference U-Net (32 in the reference;
+    the widths double per level: 32/64/128, bottleneck 256).
+    """
+
+    name: str = "unet"
+    base_channels: int = 32
+
+    def __post_init__(self) -> None:
+        if self.base_channels < 1:
+            raise ConfigError(f"model.base_channels must be >= 1, got {self.base_channels}")
+
+
+@dataclass(frozen=True)
+class LossConfig:
+    """Training loss; ``bce`` is binary cross-entropy on the sigmoid of the logits."""
+
+    name: str = "bce"
+
+    def __post_init__(self) -> None:
+        if self.name not in LOSSES:
+            raise ConfigError(f"loss.name must be one of {sorted(LOSSES)}, got {self.name!r}")
+
+
+LOSSES = ("bce",)
+OPTIMIZERS = ("adam", "adamw", "sgd")
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    name: str = "adam"
+    lr: float = 1e-4
+    weight_decay: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.name not in OPTIMIZERS:
+            raise ConfigError(f"optim.name must be one of {list(OPTIMIZERS)}, got {self.name!r}")
+        if not self.lr > 0:
+            raise ConfigError(f"optim.lr must be > 0, got {self.lr}")
+        if self.weight_decay < 0:
+            raise ConfigError(f"optim.weight_decay must be >= 0, got {self.weight_decay}")
+
+
+SELECT_METRICS = ("val_dice", "val_dice_per_image", "val_iou", "val_loss")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """The training loop.
+
+    ``device``: ``auto`` (CUDA when available, else CPU), ``cpu``, ``cuda`` or ``cuda:N``.
+    ``amp``: ``auto`` (mixed precision on CUDA, fp32 on CPU), ``off``, ``bf16`` or ``fp16``.
+    ``select_metric``: the validation number that picks ``checkpoints/best.pt`` (``val_loss``
+    is minimised, the others maximised).
+    """
+
+    epochs: int = 30
+    batch_size: int = 8
+    seed: int = 0
+    device: str = "auto"
+    amp: str = "auto"
+    select_metric: str = "val_dice"
+    deterministic: bool = False
+
+    def __post_init__(self) -> None:
+        if self.epochs < 1:
+            raise ConfigError(f"train.epochs must be >= 1, got {self.epochs}")
+        if self.batch_size < 1:
+            raise ConfigError(f"train.batch_size must be >= 1, got {self.batch_size}")
+        if self.amp not in ("auto", "off", "bf16", "fp16"):
+            raise ConfigError(f"train.amp must be auto, off, bf16 or fp16, got {self.amp!r}")
+        if self.select_metric not in SELECT_METRICS:
+            raise ConfigError(f"train.select_metric must be one of {list(SELECT_METRICS)}, got {self.select_metric!r}")
+        if not (self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:")):
+            raise ConfigError(f"train.device must be auto, cpu, cuda or cuda:N, got {self.device!r}")
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    """Evaluation rules.
+
+    ``threshold``: probability above which a pixel is infection. ``empty_empty``: the per-image
+    Dice and IoU given to an image whose truth and prediction are both empty (1.0 counts it as
+    perfect; ``nan`` leaves it out of per-image means).
+    """
+
+    threshold: float = 0.5
+    empty_empty: float = 1.0
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.threshold < 1.0:
+            raise ConfigError(f"eval.threshold must lie in (0, 1), got {self.threshold}")
+        if not (math.isnan(self.empty_empty) or self.empty_empty in (0.0, 1.0)):
+            raise ConfigError(f"eval.empty_empty must be 1.0, 0.0 or nan, got {self.empty_empty}")
+
+
+@dataclass(frozen=True)
+class Config:
+    preset: str = "reference"
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+# Each preset is a set of overrides on the defaults (which are the reference settings).
+PRESETS: dict[str, dict[str, Any]] = {
+    # The reference system exactly: 256x256, U-Net 32/64/128/256, Adam 1e-4, BCE, batch 8, 30 epochs.
+    "reference": {},
+    # The reference recipe scaled to a laptop CPU: same network, loss and optimiser at 128x128
+    # for 10 epochs (a full-size epoch over Train takes 15-35 minutes on 2 cores).
+    "reference-cpu": {"data.image_size": 128, "train.epochs": 10},
+    # The demo on the synthetic set: small and fast, a few minutes on 2 cores.
+    "demo": {
+        "data.image_size": 128,
+        "model.base_channels": 16,
+        "optim.lr": 1e-3,
+        "train.epochs": 20,
+        "train.batch_size": 8,
+    },
+}
+
+
+def auto_preset(cuda_available: bool) -> str:
+    """The preset used when none is named: the full reference on a GPU, its CPU scale-down else."""
+    return "reference" if cuda_available else "reference-cpu"
+
+
+_SECTIONS = {f.name: f.type for f in dataclasses.fields(Config)}
+
+
+def _section_classes() -> dict[str, type]:
+    hints = typing.get_type_hints(Config)
+    return {name: hints[name] for name in _SECTIONS if name != "preset"}
+
+
+def valid_keys() -> list[str]:
+    keys = []
+    for section, cls in _section_classes().items():
+        keys += [f"{section}.{f.name}" for f in dataclasses.fields(cls)]
+    return keys
+
+
+def _coerce(key: str, value: Any, hint: Any) -> Any:
+    """Check ``value`` against a field's type hint, converting ints to floats where wanted."""
+    args = typing.get_args(hint)
+    allowed = set(args) if args else {hint}
+    if value is None:
+        if type(None) in allowed:
+            return None
+        raise ConfigError(f"{key} cannot be None")
+    if float in allowed and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    if int in allowed and isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if bool in allowed and isinstance(value, bool):
+        return value
+    if str in allowed and isinstance(value, str):
+        return value
+    names = " or ".join(sorted(getattr(t, "__name__", str(t)) for t in allowed))
+    raise ConfigError(f"{key} must be {names}, got {value!r}")
+
+
+def parse_value(text: str) -> Any:
+    """Parse an override value: Python literals (``1e-4``, ``None``, ``True``), else a string."""
+    if text.lower() in ("nan", "inf", "-inf"):
+        return float(text)
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        return text
+
+
+def apply_overrides(cfg: Config, overrides: dict[str, Any]) -> Config:
+    """Return ``cfg`` with dotted keys (``train.epochs``) replaced; unknown keys raise ConfigError."""
+    classes = _section_classes()
+    sections = {name: dataclasses.asdict(getattr(cfg, name)) for name in classes}
+    preset = cfg.preset
+    for key, value in overrides.items():
+        if key == "preset":
+            preset = str(value)
+            continue
+        section, _, name = key.partition(".")
+        if section not in classes or name not in sections[section]:
+            raise ConfigError(f"unknown config key {key!r}; valid keys: {', '.join(valid_keys())}")
+        hint = typing.get_type_hints(classes[section])[name]
+        sections[section][name] = _coerce(key, value, hint)
+    return Config(preset=preset, **{name: classes[name](**vals) for name, vals in sections.items()})
+
+
+def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in d.items():
+        if isinstance(value, dict):
+            out.update(flatten(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def from_dict(d: dict[str, Any]) -> Config:
+    """Build a Config from a (possibly partial) nested dict such as a saved ``config.yaml``."""
+    if not isinstance(d, dict):
+        raise ConfigError("a config must be a mapping of sections (data, model, train, ...)")
+    return apply_overrides(Config(), flatten(d))
+
+
+def build_config(
+    preset: str | None = None,
+    config_file: str | Path | None = None,
+    overrides: dict[str, Any] | None = None,
+    cuda_available: bool = False,
+) -> Config:
+    """Resolve a config: defaults <- preset <- YAML file <- overrides."""
+    name = preset or auto_preset(cuda_available)
+    if name not in PRESETS:
+        raise ConfigError(f"unknown preset {name!r}; choose one of: {', '.join(PRESETS)}")
+    cfg = apply_overrides(Config(preset=name), PRESETS[name])
+    if config_file is not None:
+        cfg = apply_overrides(cfg, flatten(load_yaml(config_file)))
+    return apply_overrides(cfg, overrides or {})
+
+
+def load_yaml(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file {path} does not exist")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config file {path} is not valid YAML: {exc}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path} must hold a mapping of sections (data, model, train, ...)")
+    return data
+
+
+def save_yaml(cfg: Config, path: str | Path) -> None:
+    Path(path).write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))

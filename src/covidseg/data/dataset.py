@@ -1,0 +1,54 @@
+"""Torch datasets over cached arrays, and seeded, group-stratified subsets."""
+
+from __future__ import annotations
+
+import random
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from covidseg.data.cache import CachedSplit
+from covidseg.data.discovery import GROUPS, Sample
+
+
+class SegmentationDataset(Dataset):
+    """Items are dicts: ``image`` (1, S, S) float32 in [0, 1]; ``mask`` and ``lung`` (1, S, S)
+    float32 {0, 1}; ``index`` (int, position in the split); ``group`` (int, index in GROUPS)."""
+
+    def __init__(self, split: CachedSplit) -> None:
+        self.split = split
+        self.groups = np.array([GROUPS.index(s.group) for s in split.samples], dtype=np.int64)
+
+    def __len__(self) -> int:
+        return len(self.split)
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor | int]:
+        s = self.split
+        image = torch.from_numpy(np.array(s.images[i], dtype=np.float32) / 255.0)[None]
+        mask = torch.from_numpy(np.array(s.infection[i], dtype=np.float32))[None]
+        lung = torch.from_numpy(np.array(s.lung[i], dtype=np.float32))[None]
+        return {"image": image, "mask": mask, "lung": lung, "index": i, "group": int(self.groups[i])}
+
+
+def stratified_subset(samples: list[Sample], limit: int | None, seed: int) -> list[Sample]:
+    """At most ``limit`` samples, drawn with ``seed`` so that each group keeps its share.
+
+    The order of the input is kept, so the same call always gives the same list.
+    """
+    if limit is None or limit >= len(samples):
+        return list(samples)
+    rng = random.Random(seed)
+    by_group: dict[str, list[int]] = {}
+    for i, s in enumerate(samples):
+        by_group.setdefault(s.group, []).append(i)
+    chosen: list[int] = []
+    remaining = limit
+    groups = sorted(by_group, key=lambda g: -len(by_group[g]))
+    for k, g in enumerate(groups):
+        idx = by_group[g]
+        share = remaining if k == len(groups) - 1 else round(limit * len(idx) / len(samples))
+        share = max(0, min(share, len(idx), remaining))
+        chosen += rng.sample(idx, share)
+        remaining -= share
+    return [samples[i] for i in sorted(chosen)]

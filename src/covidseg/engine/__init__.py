@@ -1,0 +1,1 @@
+"""Training and evaluation: plain functions, with ``fit`` owning the order of things."""

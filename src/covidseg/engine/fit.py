@@ -1,0 +1,213 @@
+"""``fit(cfg, run_dir)``: build everything, run the epoch loop, keep checkpoints and history.
+
+The run folder is the artefact::
+
+    RUN_DIR/config.yaml          resolved config, written before training starts
+    RUN_DIR/env.json             versions, device, seed, command line
+    RUN_DIR/splits.json          the image ids trained and validated on
+    RUN_DIR/history.csv          one row per epoch: train/val loss, pixel accuracy, Dice, IoU, lr
+    RUN_DIR/checkpoints/last.pt  after every epoch (resume point)
+    RUN_DIR/checkpoints/best.pt  the epoch with the best ``train.select_metric``
+    RUN_DIR/plots/samples.png, plots/curves.png
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from covidseg.config import Config, from_dict, save_yaml
+from covidseg.data.dataset import SegmentationDataset
+from covidseg.data.discovery import GROUPS
+from covidseg.data.loading import discover_root, load_dataset, make_loader
+from covidseg.engine.checkpoint import load_checkpoint, save_checkpoint
+from covidseg.engine.device import amp_dtype, autocast_factory, resolve_device
+from covidseg.engine.evaluate import evaluate
+from covidseg.engine.history import write_history
+from covidseg.engine.train import train_one_epoch
+from covidseg.errors import CovidsegError
+from covidseg.losses import build_loss
+from covidseg.metrics import dice_iou, pooled
+from covidseg.models import create_model, model_spec
+from covidseg.progress import Progress
+from covidseg.repro import capture_environment, epoch_generator, seed_everything
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class RunResult:
+    run_dir: Path
+    best_epoch: int
+    best_value: float
+    select_metric: str
+    epochs_run: int
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+
+def _build_optimizer(cfg: Config, params: Any) -> torch.optim.Optimizer:
+    o = cfg.optim
+    if o.name == "adam":
+        return torch.optim.Adam(params, lr=o.lr, weight_decay=o.weight_decay)
+    if o.name == "adamw":
+        return torch.optim.AdamW(params, lr=o.lr, weight_decay=o.weight_decay)
+    return torch.optim.SGD(params, lr=o.lr, momentum=0.9, weight_decay=o.weight_decay)
+
+
+def _better(metric: str, new: float, old: float | None) -> bool:
+    if old is None or math.isnan(old):
+        return not math.isnan(new)
+    return new < old if metric == "val_loss" else new > old
+
+
+def _sample_rows(ds: SegmentationDataset, per_group: int = 4) -> dict[str, list]:
+    rows: dict[str, list] = {}
+    for g_idx, g in enumerate(GROUPS):
+        idx = np.flatnonzero(ds.groups == g_idx)[:per_group]
+        if len(idx):
+            rows[g] = [(ds.split.images[i], ds.split.infection[i], ds.split.samples[i].image.name) for i in idx]
+    return rows
+
+
+def load_run_config(run_dir: str | Path) -> Config:
+    """The config saved in a run folder."""
+    import yaml
+
+    path = Path(run_dir) / "config.yaml"
+    if not path.is_file():
+        raise CovidsegError(f"{run_dir} has no config.yaml; it is not a covidseg run folder")
+    return from_dict(yaml.safe_load(path.read_text()))
+
+
+def fit(
+    cfg: Config,
+    run_dir: str | Path,
+    resume: bool = False,
+    progress: Progress | None = None,
+    argv: list[str] | None = None,
+) -> RunResult:
+    """Train ``cfg`` into ``run_dir``; with ``resume``, continue from ``checkpoints/last.pt``.
+
+    A resumed run repeats the epoch that was in progress and then goes on exactly as an
+    unbroken run would (the shuffling of each epoch depends only on the seed and the epoch).
+
+    Example:
+        >>> result = fit(build_config("demo", overrides={"data.root": "synth"}), "runs/demo")
+    """
+    run_dir = Path(run_dir)
+    last_path = run_dir / "checkpoints" / "last.pt"
+    state = None
+    if resume:
+        if not last_path.is_file():
+            raise CovidsegError(f"nothing to resume: {last_path} does not exist; start the run without --resume")
+        state = load_checkpoint(last_path)
+    elif last_path.is_file():
+        raise CovidsegError(f"{run_dir} already holds a run; pass --resume to continue it, or choose another --out")
+
+    device = resolve_device(cfg.train.device)
+    seed_everything(cfg.train.seed, cfg.train.deterministic)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    save_yaml(cfg, run_dir / "config.yaml")
+    env = capture_environment(device, cfg.train.seed, argv)
+    env_name = "env.json" if state is None else f"env-resume-{int(state['epoch']) + 1}.json"
+    (run_dir / env_name).write_text(json.dumps(env, indent=2))
+
+    discovery = discover_root(cfg.data.root)
+    d = cfg.data
+    train_ds = load_dataset(discovery, "Train", d.image_size, d.cache_dir, d.train_limit, cfg.train.seed, progress)
+    val_ds = load_dataset(discovery, "Val", d.image_size, d.cache_dir, d.val_limit, cfg.train.seed, progress)
+    (run_dir / "splits.json").write_text(json.dumps(
+        {"Train": [s.id for s in train_ds.split.samples], "Val": [s.id for s in val_ds.split.samples]}, indent=0))
+
+    spec = model_spec(cfg)
+    model = create_model(spec).to(device)
+    optimizer = _build_optimizer(cfg, model.parameters())
+    dtype = amp_dtype(cfg.train.amp, device)
+    autocast = autocast_factory(device, dtype)
+    scaler = torch.amp.GradScaler("cuda") if dtype == torch.float16 else None
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = not cfg.train.deterministic
+    loss_fn = build_loss(cfg.loss)
+
+    history: list[dict[str, Any]] = []
+    best: dict[str, Any] = {"metric": cfg.train.select_metric, "value": None, "epoch": 0}
+    start_epoch = 1
+    if state is not None:
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        if scaler is not None and state.get("scaler"):
+            scaler.load_state_dict(state["scaler"])
+        history = list(state.get("history", []))
+        best = dict(state["best"])
+        start_epoch = int(state["epoch"]) + 1
+        log.info("resuming %s at epoch %d of %d", run_dir, start_epoch, cfg.train.epochs)
+    else:
+        from covidseg.report.plots import plot_samples
+
+        plot_samples(_sample_rows(train_ds), run_dir / "plots" / "samples.png")
+
+    val_loader = make_loader(val_ds, cfg.train.batch_size, False, d.num_workers, pin_memory=device.type == "cuda")
+    log.info("training %s on %s (%s) for %d epochs: %d train / %d val images, batch %d, lr %g",
+             spec["name"], device, "fp32" if dtype is None else str(dtype).replace("torch.", ""),
+             cfg.train.epochs, len(train_ds), len(val_ds), cfg.train.batch_size, cfg.optim.lr)
+
+    for epoch in range(start_epoch, cfg.train.epochs + 1):
+        t0 = time.perf_counter()
+        train_loader = make_loader(train_ds, cfg.train.batch_size, True, d.num_workers,
+                                   generator=epoch_generator(cfg.train.seed, epoch), pin_memory=device.type == "cuda")
+        tr = train_one_epoch(model, train_loader, loss_fn, optimizer, device, autocast, scaler, progress,
+                             desc=f"epoch {epoch}/{cfg.train.epochs}")
+        ev = evaluate(model, val_loader, device, cfg.eval.threshold, autocast, progress=progress, desc="val")
+        pool = pooled(ev.stats, cfg.eval.empty_empty)
+        dice, iou = dice_iou(ev.stats, cfg.eval.empty_empty)
+        row = {
+            "epoch": epoch,
+            "lr": optimizer.param_groups[0]["lr"],
+            "train_loss": tr["loss"],
+            "train_pixel_accuracy": tr["pixel_accuracy"],
+            "val_loss": ev.loss,
+            "val_pixel_accuracy": pool["pixel_accuracy"],
+            "val_dice": pool["dice"],
+            "val_iou": pool["iou"],
+            "val_dice_per_image": float(np.nanmean(dice)),
+            "val_iou_per_image": float(np.nanmean(iou)),
+            "seconds": round(time.perf_counter() - t0, 2),
+        }
+        history.append(row)
+        value = row[cfg.train.select_metric]
+        improved = _better(cfg.train.select_metric, value, best["value"])
+        if improved:
+            best = {"metric": cfg.train.select_metric, "value": value, "epoch": epoch}
+        ckpt = {
+            "model": model.state_dict(),
+            "model_spec": spec,
+            "config": cfg.to_dict(),
+            "optimizer": optimizer.state_dict(),
+            "scaler": scaler.state_dict() if scaler is not None else None,
+            "epoch": epoch,
+            "best": best,
+            "history": history,
+        }
+        # best.pt first: if the process dies between the writes, last.pt still points one epoch back.
+        if improved:
+            save_checkpoint(run_dir / "checkpoints" / "best.pt", ckpt)
+        save_checkpoint(last_path, ckpt)
+        write_history(history, run_dir / "history.csv")
+        from covidseg.report.plots import plot_curves
+
+        plot_curves(history, run_dir / "plots" / "curves.png")
+        log.info("epoch %d/%d  train loss %.4f acc %.4f | val loss %.4f acc %.4f dice %.4f iou %.4f "
+                 "dice/img %.4f | %.0fs%s", epoch, cfg.train.epochs, row["train_loss"], row["train_pixel_accuracy"],
+                 row["val_loss"], row["val_pixel_accuracy"], row["val_dice"], row["val_iou"],
+                 row["val_dice_per_image"], row["seconds"], "  *best*" if improved else "")
+
+    return RunResult(run_dir, int(best["epoch"]), float(best["value"] if best["value"] is not None else math.nan),
+                     cfg.train.select_metric, len(history), history)

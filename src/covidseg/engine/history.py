@@ -1,0 +1,29 @@
+"""Per-epoch history: one row per epoch in ``history.csv``, rewritten atomically each epoch."""
+
+from __future__ import annotations
+
+import csv
+import os
+from pathlib import Path
+from typing import Any
+
+COLUMNS = (
+    "epoch", "lr", "train_loss", "train_pixel_accuracy", "val_loss", "val_pixel_accuracy",
+    "val_dice", "val_iou", "val_dice_per_image", "val_iou_per_image", "seconds",
+)
+
+
+def write_history(rows: list[dict[str, Any]], path: str | Path) -> None:
+    path = Path(path)
+    tmp = path.with_suffix(".csv.tmp")
+    with tmp.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=COLUMNS, extrasaction="ignore")
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({k: ("" if row.get(k) is None else row.get(k)) for k in COLUMNS})
+    os.replace(tmp, path)
+
+
+def read_history(path: str | Path) -> list[dict[str, float]]:
+    with Path(path).open(newline="") as f:
+        return [{k: float(v) if v not in ("", None) else float("nan") for k, v in row.items()} for row in csv.DictReader(f)]

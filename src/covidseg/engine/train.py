@@ -1,0 +1,53 @@
+"""One training epoch."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from contextlib import AbstractContextManager
+
+import torch
+from torch import nn
+
+from covidseg.progress import Progress, set_postfix, silent
+
+
+def train_one_epoch(
+    model: nn.Module,
+    loader: Iterable[dict],
+    loss_fn: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    device: torch.device,
+    autocast: Callable[[], AbstractContextManager],
+    scaler: torch.amp.GradScaler | None = None,
+    progress: Progress | None = None,
+    desc: str = "train",
+) -> dict[str, float]:
+    """Train for one pass over ``loader``; returns the mean loss and pixel accuracy (at 0.5)."""
+    model.train()
+    total_loss, correct, pixels, seen = 0.0, 0, 0, 0
+    bar = (progress or silent)(loader, desc=desc, total=len(loader) if hasattr(loader, "__len__") else None)
+    for batch in bar:
+        image = batch["image"].to(device, non_blocking=True)
+        mask = batch["mask"].to(device, non_blocking=True)
+        optimizer.zero_grad(set_to_none=True)
+        with autocast():
+            logits = model(image)
+        # The loss is computed in fp32 whatever the autocast dtype.
+        loss = loss_fn(logits.float(), mask)
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"training loss became {loss.item()}; lower the learning rate or turn off mixed precision")
+        if scaler is not None:
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+        else:
+            loss.backward()
+            optimizer.step()
+        n = image.shape[0]
+        total_loss += loss.item() * n
+        seen += n
+        with torch.no_grad():
+            correct += int(((logits.detach() > 0) == (mask > 0.5)).sum())
+            pixels += mask.numel()
+        set_postfix(bar, loss=total_loss / seen)
+    return {"loss": total_loss / max(seen, 1), "pixel_accuracy": correct / max(pixels, 1)}

@@ -1,0 +1,1 @@
+"""Figures (and later reports) drawn from run folders."""

@@ -1,0 +1,114 @@
+"""Figures: sample X-rays with masks, training curves, prediction panels.
+
+Matplotlib's non-interactive Agg backend is selected here, on first use, never at import time
+of the package.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+INFECTION_RGB = (1.0, 0.15, 0.1)
+TRUTH_RGB = (0.1, 0.9, 0.2)
+
+
+def _pyplot() -> Any:
+    import matplotlib
+
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def overlay(image: np.ndarray, mask: np.ndarray, color: tuple[float, float, float] = INFECTION_RGB,
+            alpha: float = 0.45) -> np.ndarray:
+    """An RGB float image: the gray ``image`` (uint8 or [0, 1]) with ``mask`` tinted in ``color``."""
+    gray = image.astype(np.float32)
+    if gray.max(initial=0) > 1.0:
+        gray = gray / 255.0
+    rgb = np.repeat(gray[..., None], 3, axis=-1)
+    m = mask.astype(bool)
+    rgb[m] = (1 - alpha) * rgb[m] + alpha * np.asarray(color, np.float32)
+    return np.clip(rgb, 0, 1)
+
+
+def _save(fig: Any, path: str | Path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110, bbox_inches="tight")
+    _pyplot().close(fig)
+    return path
+
+
+def plot_samples(rows: dict[str, list[tuple[np.ndarray, np.ndarray, str]]], path: str | Path) -> Path:
+    """One row per group, each cell an X-ray with its infection mask overlaid.
+
+    Args:
+        rows: ``{group: [(image, infection_mask, title), ...]}``.
+    """
+    plt = _pyplot()
+    ncols = max((len(v) for v in rows.values()), default=1)
+    fig, axes = plt.subplots(len(rows), ncols, figsize=(2.6 * ncols, 2.8 * len(rows)), squeeze=False)
+    for r, (group, cells) in enumerate(rows.items()):
+        for c in range(ncols):
+            ax = axes[r][c]
+            ax.axis("off")
+            if c < len(cells):
+                image, mask, title = cells[c]
+                ax.imshow(overlay(image, mask))
+                ax.set_title(title, fontsize=7)
+        axes[r][0].text(-0.06, 0.5, group, transform=axes[r][0].transAxes, rotation=90, va="center", ha="right",
+                        fontsize=11, fontweight="bold")
+    fig.suptitle("Sample X-rays, infection masks in red", fontsize=11)
+    return _save(fig, path)
+
+
+def plot_curves(history: Sequence[dict[str, float]], path: str | Path) -> Path:
+    """Train and val loss, and train and val pixel accuracy, per epoch."""
+    plt = _pyplot()
+    epochs = [h["epoch"] for h in history]
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.6))
+    for ax, key, label in ((ax1, "loss", "BCE loss"), (ax2, "pixel_accuracy", "pixel accuracy")):
+        for split, style in (("train", "-o"), ("val", "-s")):
+            values = [h.get(f"{split}_{key}", math.nan) for h in history]
+            ax.plot(epochs, values, style, markersize=3, label=split)
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3)
+        ax.legend()
+    ax1.set_title("Loss per epoch")
+    ax2.set_title("Pixel accuracy per epoch")
+    return _save(fig, path)
+
+
+def plot_predictions(
+    panels: Sequence[tuple[np.ndarray, np.ndarray, np.ndarray, str]], path: str | Path, title: str = ""
+) -> Path:
+    """One row per example: X-ray, true mask, predicted mask overlaid (truth outline in green).
+
+    Args:
+        panels: ``[(image, true_mask, predicted_mask, caption), ...]``.
+    """
+    plt = _pyplot()
+    n = max(len(panels), 1)
+    fig, axes = plt.subplots(n, 3, figsize=(8.4, 2.8 * n), squeeze=False)
+    for r, (image, truth, pred, caption) in enumerate(panels):
+        axes[r][0].imshow(image, cmap="gray", vmin=0, vmax=255 if image.max(initial=0) > 1 else 1)
+        axes[r][0].set_title(caption, fontsize=8)
+        axes[r][1].imshow(truth, cmap="gray", vmin=0, vmax=1)
+        axes[r][1].set_title("true mask", fontsize=8)
+        axes[r][2].imshow(overlay(image, pred))
+        if truth.any():
+            axes[r][2].contour(truth.astype(float), levels=[0.5], colors=[TRUTH_RGB], linewidths=0.8)
+        axes[r][2].set_title("prediction (red), truth outline (green)", fontsize=8)
+        for ax in axes[r]:
+            ax.axis("off")
+    if title:
+        fig.suptitle(title, fontsize=11)
+    return _save(fig, path)
