@@ -5,6 +5,7 @@ Encoder: three blocks of two 3x3 convolutions with ReLU (32, 64, 128 filters), e
 with a 2x2 transposed convolution, concatenates the encoder features of the same level and
 applies two 3x3 convolutions with ReLU; a 1x1 convolution to one output channel.
 
+Weights are initialised as in the 2015 paper (He: Gaussian, std sqrt(2 / fan_in)).
 Where we deviate from the 2015 paper, as the reference does: convolutions are zero-padded
 ("same"), so the output has the input's size and no cropping is needed, and there is no
 normalisation layer. The network returns logits; apply a sigmoid for probabilities (the loss
@@ -53,6 +54,18 @@ class UNet(nn.Module):
         self.up1 = nn.ConvTranspose2d(c2, c1, 2, stride=2)
         self.dec1 = double_conv(c1 * 2, c1)
         self.head = nn.Conv2d(c1, classes, 1)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """He initialisation, as in the U-Net paper: Gaussian weights with std sqrt(2 / fan_in), zero bias.
+
+        PyTorch's default (uniform with variance 1 / (3 fan_in)) shrinks the signal through the
+        15 ReLU convolutions; the network then sits at the all-background solution for many epochs.
+        """
+        for m in self.modules():
+            if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d)):
+                nn.init.kaiming_normal_(m.weight, nonlinearity="relu")
+                nn.init.zeros_(m.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.shape[-1] % 8 or x.shape[-2] % 8:

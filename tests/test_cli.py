@@ -1,0 +1,96 @@
+"""End to end through ``main(argv)``: train, evaluate, predict, and every bad input's message."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from covidseg.cli import main
+
+TINY_ARGS = ["--image-size", "64", "--epochs", "2", "--batch-size", "4", "--lr", "1e-3", "--device", "cpu",
+             "--set", "model.base_channels=8", "--no-progress"]
+
+
+@pytest.fixture(scope="module")
+def trained_run(synth_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    tmp = tmp_path_factory.mktemp("cli")
+    run = tmp / "run"
+    rc = main(["train", "--data", str(synth_root), "--out", str(run), "--preset", "reference",
+               "--cache-dir", str(tmp / "cache"), *TINY_ARGS])
+    assert rc == 0
+    return run
+
+
+def test_train_writes_log_and_prints_summary(trained_run: Path) -> None:
+    assert "epoch 2/2" in (trained_run / "train.log").read_text()
+    assert (trained_run / "checkpoints" / "best.pt").is_file()
+
+
+def test_evaluate_writes_summary_and_per_image(trained_run: Path, capsys) -> None:
+    assert main(["evaluate", str(trained_run), "--split", "Test", "--panel", "3", "--no-progress"]) == 0
+    out = trained_run / "eval" / "Test"
+    s = json.loads((out / "summary.json").read_text())
+    for key in ("pooled", "per_image", "per_image_covid", "groups", "negatives_with_false_positives",
+                "images", "split", "threshold"):
+        assert key in s
+    assert s["images"] == 8 and s["split"] == "Test" and set(s["groups"]) == {"COVID-19", "Non-COVID", "Normal"}
+    rows = list(csv.DictReader((out / "per_image.csv").open()))
+    assert len(rows) == 8 and list(rows[0]) == ["id", "group", "tp", "fp", "fn", "tn", "dice", "iou"]
+    assert all(int(r["tp"]) + int(r["fp"]) + int(r["fn"]) + int(r["tn"]) == 64 * 64 for r in rows)
+    assert (trained_run / "plots" / "predictions_Test.png").is_file()
+    assert "pooled      dice" in capsys.readouterr().out
+
+
+def test_predict_original_size_and_skips_bad_files(trained_run: Path, tmp_path: Path) -> None:
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (90, 130), dtype=np.uint8)).save(inputs / "a.png")
+    Image.fromarray(np.zeros((50, 70, 3), np.uint8)).save(inputs / "b.jpg")
+    (inputs / "broken.png").write_bytes(b"garbage")
+    out = tmp_path / "out"
+    assert main(["predict", str(trained_run), str(inputs), "--out", str(out), "--no-progress"]) == 0
+    mask = np.asarray(Image.open(out / "a_mask.png"))
+    assert mask.shape == (90, 130) and set(np.unique(mask)) <= {0, 255}
+    assert np.asarray(Image.open(out / "b_overlay.png")).shape == (50, 70, 3)
+    lines = [json.loads(x) for x in (out / "predictions.jsonl").read_text().splitlines()]
+    assert [Path(x["image"]).name for x in lines] == ["a.png", "b.jpg"]
+    assert all(0.0 <= x["infected_fraction"] <= 1.0 for x in lines)
+    assert lines[0]["infected_fraction"] == pytest.approx((mask > 0).mean(), abs=1e-6)
+
+
+def _error(capsys, argv: list[str]) -> str:
+    rc = main(argv)
+    err = capsys.readouterr().err
+    assert rc == 2, err
+    assert "Traceback" not in err
+    lines = [x for x in err.splitlines() if x.startswith("covidseg: error:")]
+    assert len(lines) == 1, err
+    return lines[0]
+
+
+def test_bad_inputs_give_one_line_errors(tmp_path: Path, synth_root: Path, trained_run: Path, capsys) -> None:
+    assert "does not exist" in _error(capsys, ["data", str(tmp_path / "nope")])
+    (tmp_path / "empty").mkdir()
+    assert "is empty" in _error(capsys, ["data", str(tmp_path / "empty")])
+    assert "not a COVID-QU-Ex folder" in _error(capsys, ["data", str(Path(__file__).parent)])
+    out = str(tmp_path / "r")
+    assert "unknown preset" in _error(capsys, ["train", "--data", str(synth_root), "--out", out, "--preset", "x"])
+    assert "unknown config key" in _error(capsys, ["train", "--data", str(synth_root), "--out", out,
+                                                   "--set", "train.epoch=3"])
+    assert "KEY=VALUE" in _error(capsys, ["train", "--data", str(synth_root), "--out", out, "--set", "oops"])
+    assert "no data folder" in _error(capsys, ["train", "--out", out])
+    (tmp_path / "norun").mkdir()
+    assert "holds no checkpoint" in _error(capsys, ["evaluate", str(tmp_path / "norun")])
+    foreign = tmp_path / "foreign" / "checkpoints"
+    foreign.mkdir(parents=True)
+    torch.save({"state_dict": {}}, foreign / "best.pt")
+    assert "another program" in _error(capsys, ["predict", str(tmp_path / "foreign"), str(tmp_path), "--out", out])
+    assert "already holds a run" in _error(capsys, ["train", "--data", str(synth_root), "--out", str(trained_run)])
+    if not torch.cuda.is_available():
+        assert "no CUDA GPU" in _error(capsys, ["train", "--data", str(synth_root), "--out", out, "--device", "cuda"])

@@ -1,0 +1,46 @@
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+
+from covidseg.config import Config, apply_overrides, build_config, from_dict, load_yaml, save_yaml
+from covidseg.errors import ConfigError
+
+
+def test_reference_preset_is_the_reference_system() -> None:
+    cfg = build_config("reference")
+    assert (cfg.data.image_size, cfg.train.batch_size, cfg.train.epochs) == (256, 8, 30)
+    assert (cfg.optim.name, cfg.optim.lr, cfg.loss.name) == ("adam", 1e-4, "bce")
+    assert (cfg.model.name, cfg.model.base_channels) == ("unet", 32)
+
+
+def test_default_preset_depends_on_device() -> None:
+    assert build_config(None, cuda_available=True).preset == "reference"
+    assert build_config(None, cuda_available=False).data.image_size == 128
+
+
+def test_overrides_are_typed_and_checked() -> None:
+    cfg = apply_overrides(Config(), {"train.epochs": 3, "optim.lr": 1, "data.train_limit": None})
+    assert cfg.train.epochs == 3 and isinstance(cfg.optim.lr, float)
+    with pytest.raises(ConfigError, match="unknown config key 'train.epoch'"):
+        apply_overrides(Config(), {"train.epoch": 3})
+    with pytest.raises(ConfigError, match="train.epochs must be int"):
+        apply_overrides(Config(), {"train.epochs": "many"})
+    with pytest.raises(ConfigError, match="must be >= 1"):
+        apply_overrides(Config(), {"train.batch_size": 0})
+    with pytest.raises(ConfigError, match="unknown preset 'fastest'"):
+        build_config("fastest")
+
+
+def test_yaml_round_trip(tmp_path: Path) -> None:
+    cfg = build_config("demo", overrides={"eval.empty_empty": math.nan, "data.root": "/x"})
+    save_yaml(cfg, tmp_path / "c.yaml")
+    back = from_dict(load_yaml(tmp_path / "c.yaml"))
+    assert back.preset == "demo" and back.data == cfg.data and math.isnan(back.eval.empty_empty)
+    (tmp_path / "part.yaml").write_text("train:\n  epochs: 4\n")
+    assert build_config("reference", tmp_path / "part.yaml").train.epochs == 4
+    (tmp_path / "bad.yaml").write_text("- 1\n- 2\n")
+    with pytest.raises(ConfigError, match="mapping"):
+        build_config("reference", tmp_path / "bad.yaml")

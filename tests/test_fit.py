@@ -1,0 +1,96 @@
+from __future__ import annotations
+
+import json
+import pickle
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from covidseg.engine.checkpoint import load_checkpoint, load_run, save_checkpoint
+from covidseg.engine.fit import fit
+from covidseg.engine.history import COLUMNS, read_history
+from covidseg.errors import CheckpointError, CovidsegError
+
+
+def test_run_folder_is_complete(tiny_cfg, tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    result = fit(tiny_cfg(), run)
+    assert result.epochs_run == 2 and result.best_epoch in (1, 2)
+    for name in ("config.yaml", "env.json", "splits.json", "history.csv", "checkpoints/last.pt",
+                 "checkpoints/best.pt", "plots/samples.png", "plots/curves.png"):
+        assert (run / name).is_file(), name
+    saved = yaml.safe_load((run / "config.yaml").read_text())
+    assert saved["data"]["image_size"] == 64 and saved["train"]["epochs"] == 2
+    env = json.loads((run / "env.json").read_text())
+    assert env["seed"] == 0 and env["packages"]["torch"] and env["device"] == "cpu"
+    hist = read_history(run / "history.csv")
+    assert len(hist) == 2 and set(COLUMNS) <= set(hist[0])
+    assert 0 <= hist[-1]["val_pixel_accuracy"] <= 1 and hist[-1]["lr"] == pytest.approx(1e-3)
+    splits = json.loads((run / "splits.json").read_text())
+    assert len(splits["Train"]) == 16 and len(splits["Val"]) == 8
+
+
+def test_same_seed_same_history_and_resume_matches_unbroken_run(tiny_cfg, tmp_path: Path) -> None:
+    cfg = tiny_cfg(**{"train.epochs": 3})
+    a = fit(cfg, tmp_path / "a")
+    b = fit(cfg, tmp_path / "b")
+    keys = ("train_loss", "val_loss", "val_dice")
+    assert [[h[k] for k in keys] for h in a.history] == [[h[k] for k in keys] for h in b.history]
+
+    # A run stopped after epoch 1 and resumed gives the unbroken run's numbers.
+    fit(tiny_cfg(**{"train.epochs": 1}), tmp_path / "c")
+    resumed = fit(cfg, tmp_path / "c", resume=True)
+    assert [h["epoch"] for h in resumed.history] == [1, 2, 3]
+    for x, y in zip(a.history, resumed.history):
+        for k in keys:
+            assert x[k] == pytest.approx(y[k], rel=1e-5, abs=1e-7), k
+    assert (tmp_path / "c" / "env-resume-2.json").is_file()
+
+
+def test_refuses_to_overwrite_and_to_resume_nothing(tiny_cfg, tmp_path: Path) -> None:
+    fit(tiny_cfg(**{"train.epochs": 1}), tmp_path / "run")
+    with pytest.raises(CovidsegError, match="already holds a run; pass --resume"):
+        fit(tiny_cfg(), tmp_path / "run")
+    with pytest.raises(CovidsegError, match="nothing to resume"):
+        fit(tiny_cfg(), tmp_path / "new", resume=True)
+
+
+def test_checkpoint_round_trip_gives_identical_logits(tiny_cfg, tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    fit(tiny_cfg(**{"train.epochs": 1}), run)
+    model, cfg, state = load_run(run, "last")
+    x = torch.rand(1, 1, 64, 64)
+    model2, _, _ = load_run(run, "last")
+    assert torch.equal(model(x), model2(x))
+    assert cfg.data.image_size == 64 and state["epoch"] == 1
+
+
+def test_foreign_and_damaged_checkpoints_are_refused(tmp_path: Path) -> None:
+    torch.save({"state_dict": {"w": torch.zeros(1)}}, tmp_path / "other.pt")
+    with pytest.raises(CheckpointError, match="another program"):
+        load_checkpoint(tmp_path / "other.pt")
+    (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(CheckpointError, match="not a covidseg checkpoint"):
+        load_checkpoint(tmp_path / "junk.pt")
+
+    class Evil:
+        def __reduce__(self):
+            return (print, ("code ran",))
+
+    torch.save({"format": "covidseg-checkpoint", "x": Evil()}, tmp_path / "evil.pt")
+    with pytest.raises(CheckpointError):
+        load_checkpoint(tmp_path / "evil.pt")  # weights_only refuses arbitrary objects
+    with pytest.raises(CheckpointError, match="holds no checkpoint"):
+        (tmp_path / "emptyrun").mkdir()
+        load_run(tmp_path / "emptyrun")
+
+
+def test_atomic_save_leaves_no_partial_file(tmp_path: Path) -> None:
+    target = tmp_path / "ck" / "last.pt"
+    save_checkpoint(target, {"epoch": 1})
+    with pytest.raises((TypeError, AttributeError, pickle.PicklingError)):
+        save_checkpoint(target, {"epoch": 2, "bad": lambda: 0})  # cannot be pickled
+    assert load_checkpoint(target)["epoch"] == 1
+    assert [p.name for p in target.parent.iterdir()] == ["last.pt"]

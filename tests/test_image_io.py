@@ -1,0 +1,64 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from covidseg.data.image_io import preprocess_image, read_gray8, resize_mask
+from covidseg.errors import DataError
+
+GRAD = np.tile(np.arange(0, 256, 4, dtype=np.uint8), (40, 1))  # (40, 64), 0..252
+
+
+@pytest.mark.parametrize(
+    "mode,make",
+    [
+        ("L", lambda: Image.fromarray(GRAD)),
+        ("I;16", lambda: Image.fromarray(GRAD.astype(np.uint16) * 257)),
+        ("RGB", lambda: Image.fromarray(np.stack([GRAD] * 3, -1))),
+        ("RGBA", lambda: Image.fromarray(np.dstack([GRAD] * 3 + [np.full_like(GRAD, 128)]))),
+        ("P", lambda: Image.fromarray(GRAD).convert("P")),
+        ("LA", lambda: Image.fromarray(GRAD).convert("LA")),
+    ],
+)
+def test_every_mode_reads_to_the_same_gray(tmp_path: Path, mode: str, make) -> None:
+    img = make()
+    path = tmp_path / f"x_{mode.replace(';', '')}.png"
+    img.save(path)
+    gray = read_gray8(path)
+    assert gray.dtype == np.uint8 and gray.shape == (40, 64)
+    assert np.abs(gray.astype(int) - GRAD).max() <= 1
+
+
+def test_sixteen_bit_png_keeps_full_range(tmp_path: Path) -> None:
+    arr = np.array([[0, 32768, 65535]], dtype=np.uint16)
+    Image.fromarray(arr).save(tmp_path / "a.png")
+    assert read_gray8(tmp_path / "a.png").tolist() == [[0, 128, 255]]
+
+
+def test_preprocess_resizes_and_scales_to_unit_range() -> None:
+    x = preprocess_image(GRAD, 32)
+    assert x.shape == (32, 32) and x.dtype == np.float32
+    assert 0.0 <= x.min() and x.max() <= 1.0 and x.max() > 0.9
+
+
+def test_mask_binarised_above_127_with_nearest_resize() -> None:
+    mask = np.array([[0, 127], [128, 255]], dtype=np.uint8)
+    assert resize_mask(mask, 2).tolist() == [[0, 0], [1, 1]]
+    big = resize_mask(np.kron(mask, np.ones((8, 8), np.uint8)), 4)
+    assert set(np.unique(big)) <= {0, 1}
+    assert big.tolist() == [[0, 0, 0, 0], [0, 0, 0, 0], [1, 1, 1, 1], [1, 1, 1, 1]]
+
+
+@pytest.mark.parametrize("content", [b"", b"not a png at all", None])
+def test_unreadable_files_raise_data_error(tmp_path: Path, content: bytes | None) -> None:
+    path = tmp_path / "bad.png"
+    if content is None:
+        Image.fromarray(GRAD).save(path)
+        path.write_bytes(path.read_bytes()[:60])  # truncated
+    else:
+        path.write_bytes(content)
+    with pytest.raises(DataError, match="bad.png"):
+        read_gray8(path)

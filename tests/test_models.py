@@ -1,0 +1,35 @@
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from covidseg.errors import ConfigError
+from covidseg.models import UNet, create_model, list_models
+
+
+def test_reference_unet_widths_and_shape() -> None:
+    net = UNet()
+    convs = [m.out_channels for m in net.modules() if isinstance(m, nn.Conv2d)]
+    # encoder 32,32,64,64,128,128; bottleneck 256,256; decoder 128,128,64,64,32,32; head 1
+    assert convs == [32, 32, 64, 64, 128, 128, 256, 256, 128, 128, 64, 64, 32, 32, 1]
+    x = torch.rand(2, 1, 64, 64)
+    assert net(x).shape == (2, 1, 64, 64)
+    with pytest.raises(ValueError, match="divisible by 8"):
+        net(torch.rand(1, 1, 60, 60))
+
+
+@pytest.mark.parametrize("name", list(list_models()))
+def test_every_registered_model_runs_forward_and_backward(name: str) -> None:
+    torch.manual_seed(0)
+    net = create_model({"name": name, "in_channels": 1, "classes": 1})
+    x = torch.rand(2, 1, 64, 64)
+    out = net(x)
+    assert out.shape == (2, 1, 64, 64) and torch.isfinite(out).all()
+    out.mean().backward()
+    assert all(p.grad is not None for p in net.parameters() if p.requires_grad)
+
+
+def test_unknown_model_lists_the_registered_ones() -> None:
+    with pytest.raises(ConfigError, match="available: .*unet"):
+        create_model({"name": "resnet9000"})
