@@ -29,8 +29,10 @@ def synth_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture
 def tiny_cfg(synth_root: Path, tmp_path: Path):
     def make(**overrides):
-        return build_config("reference", overrides={"data.root": str(synth_root),
-                                                    "data.cache_dir": str(tmp_path / "cache"), **TINY, **overrides})
+        return build_config(
+            "reference",
+            overrides={"data.root": str(synth_root), "data.cache_dir": str(tmp_path / "cache"), **TINY, **overrides},
+        )
 
     return make
 

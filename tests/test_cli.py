@@ -13,16 +13,41 @@ from PIL import Image
 
 from covidseg.cli import main
 
-TINY_ARGS = ["--image-size", "64", "--epochs", "2", "--batch-size", "4", "--lr", "1e-3", "--device", "cpu",
-             "--set", "model.base_channels=8", "--no-progress"]
+TINY_ARGS = [
+    "--image-size",
+    "64",
+    "--epochs",
+    "2",
+    "--batch-size",
+    "4",
+    "--lr",
+    "1e-3",
+    "--device",
+    "cpu",
+    "--set",
+    "model.base_channels=8",
+    "--no-progress",
+]
 
 
 @pytest.fixture(scope="module")
 def trained_run(synth_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     tmp = tmp_path_factory.mktemp("cli")
     run = tmp / "run"
-    rc = main(["train", "--data", str(synth_root), "--out", str(run), "--preset", "reference",
-               "--cache-dir", str(tmp / "cache"), *TINY_ARGS])
+    rc = main(
+        [
+            "train",
+            "--data",
+            str(synth_root),
+            "--out",
+            str(run),
+            "--preset",
+            "reference",
+            "--cache-dir",
+            str(tmp / "cache"),
+            *TINY_ARGS,
+        ]
+    )
     assert rc == 0
     return run
 
@@ -36,8 +61,16 @@ def test_evaluate_writes_summary_and_per_image(trained_run: Path, capsys) -> Non
     assert main(["evaluate", str(trained_run), "--split", "Test", "--panel", "3", "--no-progress"]) == 0
     out = trained_run / "eval" / "Test"
     s = json.loads((out / "summary.json").read_text())
-    for key in ("pooled", "per_image", "per_image_covid", "groups", "negatives_with_false_positives",
-                "images", "split", "threshold"):
+    for key in (
+        "pooled",
+        "per_image",
+        "per_image_covid",
+        "groups",
+        "negatives_with_false_positives",
+        "images",
+        "split",
+        "threshold",
+    ):
         assert key in s
     assert s["images"] == 8 and s["split"] == "Test" and set(s["groups"]) == {"COVID-19", "Non-COVID", "Normal"}
     rows = list(csv.DictReader((out / "per_image.csv").open()))
@@ -81,8 +114,9 @@ def test_bad_inputs_give_one_line_errors(tmp_path: Path, synth_root: Path, train
     assert "not a COVID-QU-Ex folder" in _error(capsys, ["data", str(Path(__file__).parent)])
     out = str(tmp_path / "r")
     assert "unknown preset" in _error(capsys, ["train", "--data", str(synth_root), "--out", out, "--preset", "x"])
-    assert "unknown config key" in _error(capsys, ["train", "--data", str(synth_root), "--out", out,
-                                                   "--set", "train.epoch=3"])
+    assert "unknown config key" in _error(
+        capsys, ["train", "--data", str(synth_root), "--out", out, "--set", "train.epoch=3"]
+    )
     assert "KEY=VALUE" in _error(capsys, ["train", "--data", str(synth_root), "--out", out, "--set", "oops"])
     assert "no data folder" in _error(capsys, ["train", "--out", out])
     (tmp_path / "norun").mkdir()

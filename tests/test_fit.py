@@ -18,8 +18,16 @@ def test_run_folder_is_complete(tiny_cfg, tmp_path: Path) -> None:
     run = tmp_path / "run"
     result = fit(tiny_cfg(), run)
     assert result.epochs_run == 2 and result.best_epoch in (1, 2)
-    for name in ("config.yaml", "env.json", "splits.json", "history.csv", "checkpoints/last.pt",
-                 "checkpoints/best.pt", "plots/samples.png", "plots/curves.png"):
+    for name in (
+        "config.yaml",
+        "env.json",
+        "splits.json",
+        "history.csv",
+        "checkpoints/last.pt",
+        "checkpoints/best.pt",
+        "plots/samples.png",
+        "plots/curves.png",
+    ):
         assert (run / name).is_file(), name
     saved = yaml.safe_load((run / "config.yaml").read_text())
     assert saved["data"]["image_size"] == 64 and saved["train"]["epochs"] == 2

@@ -19,8 +19,9 @@ def _progress(enabled: bool):
     from tqdm.auto import tqdm
 
     def bar(iterable, *, desc: str = "", total: int | None = None):
-        return tqdm(iterable, desc=desc, total=total, leave=False, dynamic_ncols=True, disable=not enabled,
-                    file=sys.stderr)
+        return tqdm(
+            iterable, desc=desc, total=total, leave=False, dynamic_ncols=True, disable=not enabled, file=sys.stderr
+        )
 
     return bar
 
@@ -55,10 +56,18 @@ def _parse_sets(items: list[str]) -> dict[str, Any]:
 
 def _train_overrides(a: argparse.Namespace) -> dict[str, Any]:
     flags = {
-        "data.root": a.data, "data.image_size": a.image_size, "data.cache_dir": a.cache_dir,
-        "data.train_limit": a.train_limit, "data.val_limit": a.val_limit, "data.num_workers": a.workers,
-        "train.epochs": a.epochs, "train.batch_size": a.batch_size, "train.seed": a.seed,
-        "train.device": a.device, "optim.lr": a.lr, "model.name": a.model,
+        "data.root": a.data,
+        "data.image_size": a.image_size,
+        "data.cache_dir": a.cache_dir,
+        "data.train_limit": a.train_limit,
+        "data.val_limit": a.val_limit,
+        "data.num_workers": a.workers,
+        "train.epochs": a.epochs,
+        "train.batch_size": a.batch_size,
+        "train.seed": a.seed,
+        "train.device": a.device,
+        "optim.lr": a.lr,
+        "model.name": a.model,
     }
     out = {k: v for k, v in flags.items() if v is not None}
     out.update(_parse_sets(a.set))
@@ -110,12 +119,25 @@ def cmd_evaluate(a: argparse.Namespace) -> int:
     from covidseg.evaluation import evaluate_run
 
     _setup_logging(a.verbose)
-    s = evaluate_run(a.run_dir, a.data, a.split, a.checkpoint, a.threshold, a.device, a.batch_size, a.limit,
-                     a.panel, a.cache_dir, _progress(a.progress))
+    s = evaluate_run(
+        a.run_dir,
+        a.data,
+        a.split,
+        a.checkpoint,
+        a.threshold,
+        a.device,
+        a.batch_size,
+        a.limit,
+        a.panel,
+        a.cache_dir,
+        _progress(a.progress),
+    )
     p, pi, pc = s["pooled"], s["per_image"], s["per_image_covid"]
     print(f"{s['split']} ({s['images']} images, threshold {s['threshold']}):")
     print(f"  pooled      dice {p['dice']:.4f}  iou {p['iou']:.4f}  pixel accuracy {p['pixel_accuracy']:.4f}")
-    print(f"  per image   dice {pi['dice']:.4f}  iou {pi['iou']:.4f}  (empty truth and prediction = {s['empty_empty']})")
+    print(
+        f"  per image   dice {pi['dice']:.4f}  iou {pi['iou']:.4f}  (empty truth and prediction = {s['empty_empty']})"
+    )
     if pc["images"]:
         print(f"  COVID-19    dice {pc['dice']:.4f}  iou {pc['iou']:.4f}  (per image, {pc['images']} images)")
     fp = s["negatives_with_false_positives"]
@@ -131,7 +153,9 @@ def cmd_predict(a: argparse.Namespace) -> int:
     _setup_logging(a.verbose)
     predictor = Predictor.from_run(a.run_dir, a.checkpoint, a.device, a.threshold)
     done, skipped = predict_paths(predictor, a.inputs, a.out, _progress(a.progress))
-    print(f"predicted {done} image(s) into {a.out}" + (f"; skipped {len(skipped)} unreadable file(s)" if skipped else ""))
+    print(
+        f"predicted {done} image(s) into {a.out}" + (f"; skipped {len(skipped)} unreadable file(s)" if skipped else "")
+    )
     return 0
 
 
@@ -146,8 +170,10 @@ def cmd_demo(a: argparse.Namespace) -> int:
     r = run_demo(out, overrides, progress=_progress(a.progress), argv=sys.argv)
     p = r.summary["pooled"]
     run = r.run.run_dir
-    print(f"\ndemo finished: synthetic Val pooled Dice {p['dice']:.4f}, IoU {p['iou']:.4f}, "
-          f"pixel accuracy {p['pixel_accuracy']:.4f}")
+    print(
+        f"\ndemo finished: synthetic Val pooled Dice {p['dice']:.4f}, IoU {p['iou']:.4f}, "
+        f"pixel accuracy {p['pixel_accuracy']:.4f}"
+    )
     print(f"  data:        {r.data_dir}")
     print(f"  run folder:  {run}")
     print(f"  metrics:     {run / 'eval' / 'Val' / 'summary.json'}, {run / 'eval' / 'Val' / 'per_image.csv'}")
@@ -179,8 +205,12 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def common(sp: argparse.ArgumentParser) -> None:
-        sp.add_argument("--progress", action=argparse.BooleanOptionalAction, default=sys.stderr.isatty(),
-                        help="show progress bars (default: when stderr is a terminal)")
+        sp.add_argument(
+            "--progress",
+            action=argparse.BooleanOptionalAction,
+            default=sys.stderr.isatty(),
+            help="show progress bars (default: when stderr is a terminal)",
+        )
         sp.add_argument("-v", "--verbose", action="store_true", help="debug logging")
 
     sp = sub.add_parser("data", help="count the images of a COVID-QU-Ex folder per split and group")
@@ -200,7 +230,9 @@ def build_parser() -> argparse.ArgumentParser:
     sp = sub.add_parser("train", help="train a model into a run folder")
     sp.add_argument("--data", help="data folder (COVID-QU-Ex layout)")
     sp.add_argument("-o", "--out", required=True, help="run folder to create (or continue with --resume)")
-    sp.add_argument("--preset", help="reference, reference-cpu or demo (default: reference on a GPU, reference-cpu on CPU)")
+    sp.add_argument(
+        "--preset", help="reference, reference-cpu or demo (default: reference on a GPU, reference-cpu on CPU)"
+    )
     sp.add_argument("-c", "--config", help="YAML file with config sections, applied over the preset")
     sp.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
     sp.add_argument("--epochs", type=int)
@@ -214,8 +246,13 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--train-limit", type=int, help="train on a group-stratified subset of N images")
     sp.add_argument("--val-limit", type=int, help="validate on a group-stratified subset of N images")
     sp.add_argument("--cache-dir", help="where decoded arrays are cached (default ~/.cache/covidseg)")
-    sp.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                    help="override any config key, e.g. --set optim.weight_decay=1e-4 (repeatable)")
+    sp.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override any config key, e.g. --set optim.weight_decay=1e-4 (repeatable)",
+    )
     common(sp)
     sp.set_defaults(func=cmd_train)
 
@@ -266,5 +303,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"covidseg: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("covidseg: interrupted; a training run continues with 'covidseg train --out RUN --resume'", file=sys.stderr)
+        print(
+            "covidseg: interrupted; a training run continues with 'covidseg train --out RUN --resume'", file=sys.stderr
+        )
         return 130

@@ -12,7 +12,6 @@ from covidseg.engine.fit import RunResult, fit
 from covidseg.evaluation import evaluate_run
 from covidseg.progress import Progress
 
-
 # Enough images for the demo preset to reach pooled Dice > 0.9 on synthetic Val in about 2-3 minutes on 2 cores.
 DEMO_SYNTH = SynthSpec(train=160, val=48, test=48)
 
@@ -24,14 +23,20 @@ class DemoResult:
     summary: dict[str, Any]
 
 
-def run_demo(out_dir: str | Path, overrides: dict[str, Any] | None = None, synth: SynthSpec | None = None,
-             progress: Progress | None = None, argv: list[str] | None = None) -> DemoResult:
+def run_demo(
+    out_dir: str | Path,
+    overrides: dict[str, Any] | None = None,
+    synth: SynthSpec | None = None,
+    progress: Progress | None = None,
+    argv: list[str] | None = None,
+) -> DemoResult:
     """Write the synthetic set to ``OUT/data``, train the ``demo`` preset into ``OUT/run`` and
     evaluate it on the synthetic Val split, drawing every figure."""
     out = Path(out_dir)
     data = write_synthetic(out / "data", synth or DEMO_SYNTH, progress)
-    cfg = build_config("demo", overrides={"data.root": str(out / "data"),
-                                          "data.cache_dir": str(out / "cache"), **(overrides or {})})
+    cfg = build_config(
+        "demo", overrides={"data.root": str(out / "data"), "data.cache_dir": str(out / "cache"), **(overrides or {})}
+    )
     # A second demo into the same folder continues (or, when finished, keeps) the first run.
     resume = (out / "run" / "checkpoints" / "last.pt").is_file()
     run = fit(cfg, out / "run", resume=resume, progress=progress, argv=argv)

@@ -72,8 +72,9 @@ def evaluate_run(
     if not 0 < threshold < 1:
         raise ConfigError(f"threshold must lie in (0, 1), got {threshold}")
     discovery = discover_root(data_root or cfg.data.root)
-    ds = load_dataset(discovery, split, cfg.data.image_size, cache_dir or cfg.data.cache_dir, limit,
-                      cfg.train.seed, progress)
+    ds = load_dataset(
+        discovery, split, cfg.data.image_size, cache_dir or cfg.data.cache_dir, limit, cfg.train.seed, progress
+    )
     loader = make_loader(ds, batch_size or cfg.train.batch_size, False, cfg.data.num_workers)
     show = _panel_indices(ds.groups, panel)
     autocast = autocast_factory(dev, amp_dtype(cfg.train.amp, dev))
@@ -82,8 +83,15 @@ def evaluate_run(
     samples = ds.split.samples
     groups = [samples[i].group for i in res.indices]
     summary = summarize(res.stats, groups, threshold, cfg.eval.empty_empty, split)
-    summary.update({"checkpoint": checkpoint, "epoch": int(state["epoch"]), "data_root": str(discovery.root),
-                    "image_size": cfg.data.image_size, "loss": res.loss})
+    summary.update(
+        {
+            "checkpoint": checkpoint,
+            "epoch": int(state["epoch"]),
+            "data_root": str(discovery.root),
+            "image_size": cfg.data.image_size,
+            "loss": res.loss,
+        }
+    )
     out = run_dir / "eval" / split
     out.mkdir(parents=True, exist_ok=True)
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
@@ -92,8 +100,15 @@ def evaluate_run(
         w = csv.writer(f)
         w.writerow(["id", "group", "tp", "fp", "fn", "tn", "dice", "iou"])
         for row, i, d, j in zip(res.stats, res.indices, dice, iou):
-            w.writerow([samples[i].id, samples[i].group, *map(int, row),
-                        "" if np.isnan(d) else f"{d:.6f}", "" if np.isnan(j) else f"{j:.6f}"])
+            w.writerow(
+                [
+                    samples[i].id,
+                    samples[i].group,
+                    *map(int, row),
+                    "" if np.isnan(d) else f"{d:.6f}",
+                    "" if np.isnan(j) else f"{j:.6f}",
+                ]
+            )
     if show:
         from covidseg.report.plots import plot_predictions
 
@@ -103,7 +118,10 @@ def evaluate_run(
             d_i = dice[row_of[i]]
             caption = f"{samples[i].group}: {samples[i].image.name}\nDice {'n/a' if np.isnan(d_i) else f'{d_i:.3f}'}"
             panels.append((np.asarray(ds.split.images[i]), np.asarray(ds.split.infection[i]), res.kept[i], caption))
-        plot_predictions(panels, run_dir / "plots" / f"predictions_{split}.png",
-                         title=f"{split}: X-ray, true mask, prediction (threshold {threshold})")
+        plot_predictions(
+            panels,
+            run_dir / "plots" / f"predictions_{split}.png",
+            title=f"{split}: X-ray, true mask, prediction (threshold {threshold})",
+        )
     log.info("wrote %s and %s", out / "summary.json", out / "per_image.csv")
     return summary

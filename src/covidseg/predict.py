@@ -46,8 +46,9 @@ class Predictor:
         self.device = device
 
     @classmethod
-    def from_run(cls, run_dir: str | Path, checkpoint: str = "best", device: str = "auto",
-                 threshold: float | None = None) -> Predictor:
+    def from_run(
+        cls, run_dir: str | Path, checkpoint: str = "best", device: str = "auto", threshold: float | None = None
+    ) -> Predictor:
         dev = resolve_device(device)
         model, cfg, _ = load_run(run_dir, checkpoint, map_location=dev)
         return cls(model, cfg.data.image_size, cfg.eval.threshold if threshold is None else threshold, dev)
@@ -78,8 +79,9 @@ def list_inputs(path: str | Path) -> list[Path]:
     raise DataError(f"{p} does not exist")
 
 
-def predict_paths(predictor: Predictor, inputs: str | Path, out_dir: str | Path,
-                  progress: Progress | None = None) -> tuple[int, list[tuple[str, str]]]:
+def predict_paths(
+    predictor: Predictor, inputs: str | Path, out_dir: str | Path, progress: Progress | None = None
+) -> tuple[int, list[tuple[str, str]]]:
     """Predict every image under ``inputs`` into ``out_dir``.
 
     Per image ``<stem>_mask.png`` (0/255, original size) and ``<stem>_overlay.png``, and one line
@@ -112,9 +114,14 @@ def predict_paths(predictor: Predictor, inputs: str | Path, out_dir: str | Path,
             Image.fromarray(pred.mask * 255).save(mask_path)
             Image.fromarray((overlay(gray, pred.mask) * 255).astype(np.uint8)).save(overlay_path)
             record = {
-                "image": str(f), "width": gray.shape[1], "height": gray.shape[0],
-                "infected_fraction": round(pred.infected_fraction, 6), "infected_pixels": int(pred.mask.sum()),
-                "threshold": predictor.threshold, "mask": mask_path.name, "overlay": overlay_path.name,
+                "image": str(f),
+                "width": gray.shape[1],
+                "height": gray.shape[0],
+                "infected_fraction": round(pred.infected_fraction, 6),
+                "infected_pixels": int(pred.mask.sum()),
+                "threshold": predictor.threshold,
+                "mask": mask_path.name,
+                "overlay": overlay_path.name,
             }
             lines.write(json.dumps(record) + "\n")
             lines.flush()

@@ -42,8 +42,9 @@ def _version(pkg: str) -> str | None:
 
 def _git_commit() -> str | None:
     try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
-                             cwd=Path(__file__).resolve().parent)
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5, cwd=Path(__file__).resolve().parent
+        )
     except (OSError, subprocess.SubprocessError):
         return None
     return out.stdout.strip() or None if out.returncode == 0 else None
@@ -58,8 +59,18 @@ def capture_environment(device: torch.device, seed: int, argv: list[str] | None 
         "seed": seed,
         "python": platform.python_version(),
         "platform": platform.platform(),
-        "packages": {p: _version(p) for p in ("covidseg", "torch", "torchvision", "segmentation-models-pytorch",
-                                               "numpy", "pillow", "matplotlib")},
+        "packages": {
+            p: _version(p)
+            for p in (
+                "covidseg",
+                "torch",
+                "torchvision",
+                "segmentation-models-pytorch",
+                "numpy",
+                "pillow",
+                "matplotlib",
+            )
+        },
         "device": str(device),
         "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or None,
         "cpu_threads": torch.get_num_threads(),

@@ -104,8 +104,11 @@ def _build(samples: list[Sample], size: int, progress: Progress, desc: str) -> C
         lungs.append(empty if lung is None else lung)
         has.append(lung is not None)
     if skipped:
-        log.warning("left out %d unreadable or mismatched sample(s):\n  %s", len(skipped),
-                    "\n  ".join(reason for _, reason in skipped))
+        log.warning(
+            "left out %d unreadable or mismatched sample(s):\n  %s",
+            len(skipped),
+            "\n  ".join(reason for _, reason in skipped),
+        )
     if not kept:
         raise DataError("none of the images could be read; see the warnings above")
     return CachedSplit(kept, np.stack(imgs), np.stack(infs), np.stack(lungs), np.array(has, bool), skipped)
@@ -142,8 +145,11 @@ def _load(samples: list[Sample], folder: Path) -> CachedSplit | None:
     split = CachedSplit([by_id[i] for i in meta["ids"]], *arrays, skipped=[tuple(x) for x in meta["skipped"]])
     split.path = folder
     if split.skipped:
-        log.warning("left out %d unreadable or mismatched sample(s) (cached decision):\n  %s",
-                    len(split.skipped), "\n  ".join(r for _, r in split.skipped))
+        log.warning(
+            "left out %d unreadable or mismatched sample(s) (cached decision):\n  %s",
+            len(split.skipped),
+            "\n  ".join(r for _, r in split.skipped),
+        )
     return split
 
 
@@ -174,6 +180,10 @@ def load_split(
         split.path = folder
         log.info("cached %d preprocessed samples in %s", len(split), folder)
     except OSError as exc:
-        log.warning("could not write the cache in %s (%s); keeping arrays in memory for this run. "
-                    "Set --cache-dir or COVIDSEG_CACHE_DIR to a writable folder.", root, exc)
+        log.warning(
+            "could not write the cache in %s (%s); keeping arrays in memory for this run. "
+            "Set --cache-dir or COVIDSEG_CACHE_DIR to a writable folder.",
+            root,
+            exc,
+        )
     return split

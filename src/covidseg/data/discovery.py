@@ -164,6 +164,10 @@ def discover(root: str | Path, splits: tuple[str, ...] | list[str] | None = None
         wanted = f" for split(s) {', '.join(splits)}" if splits else ""
         raise DataError(f"no images with infection masks found under {folder}{wanted}; {LAYOUT_HINT}")
     if skipped:
-        log.warning("skipped %d image(s) under %s: %s", len(skipped), folder,
-                    "; ".join(f"{n} {r}" for r, n in Counter(r for _, r in skipped).items()))
+        log.warning(
+            "skipped %d image(s) under %s: %s",
+            len(skipped),
+            folder,
+            "; ".join(f"{n} {r}" for r, n in Counter(r for _, r in skipped).items()),
+        )
     return Discovery(root=folder, samples=samples, skipped=skipped)

@@ -38,7 +38,9 @@ def load_dataset(
 
 def discover_root(root: str | None) -> Discovery:
     if not root:
-        raise DataError("no data folder given; pass --data ROOT (a COVID-QU-Ex folder, or one written by 'covidseg synth')")
+        raise DataError(
+            "no data folder given; pass --data ROOT (a COVID-QU-Ex folder, or one written by 'covidseg synth')"
+        )
     return discover(root)
 
 

@@ -57,7 +57,9 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise CheckpointError(f"{path} is not a covidseg checkpoint (it was written by another program)")
     if state.get("format_version", 0) > FORMAT_VERSION:
-        raise CheckpointError(f"{path} was written by a newer covidseg (format {state['format_version']}); upgrade covidseg")
+        raise CheckpointError(
+            f"{path} was written by a newer covidseg (format {state['format_version']}); upgrade covidseg"
+        )
     return state
 
 
@@ -70,7 +72,10 @@ def checkpoint_path(run_dir: str | Path, which: str = "best") -> Path:
         raise CheckpointError(f"run folder {p} does not exist; train one with 'covidseg train --out {p}'")
     ckpt = p / "checkpoints" / f"{which}.pt"
     if not ckpt.is_file():
-        raise CheckpointError(f"{p} holds no checkpoint ({ckpt} is missing); is it a covidseg run folder whose training finished an epoch?")
+        raise CheckpointError(
+            f"{p} holds no checkpoint ({ckpt} is missing); "
+            "is it a covidseg run folder whose training finished an epoch?"
+        )
     return ckpt
 
 
@@ -83,7 +88,9 @@ def model_from_state(state: dict[str, Any]) -> nn.Module:
     return model.eval()
 
 
-def load_run(run_dir: str | Path, which: str = "best", map_location: str | torch.device = "cpu") -> tuple[nn.Module, Config, dict[str, Any]]:
+def load_run(
+    run_dir: str | Path, which: str = "best", map_location: str | torch.device = "cpu"
+) -> tuple[nn.Module, Config, dict[str, Any]]:
     """Rebuild a run's model and config from its folder (or a checkpoint file)."""
     state = load_checkpoint(checkpoint_path(run_dir, which), map_location)
     try:

@@ -124,8 +124,11 @@ def fit(
     d = cfg.data
     train_ds = load_dataset(discovery, "Train", d.image_size, d.cache_dir, d.train_limit, cfg.train.seed, progress)
     val_ds = load_dataset(discovery, "Val", d.image_size, d.cache_dir, d.val_limit, cfg.train.seed, progress)
-    (run_dir / "splits.json").write_text(json.dumps(
-        {"Train": [s.id for s in train_ds.split.samples], "Val": [s.id for s in val_ds.split.samples]}, indent=0))
+    (run_dir / "splits.json").write_text(
+        json.dumps(
+            {"Train": [s.id for s in train_ds.split.samples], "Val": [s.id for s in val_ds.split.samples]}, indent=0
+        )
+    )
 
     spec = model_spec(cfg)
     model = create_model(spec).to(device)
@@ -155,16 +158,39 @@ def fit(
         plot_samples(_sample_rows(train_ds), run_dir / "plots" / "samples.png")
 
     val_loader = make_loader(val_ds, cfg.train.batch_size, False, d.num_workers, pin_memory=device.type == "cuda")
-    log.info("training %s on %s (%s) for %d epochs: %d train / %d val images, batch %d, lr %g",
-             spec["name"], device, "fp32" if dtype is None else str(dtype).replace("torch.", ""),
-             cfg.train.epochs, len(train_ds), len(val_ds), cfg.train.batch_size, cfg.optim.lr)
+    log.info(
+        "training %s on %s (%s) for %d epochs: %d train / %d val images, batch %d, lr %g",
+        spec["name"],
+        device,
+        "fp32" if dtype is None else str(dtype).replace("torch.", ""),
+        cfg.train.epochs,
+        len(train_ds),
+        len(val_ds),
+        cfg.train.batch_size,
+        cfg.optim.lr,
+    )
 
     for epoch in range(start_epoch, cfg.train.epochs + 1):
         t0 = time.perf_counter()
-        train_loader = make_loader(train_ds, cfg.train.batch_size, True, d.num_workers,
-                                   generator=epoch_generator(cfg.train.seed, epoch), pin_memory=device.type == "cuda")
-        tr = train_one_epoch(model, train_loader, loss_fn, optimizer, device, autocast, scaler, progress,
-                             desc=f"epoch {epoch}/{cfg.train.epochs}")
+        train_loader = make_loader(
+            train_ds,
+            cfg.train.batch_size,
+            True,
+            d.num_workers,
+            generator=epoch_generator(cfg.train.seed, epoch),
+            pin_memory=device.type == "cuda",
+        )
+        tr = train_one_epoch(
+            model,
+            train_loader,
+            loss_fn,
+            optimizer,
+            device,
+            autocast,
+            scaler,
+            progress,
+            desc=f"epoch {epoch}/{cfg.train.epochs}",
+        )
         ev = evaluate(model, val_loader, device, cfg.eval.threshold, autocast, progress=progress, desc="val")
         pool = pooled(ev.stats, cfg.eval.empty_empty)
         dice, iou = dice_iou(ev.stats, cfg.eval.empty_empty)
@@ -204,10 +230,26 @@ def fit(
         from covidseg.report.plots import plot_curves
 
         plot_curves(history, run_dir / "plots" / "curves.png")
-        log.info("epoch %d/%d  train loss %.4f acc %.4f | val loss %.4f acc %.4f dice %.4f iou %.4f "
-                 "dice/img %.4f | %.0fs%s", epoch, cfg.train.epochs, row["train_loss"], row["train_pixel_accuracy"],
-                 row["val_loss"], row["val_pixel_accuracy"], row["val_dice"], row["val_iou"],
-                 row["val_dice_per_image"], row["seconds"], "  *best*" if improved else "")
+        log.info(
+            "epoch %d/%d  train loss %.4f acc %.4f | val loss %.4f acc %.4f dice %.4f iou %.4f dice/img %.4f | %.0fs%s",
+            epoch,
+            cfg.train.epochs,
+            row["train_loss"],
+            row["train_pixel_accuracy"],
+            row["val_loss"],
+            row["val_pixel_accuracy"],
+            row["val_dice"],
+            row["val_iou"],
+            row["val_dice_per_image"],
+            row["seconds"],
+            "  *best*" if improved else "",
+        )
 
-    return RunResult(run_dir, int(best["epoch"]), float(best["value"] if best["value"] is not None else math.nan),
-                     cfg.train.select_metric, len(history), history)
+    return RunResult(
+        run_dir,
+        int(best["epoch"]),
+        float(best["value"] if best["value"] is not None else math.nan),
+        cfg.train.select_metric,
+        len(history),
+        history,
+    )

@@ -8,8 +8,17 @@ from pathlib import Path
 from typing import Any
 
 COLUMNS = (
-    "epoch", "lr", "train_loss", "train_pixel_accuracy", "val_loss", "val_pixel_accuracy",
-    "val_dice", "val_iou", "val_dice_per_image", "val_iou_per_image", "seconds",
+    "epoch",
+    "lr",
+    "train_loss",
+    "train_pixel_accuracy",
+    "val_loss",
+    "val_pixel_accuracy",
+    "val_dice",
+    "val_iou",
+    "val_dice_per_image",
+    "val_iou_per_image",
+    "seconds",
 )
 
 
@@ -26,4 +35,6 @@ def write_history(rows: list[dict[str, Any]], path: str | Path) -> None:
 
 def read_history(path: str | Path) -> list[dict[str, float]]:
     with Path(path).open(newline="") as f:
-        return [{k: float(v) if v not in ("", None) else float("nan") for k, v in row.items()} for row in csv.DictReader(f)]
+        return [
+            {k: float(v) if v not in ("", None) else float("nan") for k, v in row.items()} for row in csv.DictReader(f)
+        ]

@@ -35,7 +35,9 @@ def train_one_epoch(
         # The loss is computed in fp32 whatever the autocast dtype.
         loss = loss_fn(logits.float(), mask)
         if not torch.isfinite(loss):
-            raise FloatingPointError(f"training loss became {loss.item()}; lower the learning rate or turn off mixed precision")
+            raise FloatingPointError(
+                f"training loss became {loss.item()}; lower the learning rate or turn off mixed precision"
+            )
         if scaler is not None:
             scaler.scale(loss).backward()
             scaler.step(optimizer)

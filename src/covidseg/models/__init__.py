@@ -54,7 +54,9 @@ def model_spec(cfg: Config) -> dict[str, Any]:
     return {"name": cfg.model.name, "in_channels": 1, "classes": 1}
 
 
-@register("unet", "reference U-Net: encoder 32/64/128, bottleneck 256, skip concatenation (model.base_channels scales it)")
+@register(
+    "unet", "reference U-Net: encoder 32/64/128, bottleneck 256, skip concatenation (model.base_channels scales it)"
+)
 def _unet(in_channels: int = 1, classes: int = 1, base_channels: int = 32) -> nn.Module:
     return UNet(in_channels=in_channels, classes=classes, base_channels=base_channels)
 

@@ -26,8 +26,9 @@ def _pyplot() -> Any:
     return plt
 
 
-def overlay(image: np.ndarray, mask: np.ndarray, color: tuple[float, float, float] = INFECTION_RGB,
-            alpha: float = 0.45) -> np.ndarray:
+def overlay(
+    image: np.ndarray, mask: np.ndarray, color: tuple[float, float, float] = INFECTION_RGB, alpha: float = 0.45
+) -> np.ndarray:
     """An RGB float image: the gray ``image`` (uint8 or [0, 1]) with ``mask`` tinted in ``color``."""
     gray = image.astype(np.float32)
     if gray.max(initial=0) > 1.0:
@@ -63,8 +64,17 @@ def plot_samples(rows: dict[str, list[tuple[np.ndarray, np.ndarray, str]]], path
                 image, mask, title = cells[c]
                 ax.imshow(overlay(image, mask))
                 ax.set_title(title, fontsize=7)
-        axes[r][0].text(-0.06, 0.5, group, transform=axes[r][0].transAxes, rotation=90, va="center", ha="right",
-                        fontsize=11, fontweight="bold")
+        axes[r][0].text(
+            -0.06,
+            0.5,
+            group,
+            transform=axes[r][0].transAxes,
+            rotation=90,
+            va="center",
+            ha="right",
+            fontsize=11,
+            fontweight="bold",
+        )
     fig.suptitle("Sample X-rays, infection masks in red", fontsize=11)
     return _save(fig, path)
 
