@@ -131,6 +131,7 @@ def cmd_evaluate(a: argparse.Namespace) -> int:
         a.panel,
         a.cache_dir,
         _progress(a.progress),
+        postprocess=a.postprocess,
     )
     p, pi, pc = s["pooled"], s["per_image"], s["per_image_covid"]
     print(f"{s['split']} ({s['images']} images, threshold {s['threshold']}):")
@@ -151,7 +152,7 @@ def cmd_predict(a: argparse.Namespace) -> int:
     from covidseg.predict import Predictor, predict_paths
 
     _setup_logging(a.verbose)
-    predictor = Predictor.from_run(a.run_dir, a.checkpoint, a.device, a.threshold)
+    predictor = Predictor.from_run(a.run_dir, a.checkpoint, a.device, a.threshold, a.postprocess)
     done, skipped = predict_paths(predictor, a.inputs, a.out, _progress(a.progress))
     print(
         f"predicted {done} image(s) into {a.out}" + (f"; skipped {len(skipped)} unreadable file(s)" if skipped else "")
@@ -188,6 +189,28 @@ def cmd_models(a: argparse.Namespace) -> int:
 
     for name, desc in list_models().items():
         print(f"{name:<24} {desc}")
+    if a.encoders:
+        from covidseg.models.smp_models import encoder_names
+
+        print("\nencoders for smp-* models (model.encoder_name):")
+        print("  " + ", ".join(encoder_names()))
+    return 0
+
+
+def cmd_tune(a: argparse.Namespace) -> int:
+    from covidseg.tune import tune_postprocess
+
+    _setup_logging(a.verbose)
+    post = tune_postprocess(a.run_dir, a.data, a.metric, a.limit, a.device, a.checkpoint, _progress(a.progress))
+    print(f"{'step':<14} {'setting':<10} {'kept':<5} {'per_image':>9} {'covid':>9} {'pooled':>9}")
+    for st in post.steps:
+        if st.get("trial"):
+            continue
+        print(
+            f"{st['step']:<14} {st['setting']:<10} {'yes' if st['kept'] else 'no':<5} "
+            f"{st['per_image']:9.4f} {st['per_image_covid']:9.4f} {st['pooled']:9.4f}"
+        )
+    print(f"decisions written to {Path(a.run_dir) / 'postprocess.json'}; evaluate and predict now apply them")
     return 0
 
 
@@ -239,7 +262,9 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--batch-size", type=int)
     sp.add_argument("--image-size", type=int)
     sp.add_argument("--lr", type=float)
-    sp.add_argument("--model")
+    sp.add_argument("--model", help="a name from 'covidseg models' (default unet, the reference)")
+    sp.add_argument("--encoder", help="encoder of an smp-* model (default resnet34)")
+    sp.add_argument("--encoder-weights", help="pre-trained encoder weights of an smp-* model: imagenet (needs network)")
     sp.add_argument("--seed", type=int)
     sp.add_argument("--device", help="auto, cpu, cuda or cuda:N (default auto)")
     sp.add_argument("--workers", type=int, help="DataLoader worker processes (default 0)")
@@ -266,6 +291,12 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--batch-size", type=int)
     sp.add_argument("--limit", type=int, help="evaluate a group-stratified subset of N images")
     sp.add_argument("--panel", type=int, default=6, help="examples in the prediction panel (default 6)")
+    sp.add_argument(
+        "--postprocess",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="apply the run's tuned decisions (postprocess.json) when present (default yes)",
+    )
     sp.add_argument("--cache-dir")
     common(sp)
     sp.set_defaults(func=cmd_evaluate)
@@ -277,6 +308,12 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--checkpoint", default="best", choices=("best", "last"))
     sp.add_argument("--threshold", type=float)
     sp.add_argument("--device", default="auto")
+    sp.add_argument(
+        "--postprocess",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="apply the run's tuned decisions (postprocess.json) when present (default yes)",
+    )
     common(sp)
     sp.set_defaults(func=cmd_predict)
 
@@ -287,7 +324,24 @@ def build_parser() -> argparse.ArgumentParser:
     common(sp)
     sp.set_defaults(func=cmd_demo)
 
-    sub.add_parser("models", help="list the registered models").set_defaults(func=cmd_models)
+    sp = sub.add_parser("tune", help="tune flip TTA, threshold and post-processing on Val; keep what helps")
+    sp.add_argument("run_dir")
+    sp.add_argument("--data", help="data folder (default: the one the run was trained on)")
+    sp.add_argument(
+        "--metric",
+        default="per_image",
+        choices=("per_image", "per_image_covid", "pooled"),
+        help="the Val Dice definition to improve (default per_image: all images, empty/empty = 1)",
+    )
+    sp.add_argument("--limit", type=int, help="tune on a group-stratified subset of N Val images")
+    sp.add_argument("--checkpoint", default="best", choices=("best", "last"))
+    sp.add_argument("--device", default="auto")
+    common(sp)
+    sp.set_defaults(func=cmd_tune)
+
+    sp = sub.add_parser("models", help="list the registered models")
+    sp.add_argument("--encoders", action="store_true", help="also list the encoders of the smp-* models")
+    sp.set_defaults(func=cmd_models)
     sub.add_parser("presets", help="list the presets").set_defaults(func=cmd_presets)
     return p
 

@@ -53,11 +53,14 @@ class ModelConfig:
     """Which network to build (see ``covidseg models``).
 
     ``base_channels`` is the first encoder width of the reference U-Net (32 in the reference;
-    the widths double per level: 32/64/128, bottleneck 256).
+    the widths double per level: 32/64/128, bottleneck 256). ``encoder_name`` and
+    ``encoder_weights`` (``None`` or ``imagenet``) apply to the ``smp-*`` models.
     """
 
     name: str = "unet"
     base_channels: int = 32
+    encoder_name: str = "resnet34"
+    encoder_weights: str | None = None
 
     def __post_init__(self) -> None:
         if self.base_channels < 1:
@@ -66,26 +69,80 @@ class ModelConfig:
 
 @dataclass(frozen=True)
 class LossConfig:
-    """Training loss; ``bce`` is binary cross-entropy on the sigmoid of the logits."""
+    """Training loss (definitions and the empty-mask rule: :mod:`covidseg.losses`).
+
+    ``name``: bce, dice, bce_dice, focal or tversky. ``dice_per_image``: Dice/Tversky per image
+    and averaged (True) or over the whole batch (False). ``smooth``: the Dice smoothing term in
+    pixels. ``bce_weight``: the BCE share of ``bce_dice``.
+    """
 
     name: str = "bce"
+    dice_per_image: bool = True
+    smooth: float = 1.0
+    bce_weight: float = 0.5
+    focal_gamma: float = 2.0
+    tversky_alpha: float = 0.3
+    tversky_beta: float = 0.7
 
     def __post_init__(self) -> None:
         if self.name not in LOSSES:
-            raise ConfigError(f"loss.name must be one of {sorted(LOSSES)}, got {self.name!r}")
+            raise ConfigError(f"loss.name must be one of {list(LOSSES)}, got {self.name!r}")
+        if not 0.0 <= self.bce_weight <= 1.0:
+            raise ConfigError(f"loss.bce_weight must lie in [0, 1], got {self.bce_weight}")
+        if self.smooth < 0:
+            raise ConfigError(f"loss.smooth must be >= 0, got {self.smooth}")
 
 
-LOSSES = ("bce",)
+LOSSES = ("bce", "dice", "bce_dice", "focal", "tversky")
 OPTIMIZERS = ("adam", "adamw", "sgd")
+
+
+AUGMENTS = ("none", "light", "xray")
+
+
+@dataclass(frozen=True)
+class AugmentConfig:
+    """Training augmentation (see :mod:`covidseg.transforms`): ``name`` none, light or xray;
+    ``strength`` scales every magnitude; ``hflip`` allows horizontal flips."""
+
+    name: str = "none"
+    strength: float = 1.0
+    hflip: bool = False
+
+    def __post_init__(self) -> None:
+        if self.name not in AUGMENTS:
+            raise ConfigError(f"augment.name must be one of {list(AUGMENTS)}, got {self.name!r}")
+        if not 0.0 < self.strength <= 2.0:
+            raise ConfigError(f"augment.strength must lie in (0, 2], got {self.strength}")
+
+
+SCHEDULES = ("constant", "cosine", "onecycle")
 
 
 @dataclass(frozen=True)
 class OptimConfig:
+    """Optimiser and learning-rate schedule, stepped per batch.
+
+    ``schedule``: ``constant`` (the reference), ``cosine`` (linear warm-up over
+    ``warmup_epochs``, then cosine decay to ``lr * final_lr_ratio``) or ``onecycle``
+    (PyTorch's OneCycleLR with ``max_lr = lr``; its warm-up share is ``warmup_epochs / epochs``,
+    0.3 when ``warmup_epochs`` is 0). ``grad_clip``: clip the gradient norm to this value
+    (0: off).
+    """
+
     name: str = "adam"
     lr: float = 1e-4
     weight_decay: float = 0.0
+    schedule: str = "constant"
+    warmup_epochs: float = 0.0
+    final_lr_ratio: float = 0.01
+    grad_clip: float = 0.0
 
     def __post_init__(self) -> None:
+        if self.schedule not in SCHEDULES:
+            raise ConfigError(f"optim.schedule must be one of {list(SCHEDULES)}, got {self.schedule!r}")
+        if self.warmup_epochs < 0 or self.grad_clip < 0 or not 0 <= self.final_lr_ratio <= 1:
+            raise ConfigError("optim.warmup_epochs and optim.grad_clip must be >= 0, optim.final_lr_ratio in [0, 1]")
         if self.name not in OPTIMIZERS:
             raise ConfigError(f"optim.name must be one of {list(OPTIMIZERS)}, got {self.name!r}")
         if not self.lr > 0:
@@ -102,9 +159,14 @@ class TrainConfig:
     """The training loop.
 
     ``device``: ``auto`` (CUDA when available, else CPU), ``cpu``, ``cuda`` or ``cuda:N``.
-    ``amp``: ``auto`` (mixed precision on CUDA, fp32 on CPU), ``off``, ``bf16`` or ``fp16``.
+    ``amp``: ``auto`` (mixed precision on CUDA, fp32 on CPU), ``off``, ``bf16`` or ``fp16``
+    (CUDA only); ``bf16`` on a CPU without bf16 instructions falls back to fp32 with a warning.
     ``select_metric``: the validation number that picks ``checkpoints/best.pt`` (``val_loss``
-    is minimised, the others maximised).
+    is minimised, the others maximised); ``select_smoothing`` in [0, 1) smooths it over epochs
+    with an exponential moving average first (nnU-Net uses 0.9), so one lucky epoch does not
+    win. ``early_stop_patience``: stop after this many epochs without a better smoothed value
+    (0: never). ``channels_last``: NHWC memory format, faster for convolutions on recent CPUs
+    and GPUs.
     """
 
     epochs: int = 30
@@ -113,6 +175,9 @@ class TrainConfig:
     device: str = "auto"
     amp: str = "auto"
     select_metric: str = "val_dice"
+    select_smoothing: float = 0.0
+    early_stop_patience: int = 0
+    channels_last: bool = False
     deterministic: bool = False
 
     def __post_init__(self) -> None:
@@ -124,6 +189,10 @@ class TrainConfig:
             raise ConfigError(f"train.amp must be auto, off, bf16 or fp16, got {self.amp!r}")
         if self.select_metric not in SELECT_METRICS:
             raise ConfigError(f"train.select_metric must be one of {list(SELECT_METRICS)}, got {self.select_metric!r}")
+        if not 0.0 <= self.select_smoothing < 1.0:
+            raise ConfigError(f"train.select_smoothing must lie in [0, 1), got {self.select_smoothing}")
+        if self.early_stop_patience < 0:
+            raise ConfigError(f"train.early_stop_patience must be >= 0, got {self.early_stop_patience}")
         if not (self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:")):
             raise ConfigError(f"train.device must be auto, cpu, cuda or cuda:N, got {self.device!r}")
 
@@ -153,6 +222,7 @@ class Config:
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     loss: LossConfig = field(default_factory=LossConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import json
 import logging
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,7 @@ from covidseg.engine.device import amp_dtype, autocast_factory, resolve_device
 from covidseg.engine.evaluate import evaluate
 from covidseg.errors import ConfigError
 from covidseg.metrics import dice_iou, summarize
+from covidseg.postprocess import load_postprocess
 from covidseg.progress import Progress
 
 log = logging.getLogger(__name__)
@@ -50,6 +52,7 @@ def evaluate_run(
     panel: int = 6,
     cache_dir: str | None = None,
     progress: Progress | None = None,
+    postprocess: bool = True,
 ) -> dict[str, Any]:
     """Evaluate ``RUN_DIR/checkpoints/<checkpoint>.pt`` on ``split`` and write the results.
 
@@ -58,6 +61,8 @@ def evaluate_run(
         threshold: the probability threshold; default: the run's ``eval.threshold``.
         limit: evaluate a seeded, group-stratified subset of this many images.
         panel: how many examples to draw in the prediction panel (0: none).
+        postprocess: apply the decisions in ``RUN_DIR/postprocess.json`` (from ``covidseg tune``)
+            when present; False: the plain threshold.
 
     Returns:
         The summary dict, as written to ``summary.json``.
@@ -68,9 +73,12 @@ def evaluate_run(
     dev = resolve_device(device)
     model, cfg, state = load_run(run_dir, checkpoint, map_location=dev)
     model.to(dev)
-    threshold = cfg.eval.threshold if threshold is None else threshold
-    if not 0 < threshold < 1:
-        raise ConfigError(f"threshold must lie in (0, 1), got {threshold}")
+    post = load_postprocess(run_dir if postprocess else None, cfg.eval.threshold)
+    if threshold is not None:
+        if not 0 < threshold < 1:
+            raise ConfigError(f"threshold must lie in (0, 1), got {threshold}")
+        post = replace(post, threshold=threshold)
+    threshold = post.threshold
     discovery = discover_root(data_root or cfg.data.root)
     ds = load_dataset(
         discovery, split, cfg.data.image_size, cache_dir or cfg.data.cache_dir, limit, cfg.train.seed, progress
@@ -78,11 +86,14 @@ def evaluate_run(
     loader = make_loader(ds, batch_size or cfg.train.batch_size, False, cfg.data.num_workers)
     show = _panel_indices(ds.groups, panel)
     autocast = autocast_factory(dev, amp_dtype(cfg.train.amp, dev))
-    res = evaluate(model, loader, dev, threshold, autocast, keep=show, progress=progress, desc=f"evaluate {split}")
+    res = evaluate(
+        model, loader, dev, threshold, autocast, keep=show, progress=progress, desc=f"evaluate {split}", post=post
+    )
 
     samples = ds.split.samples
     groups = [samples[i].group for i in res.indices]
     summary = summarize(res.stats, groups, threshold, cfg.eval.empty_empty, split)
+    summary["postprocess"] = {k: v for k, v in asdict(post).items() if k != "steps"}
     summary.update(
         {
             "checkpoint": checkpoint,

@@ -1,14 +1,70 @@
-"""Training losses. Inputs are logits ``(N, 1, H, W)`` and masks ``(N, 1, H, W)`` in {0, 1}."""
+"""Training losses.
+
+Conventions (as in :mod:`covidseg.metrics`): logits ``(N, 1, H, W)``; masks ``(N, 1, H, W)``
+float in {0, 1}.
+
+- ``bce``: binary cross-entropy of ``sigmoid(logits)``, in the numerically stable logits form.
+- ``dice``: soft Dice loss ``1 - (2 sum(p t) + s) / (sum(p) + sum(t) + s)`` with ``s = smooth``
+  (default 1 pixel). ``dice_per_image=True`` (default) computes it for each image and averages,
+  so every X-ray counts the same whatever its infected area; ``False`` pools all pixels of the
+  batch into one ratio (smp's binary ``DiceLoss``). The empty-mask rule is the smoothing term:
+  an image with empty truth and an empty prediction scores loss 0, and an image with empty truth
+  is pushed towards predicting nothing, with loss ``1 - s / (sum(p) + s)``.
+- ``tversky``: the same with false positives weighted ``tversky_alpha`` and false negatives
+  ``tversky_beta`` (Dice is alpha = beta = 0.5); same per-image rule.
+- ``focal``: smp's binary focal loss (``focal_gamma``, mean over pixels).
+- ``bce_dice``: ``bce_weight * bce + (1 - bce_weight) * dice``.
+"""
 
 from __future__ import annotations
 
+import torch
 from torch import nn
 
 from covidseg.config import LossConfig
 
 
+class SoftTverskyLoss(nn.Module):
+    """Soft Tversky (and, with alpha = beta = 0.5, Dice) loss on logits; see the module docstring."""
+
+    def __init__(self, alpha: float = 0.5, beta: float = 0.5, smooth: float = 1.0, per_image: bool = True) -> None:
+        super().__init__()
+        self.alpha, self.beta, self.smooth, self.per_image = alpha, beta, smooth, per_image
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        p = torch.sigmoid(logits.float())
+        t = target.float()
+        dims = tuple(range(1, p.ndim)) if self.per_image else tuple(range(p.ndim))
+        tp = (p * t).sum(dims)
+        fp = (p * (1 - t)).sum(dims)
+        fn = ((1 - p) * t).sum(dims)
+        score = (tp + self.smooth) / (tp + self.alpha * fp + self.beta * fn + self.smooth)
+        return (1 - score).mean()
+
+
+class WeightedSum(nn.Module):
+    def __init__(self, parts: list[tuple[float, nn.Module]]) -> None:
+        super().__init__()
+        self.weights = [w for w, _ in parts]
+        self.parts = nn.ModuleList(m for _, m in parts)
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return sum(w * m(logits, target) for w, m in zip(self.weights, self.parts))
+
+
 def build_loss(cfg: LossConfig) -> nn.Module:
-    """``bce``: binary cross-entropy of ``sigmoid(logits)``, in the numerically stable logits form."""
+    """The loss named by ``cfg.name`` (see the module docstring)."""
     if cfg.name == "bce":
         return nn.BCEWithLogitsLoss()
+    dice = SoftTverskyLoss(0.5, 0.5, cfg.smooth, cfg.dice_per_image)
+    if cfg.name == "dice":
+        return dice
+    if cfg.name == "bce_dice":
+        return WeightedSum([(cfg.bce_weight, nn.BCEWithLogitsLoss()), (1 - cfg.bce_weight, dice)])
+    if cfg.name == "tversky":
+        return SoftTverskyLoss(cfg.tversky_alpha, cfg.tversky_beta, cfg.smooth, cfg.dice_per_image)
+    if cfg.name == "focal":
+        from segmentation_models_pytorch.losses import FocalLoss
+
+        return FocalLoss("binary", gamma=cfg.focal_gamma)
     raise ValueError(f"unknown loss {cfg.name!r}")

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +20,9 @@ from torch import nn
 from covidseg.data.image_io import IMAGE_SUFFIXES, preprocess_image, read_gray8
 from covidseg.engine.checkpoint import load_run
 from covidseg.engine.device import resolve_device
+from covidseg.engine.evaluate import predict_probs
 from covidseg.errors import CovidsegError, DataError
+from covidseg.postprocess import Postprocess, load_postprocess
 from covidseg.progress import Progress, silent
 
 log = logging.getLogger(__name__)
@@ -39,19 +41,32 @@ class Prediction:
 class Predictor:
     """A trained model with its preprocessing and threshold."""
 
-    def __init__(self, model: nn.Module, image_size: int, threshold: float, device: torch.device) -> None:
+    def __init__(self, model: nn.Module, image_size: int, post: Postprocess | float, device: torch.device) -> None:
         self.model = model.to(device).eval()
         self.image_size = image_size
-        self.threshold = threshold
+        self.post = post if isinstance(post, Postprocess) else Postprocess(threshold=float(post))
         self.device = device
+
+    @property
+    def threshold(self) -> float:
+        return self.post.threshold
 
     @classmethod
     def from_run(
-        cls, run_dir: str | Path, checkpoint: str = "best", device: str = "auto", threshold: float | None = None
+        cls,
+        run_dir: str | Path,
+        checkpoint: str = "best",
+        device: str = "auto",
+        threshold: float | None = None,
+        postprocess: bool = True,
     ) -> Predictor:
+        """Load a run's model with its preprocessing and its tuned post-processing (if any)."""
         dev = resolve_device(device)
         model, cfg, _ = load_run(run_dir, checkpoint, map_location=dev)
-        return cls(model, cfg.data.image_size, cfg.eval.threshold if threshold is None else threshold, dev)
+        post = load_postprocess(Path(run_dir) if postprocess else None, cfg.eval.threshold)
+        if threshold is not None:
+            post = replace(post, threshold=threshold)
+        return cls(model, cfg.data.image_size, post, dev)
 
     @torch.no_grad()
     def predict(self, gray8: np.ndarray) -> Prediction:
@@ -59,11 +74,13 @@ class Predictor:
         if gray8.ndim != 2:
             raise ValueError(f"expected a 2-D gray image, got shape {gray8.shape}")
         x = torch.from_numpy(preprocess_image(gray8, self.image_size))[None, None].to(self.device)
-        prob = torch.sigmoid(self.model(x).float())[0, 0].cpu().numpy()
+        _, prob_t = predict_probs(self.model, x, tta_hflip=self.post.tta_hflip)
+        prob = prob_t[0, 0].cpu().numpy()
         h, w = gray8.shape
         if prob.shape != (h, w):
             prob = np.asarray(Image.fromarray(prob, mode="F").resize((w, h), Image.BILINEAR))
-        return Prediction((prob > self.threshold).astype(np.uint8), prob.astype(np.float32))
+        mask = self.post.apply(prob, area_scale=h * w / self.image_size**2)
+        return Prediction(mask, prob.astype(np.float32))
 
 
 def list_inputs(path: str | Path) -> list[Path]:

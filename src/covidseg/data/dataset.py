@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+from typing import Any
 
 import numpy as np
 import torch
@@ -16,19 +17,37 @@ class SegmentationDataset(Dataset):
     """Items are dicts: ``image`` (1, S, S) float32 in [0, 1]; ``mask`` and ``lung`` (1, S, S)
     float32 {0, 1}; ``index`` (int, position in the split); ``group`` (int, index in GROUPS)."""
 
-    def __init__(self, split: CachedSplit) -> None:
+    def __init__(self, split: CachedSplit, transform: Any | None = None) -> None:
         self.split = split
+        self.transform = transform
         self.groups = np.array([GROUPS.index(s.group) for s in split.samples], dtype=np.int64)
+
+    def set_seed(self, seed: int) -> None:
+        """Seed the random transform (per epoch in the main process, per worker in workers)."""
+        if self.transform is not None:
+            self.transform.set_random_seed(seed % 2**32)
 
     def __len__(self) -> int:
         return len(self.split)
 
     def __getitem__(self, i: int) -> dict[str, torch.Tensor | int]:
         s = self.split
-        image = torch.from_numpy(np.array(s.images[i], dtype=np.float32) / 255.0)[None]
-        mask = torch.from_numpy(np.array(s.infection[i], dtype=np.float32))[None]
-        lung = torch.from_numpy(np.array(s.lung[i], dtype=np.float32))[None]
+        image, infection, lung = np.asarray(s.images[i]), np.asarray(s.infection[i]), np.asarray(s.lung[i])
+        if self.transform is not None:
+            from covidseg.transforms import apply
+
+            image, (infection, lung) = apply(self.transform, image, [infection, lung])
+        image = torch.from_numpy(image.astype(np.float32) / 255.0)[None]
+        mask = torch.from_numpy(infection.astype(np.float32))[None]
+        lung = torch.from_numpy(lung.astype(np.float32))[None]
         return {"image": image, "mask": mask, "lung": lung, "index": i, "group": int(self.groups[i])}
+
+
+def seed_worker(worker_id: int) -> None:
+    """DataLoader ``worker_init_fn``: seed the worker's transform from the loader's generator."""
+    info = torch.utils.data.get_worker_info()
+    if info is not None and isinstance(info.dataset, SegmentationDataset):
+        info.dataset.set_seed(info.seed)
 
 
 def stratified_subset(samples: list[Sample], limit: int | None, seed: int) -> list[Sample]:

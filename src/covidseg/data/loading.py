@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 import torch
 from torch.utils.data import DataLoader
 
 from covidseg.data.cache import load_split
-from covidseg.data.dataset import SegmentationDataset, stratified_subset
+from covidseg.data.dataset import SegmentationDataset, seed_worker, stratified_subset
 from covidseg.data.discovery import Discovery, discover
 from covidseg.errors import DataError
 from covidseg.progress import Progress
@@ -24,6 +25,7 @@ def load_dataset(
     limit: int | None = None,
     seed: int = 0,
     progress: Progress | None = None,
+    transform: Any | None = None,
 ) -> SegmentationDataset:
     """The preprocessed dataset of one split, optionally a seeded group-stratified subset."""
     samples = discovery.split(split)
@@ -33,7 +35,7 @@ def load_dataset(
     samples = stratified_subset(samples, limit, seed)
     cached = load_split(samples, image_size, cache_dir, progress=progress, desc=f"decode {split}")
     log.info("%s: %d images at %dx%d", split, len(cached), image_size, image_size)
-    return SegmentationDataset(cached)
+    return SegmentationDataset(cached, transform)
 
 
 def discover_root(root: str | None) -> Discovery:
@@ -60,5 +62,6 @@ def make_loader(
         generator=generator,
         pin_memory=pin_memory,
         persistent_workers=False,
+        worker_init_fn=seed_worker if num_workers > 0 else None,
         drop_last=False,
     )

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 from collections.abc import Callable
 from contextlib import AbstractContextManager
 
 import torch
 
 from covidseg.errors import ConfigError
+
+log = logging.getLogger(__name__)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -21,6 +24,14 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
+def cpu_supports_bf16() -> bool:
+    """Whether this CPU has native bf16 instructions (AVX512-BF16 or AMX), as oneDNN sees it."""
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
 def amp_dtype(amp: str, device: torch.device) -> torch.dtype | None:
     """The autocast dtype for ``train.amp`` on ``device``; None means plain fp32."""
     if amp == "off" or (amp == "auto" and device.type != "cuda"):
@@ -29,6 +40,9 @@ def amp_dtype(amp: str, device: torch.device) -> torch.dtype | None:
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
     if amp == "fp16" and device.type != "cuda":
         raise ConfigError("train.amp=fp16 needs a CUDA device; use bf16 or off on CPU")
+    if amp == "bf16" and device.type == "cpu" and not cpu_supports_bf16():
+        log.warning("this CPU has no native bf16 instructions; training in fp32 instead (train.amp=bf16 ignored)")
+        return None
     return torch.bfloat16 if amp == "bf16" else torch.float16
 
 

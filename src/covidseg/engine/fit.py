@@ -32,6 +32,7 @@ from covidseg.engine.checkpoint import load_checkpoint, save_checkpoint
 from covidseg.engine.device import amp_dtype, autocast_factory, resolve_device
 from covidseg.engine.evaluate import evaluate
 from covidseg.engine.history import write_history
+from covidseg.engine.optim import build_optimizer, build_scheduler
 from covidseg.engine.train import train_one_epoch
 from covidseg.errors import CovidsegError
 from covidseg.losses import build_loss
@@ -39,6 +40,7 @@ from covidseg.metrics import dice_iou, pooled
 from covidseg.models import create_model, model_spec
 from covidseg.progress import Progress
 from covidseg.repro import capture_environment, epoch_generator, seed_everything
+from covidseg.transforms import build_train_transform
 
 log = logging.getLogger(__name__)
 
@@ -53,19 +55,19 @@ class RunResult:
     history: list[dict[str, Any]] = field(default_factory=list)
 
 
-def _build_optimizer(cfg: Config, params: Any) -> torch.optim.Optimizer:
-    o = cfg.optim
-    if o.name == "adam":
-        return torch.optim.Adam(params, lr=o.lr, weight_decay=o.weight_decay)
-    if o.name == "adamw":
-        return torch.optim.AdamW(params, lr=o.lr, weight_decay=o.weight_decay)
-    return torch.optim.SGD(params, lr=o.lr, momentum=0.9, weight_decay=o.weight_decay)
-
-
 def _better(metric: str, new: float, old: float | None) -> bool:
     if old is None or math.isnan(old):
         return not math.isnan(new)
     return new < old if metric == "val_loss" else new > old
+
+
+def _smooth(history: list[dict[str, Any]], metric: str, alpha: float) -> float:
+    """Exponential moving average of ``metric`` over the epochs so far (alpha = 0: the last value)."""
+    value = math.nan
+    for row in history:
+        x = row[metric]
+        value = x if math.isnan(value) else alpha * value + (1 - alpha) * x
+    return value
 
 
 def _sample_rows(ds: SegmentationDataset, per_group: int = 4) -> dict[str, list]:
@@ -122,7 +124,16 @@ def fit(
 
     discovery = discover_root(cfg.data.root)
     d = cfg.data
-    train_ds = load_dataset(discovery, "Train", d.image_size, d.cache_dir, d.train_limit, cfg.train.seed, progress)
+    train_ds = load_dataset(
+        discovery,
+        "Train",
+        d.image_size,
+        d.cache_dir,
+        d.train_limit,
+        cfg.train.seed,
+        progress,
+        transform=build_train_transform(cfg.augment),
+    )
     val_ds = load_dataset(discovery, "Val", d.image_size, d.cache_dir, d.val_limit, cfg.train.seed, progress)
     (run_dir / "splits.json").write_text(
         json.dumps(
@@ -130,9 +141,14 @@ def fit(
         )
     )
 
-    spec = model_spec(cfg)
-    model = create_model(spec).to(device)
-    optimizer = _build_optimizer(cfg, model.parameters())
+    spec = model_spec(cfg, with_weights=False)
+    # Pre-trained encoder weights are fetched once, for a new run; a resumed run has its own.
+    model = create_model(model_spec(cfg, with_weights=state is None)).to(device)
+    if cfg.train.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    optimizer = build_optimizer(cfg.optim, model.parameters())
+    steps_per_epoch = math.ceil(len(train_ds) / cfg.train.batch_size)
+    scheduler = build_scheduler(cfg.optim, optimizer, cfg.train.epochs, steps_per_epoch)
     dtype = amp_dtype(cfg.train.amp, device)
     autocast = autocast_factory(device, dtype)
     scaler = torch.amp.GradScaler("cuda") if dtype == torch.float16 else None
@@ -141,13 +157,15 @@ def fit(
     loss_fn = build_loss(cfg.loss)
 
     history: list[dict[str, Any]] = []
-    best: dict[str, Any] = {"metric": cfg.train.select_metric, "value": None, "epoch": 0}
+    best: dict[str, Any] = {"metric": cfg.train.select_metric, "value": None, "epoch": 0, "smoothed": None}
     start_epoch = 1
     if state is not None:
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         if scaler is not None and state.get("scaler"):
             scaler.load_state_dict(state["scaler"])
+        if scheduler is not None and state.get("scheduler"):
+            scheduler.load_state_dict(state["scheduler"])
         history = list(state.get("history", []))
         best = dict(state["best"])
         start_epoch = int(state["epoch"]) + 1
@@ -170,8 +188,13 @@ def fit(
         cfg.optim.lr,
     )
 
+    t = cfg.train
     for epoch in range(start_epoch, cfg.train.epochs + 1):
+        if t.early_stop_patience and epoch - best["epoch"] > t.early_stop_patience:
+            log.info("early stop: no better smoothed %s for %d epochs", t.select_metric, t.early_stop_patience)
+            break
         t0 = time.perf_counter()
+        train_ds.set_seed(cfg.train.seed * 1_000_003 + epoch)  # augmentation draws, when no workers
         train_loader = make_loader(
             train_ds,
             cfg.train.batch_size,
@@ -180,6 +203,7 @@ def fit(
             generator=epoch_generator(cfg.train.seed, epoch),
             pin_memory=device.type == "cuda",
         )
+        lr = optimizer.param_groups[0]["lr"]
         tr = train_one_epoch(
             model,
             train_loader,
@@ -190,13 +214,25 @@ def fit(
             scaler,
             progress,
             desc=f"epoch {epoch}/{cfg.train.epochs}",
+            scheduler=scheduler,
+            grad_clip=cfg.optim.grad_clip,
+            channels_last=t.channels_last,
         )
-        ev = evaluate(model, val_loader, device, cfg.eval.threshold, autocast, progress=progress, desc="val")
+        ev = evaluate(
+            model,
+            val_loader,
+            device,
+            cfg.eval.threshold,
+            autocast,
+            progress=progress,
+            desc="val",
+            channels_last=t.channels_last,
+        )
         pool = pooled(ev.stats, cfg.eval.empty_empty)
         dice, iou = dice_iou(ev.stats, cfg.eval.empty_empty)
         row = {
             "epoch": epoch,
-            "lr": optimizer.param_groups[0]["lr"],
+            "lr": lr,
             "train_loss": tr["loss"],
             "train_pixel_accuracy": tr["pixel_accuracy"],
             "val_loss": ev.loss,
@@ -208,16 +244,18 @@ def fit(
             "seconds": round(time.perf_counter() - t0, 2),
         }
         history.append(row)
-        value = row[cfg.train.select_metric]
-        improved = _better(cfg.train.select_metric, value, best["value"])
+        smoothed = _smooth(history, t.select_metric, t.select_smoothing)
+        row[f"{t.select_metric}_smoothed"] = smoothed
+        improved = _better(t.select_metric, smoothed, best.get("smoothed", best["value"]))
         if improved:
-            best = {"metric": cfg.train.select_metric, "value": value, "epoch": epoch}
+            best = {"metric": t.select_metric, "value": row[t.select_metric], "epoch": epoch, "smoothed": smoothed}
         ckpt = {
             "model": model.state_dict(),
             "model_spec": spec,
             "config": cfg.to_dict(),
             "optimizer": optimizer.state_dict(),
             "scaler": scaler.state_dict() if scaler is not None else None,
+            "scheduler": scheduler.state_dict() if scheduler is not None else None,
             "epoch": epoch,
             "best": best,
             "history": history,

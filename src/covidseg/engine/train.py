@@ -21,13 +21,20 @@ def train_one_epoch(
     scaler: torch.amp.GradScaler | None = None,
     progress: Progress | None = None,
     desc: str = "train",
+    scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
+    grad_clip: float = 0.0,
+    channels_last: bool = False,
 ) -> dict[str, float]:
-    """Train for one pass over ``loader``; returns the mean loss and pixel accuracy (at 0.5)."""
+    """Train for one pass over ``loader``; returns the mean loss and pixel accuracy (at 0.5).
+
+    ``scheduler`` is stepped after every batch; ``grad_clip`` > 0 clips the gradient norm.
+    """
+    memory_format = torch.channels_last if channels_last else torch.contiguous_format
     model.train()
     total_loss, correct, pixels, seen = 0.0, 0, 0, 0
     bar = (progress or silent)(loader, desc=desc, total=len(loader) if hasattr(loader, "__len__") else None)
     for batch in bar:
-        image = batch["image"].to(device, non_blocking=True)
+        image = batch["image"].to(device, non_blocking=True).contiguous(memory_format=memory_format)
         mask = batch["mask"].to(device, non_blocking=True)
         optimizer.zero_grad(set_to_none=True)
         with autocast():
@@ -40,11 +47,18 @@ def train_one_epoch(
             )
         if scaler is not None:
             scaler.scale(loss).backward()
+            if grad_clip > 0:
+                scaler.unscale_(optimizer)
+                nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
             scaler.step(optimizer)
             scaler.update()
         else:
             loss.backward()
+            if grad_clip > 0:
+                nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
             optimizer.step()
+        if scheduler is not None:
+            scheduler.step()
         n = image.shape[0]
         total_loss += loss.item() * n
         seen += n

@@ -13,6 +13,7 @@ from torch import nn
 
 from covidseg.config import Config
 from covidseg.errors import ConfigError
+from covidseg.models.smp_models import ARCHITECTURES, build_smp
 from covidseg.models.unet import UNet
 
 _REGISTRY: dict[str, tuple[Callable[..., nn.Module], str]] = {}
@@ -47,11 +48,22 @@ def create_model(spec: dict[str, Any]) -> nn.Module:
         raise ConfigError(f"model {name!r}: {exc}") from None
 
 
-def model_spec(cfg: Config) -> dict[str, Any]:
-    """The registry spec for a config's model section."""
-    if cfg.model.name == "unet":
-        return {"name": "unet", "in_channels": 1, "classes": 1, "base_channels": cfg.model.base_channels}
-    return {"name": cfg.model.name, "in_channels": 1, "classes": 1}
+def model_spec(cfg: Config, with_weights: bool = True) -> dict[str, Any]:
+    """The registry spec for a config's model section.
+
+    ``with_weights=False`` drops the pre-trained weight source: the spec stored in a checkpoint
+    rebuilds the network and then loads the checkpoint's own weights, without any download.
+    """
+    m = cfg.model
+    if m.name not in _REGISTRY:
+        raise ConfigError(f"unknown model {m.name!r}; available: {', '.join(list_models())}")
+    spec: dict[str, Any] = {"name": m.name, "in_channels": 1, "classes": 1}
+    if m.name == "unet":
+        spec["base_channels"] = m.base_channels
+    else:
+        spec["encoder_name"] = m.encoder_name
+        spec["encoder_weights"] = m.encoder_weights if with_weights else None
+    return spec
 
 
 @register(
@@ -60,5 +72,17 @@ def model_spec(cfg: Config) -> dict[str, Any]:
 def _unet(in_channels: int = 1, classes: int = 1, base_channels: int = 32) -> nn.Module:
     return UNet(in_channels=in_channels, classes=classes, base_channels=base_channels)
 
+
+def _register_smp(name: str, arch: str, description: str) -> None:
+    def build(
+        encoder_name: str = "resnet34", encoder_weights: str | None = None, in_channels: int = 1, classes: int = 1
+    ) -> nn.Module:
+        return build_smp(arch, encoder_name, encoder_weights, in_channels, classes)
+
+    register(name, description)(build)
+
+
+for _name, (_arch, _desc) in ARCHITECTURES.items():
+    _register_smp(_name, _arch, _desc)
 
 __all__ = ["UNet", "create_model", "list_models", "model_spec", "register"]

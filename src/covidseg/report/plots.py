@@ -55,7 +55,9 @@ def plot_samples(rows: dict[str, list[tuple[np.ndarray, np.ndarray, str]]], path
     """
     plt = _pyplot()
     ncols = max((len(v) for v in rows.values()), default=1)
-    fig, axes = plt.subplots(len(rows), ncols, figsize=(2.6 * ncols, 2.8 * len(rows)), squeeze=False)
+    fig, axes = plt.subplots(
+        len(rows), ncols, figsize=(2.6 * ncols, 2.8 * len(rows)), squeeze=False, layout="constrained"
+    )
     for r, (group, cells) in enumerate(rows.items()):
         for c in range(ncols):
             ax = axes[r][c]
@@ -83,7 +85,7 @@ def plot_curves(history: Sequence[dict[str, float]], path: str | Path) -> Path:
     """Train and val loss, and train and val pixel accuracy, per epoch."""
     plt = _pyplot()
     epochs = [h["epoch"] for h in history]
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.6))
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.6), layout="constrained")
     for ax, key, label in ((ax1, "loss", "BCE loss"), (ax2, "pixel_accuracy", "pixel accuracy")):
         for split, style in (("train", "-o"), ("val", "-s")):
             values = [h.get(f"{split}_{key}", math.nan) for h in history]
@@ -107,7 +109,7 @@ def plot_predictions(
     """
     plt = _pyplot()
     n = max(len(panels), 1)
-    fig, axes = plt.subplots(n, 3, figsize=(8.4, 2.8 * n), squeeze=False)
+    fig, axes = plt.subplots(n, 3, figsize=(8.4, 2.8 * n), squeeze=False, layout="constrained")
     for r, (image, truth, pred, caption) in enumerate(panels):
         axes[r][0].imshow(image, cmap="gray", vmin=0, vmax=255 if image.max(initial=0) > 1 else 1)
         axes[r][0].set_title(caption, fontsize=8)

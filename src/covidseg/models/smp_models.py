@@ -1,0 +1,60 @@
+"""segmentation-models-pytorch architectures in the registry, with one input channel.
+
+Names are ``smp-<arch>`` (``smp-unet``, ``smp-unetplusplus``, ``smp-fpn``, ``smp-deeplabv3plus``);
+any smp encoder works (``model.encoder_name``: resnet18/34/50, densenet121, efficientnet-b0,
+mobilenet_v2, ...; see ``covidseg models --encoders``). With ``model.encoder_weights=imagenet``
+smp downloads the encoder's pre-trained weights (and, for one input channel, sums the first
+convolution's RGB filters); where nothing can be downloaded that fails with a clear message.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+from torch import nn
+
+from covidseg.errors import ConfigError
+
+ARCHITECTURES = {
+    "smp-unet": ("Unet", "U-Net with a pre-trainable encoder (segmentation-models-pytorch)"),
+    "smp-unetplusplus": ("UnetPlusPlus", "U-Net++: nested dense skip pathways (segmentation-models-pytorch)"),
+    "smp-fpn": ("FPN", "Feature Pyramid Network (segmentation-models-pytorch)"),
+    "smp-deeplabv3plus": ("DeepLabV3Plus", "DeepLabV3+: atrous spatial pyramid pooling (segmentation-models-pytorch)"),
+}
+
+
+def _smp() -> Any:
+    return importlib.import_module("segmentation_models_pytorch")
+
+
+def encoder_names() -> list[str]:
+    return list(_smp().encoders.get_encoder_names())
+
+
+def build_smp(
+    arch: str,
+    encoder_name: str = "resnet34",
+    encoder_weights: str | None = None,
+    in_channels: int = 1,
+    classes: int = 1,
+) -> nn.Module:
+    """Build an smp model; errors name what to change."""
+    smp = _smp()
+    if encoder_name not in smp.encoders.get_encoder_names():
+        raise ConfigError(f"unknown encoder {encoder_name!r}; see 'covidseg models --encoders' for the list")
+    try:
+        return getattr(smp, arch)(
+            encoder_name=encoder_name, encoder_weights=encoder_weights, in_channels=in_channels, classes=classes
+        )
+    except KeyError as exc:
+        raise ConfigError(f"encoder {encoder_name!r} has no {encoder_weights!r} weights ({exc})") from None
+    except (OSError, RuntimeError, ValueError, ConnectionError) as exc:
+        if encoder_weights is None:
+            raise
+        raise ConfigError(
+            f"could not load the {encoder_weights!r} weights of encoder {encoder_name!r}: "
+            f"{str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__}. "
+            "Without network access, train from scratch (model.encoder_weights=None) or put the "
+            "weights into the Hugging Face / torch hub cache first."
+        ) from None
