@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -111,6 +112,8 @@ def cmd_train(a: argparse.Namespace) -> int:
         if a.preset is None:
             log.info("no --preset given: using %r for this machine", cfg.preset)
     result = fit(cfg, out, resume=a.resume, progress=_progress(a.progress), argv=sys.argv)
+    if os.environ.get("RANK", "0") != "0":  # under torchrun, rank 0 speaks for the run
+        return 0
     print(f"best {result.select_metric} {result.best_value:.4f} at epoch {result.best_epoch}; run folder: {out}")
     return 0
 

@@ -47,17 +47,19 @@ def discover_root(root: str | None) -> Discovery:
 
 
 def make_loader(
-    dataset: SegmentationDataset,
+    dataset: Any,
     batch_size: int,
     shuffle: bool,
     num_workers: int = 0,
     generator: torch.Generator | None = None,
     pin_memory: bool = False,
+    sampler: Any | None = None,
 ) -> DataLoader:
     return DataLoader(
         dataset,
         batch_size=batch_size,
-        shuffle=shuffle,
+        shuffle=shuffle if sampler is None else False,
+        sampler=sampler,
         num_workers=num_workers,
         generator=generator,
         pin_memory=pin_memory,

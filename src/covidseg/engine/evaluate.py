@@ -26,6 +26,17 @@ class EvalResult:
     loss: float
     kept: dict[int, np.ndarray] = field(default_factory=dict)
     probs: np.ndarray | None = None
+    pixels: int = 0
+
+    @classmethod
+    def merge(cls, parts: list[EvalResult]) -> EvalResult:
+        """One result from the shards of several processes, rows in dataset order."""
+        indices = np.concatenate([p.indices for p in parts])
+        order = np.argsort(indices, kind="stable")
+        pixels = sum(p.pixels for p in parts)
+        loss = sum(p.loss * p.pixels for p in parts) / max(pixels, 1)
+        kept = {k: v for p in parts for k, v in p.kept.items()}
+        return cls(np.concatenate([p.stats for p in parts])[order], indices[order], loss, kept, None, pixels)
 
 
 @torch.no_grad()
@@ -99,4 +110,5 @@ def evaluate(
         total_loss / max(pixels, 1),
         kept,
         np.concatenate(probs) if keep_probs else None,
+        pixels,
     )

@@ -30,7 +30,8 @@ from covidseg.data.discovery import GROUPS
 from covidseg.data.loading import discover_root, load_dataset, make_loader
 from covidseg.engine.checkpoint import load_checkpoint, save_checkpoint
 from covidseg.engine.device import amp_dtype, autocast_factory, resolve_device
-from covidseg.engine.evaluate import evaluate
+from covidseg.engine.distributed import DistInfo, all_gather, barrier, cleanup, init_distributed
+from covidseg.engine.evaluate import EvalResult, evaluate
 from covidseg.engine.history import write_history
 from covidseg.engine.optim import build_optimizer, build_scheduler
 from covidseg.engine.train import train_one_epoch
@@ -100,6 +101,8 @@ def fit(
 
     A resumed run repeats the epoch that was in progress and then goes on exactly as an
     unbroken run would (the shuffling of each epoch depends only on the seed and the epoch).
+    Started by ``torchrun`` with several processes, it trains with DistributedDataParallel
+    (:mod:`covidseg.engine.distributed`); only rank 0 writes the run folder.
 
     Example:
         >>> result = fit(build_config("demo", overrides={"data.root": "synth"}), "runs/demo")
@@ -114,53 +117,68 @@ def fit(
     elif last_path.is_file():
         raise CovidsegError(f"{run_dir} already holds a run; pass --resume to continue it, or choose another --out")
 
-    device = resolve_device(cfg.train.device)
-    seed_everything(cfg.train.seed, cfg.train.deterministic)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    save_yaml(cfg, run_dir / "config.yaml")
-    env = capture_environment(device, cfg.train.seed, argv)
-    env_name = "env.json" if state is None else f"env-resume-{int(state['epoch']) + 1}.json"
-    (run_dir / env_name).write_text(json.dumps(env, indent=2))
+    dinfo, device_name = init_distributed(cfg.train.device)
+    try:
+        return _fit(cfg, run_dir, state, dinfo, resolve_device(device_name), progress, argv)
+    finally:
+        cleanup(dinfo)
 
-    discovery = discover_root(cfg.data.root)
-    d = cfg.data
-    train_ds = load_dataset(
-        discovery,
-        "Train",
-        d.image_size,
-        d.cache_dir,
-        d.train_limit,
-        cfg.train.seed,
-        progress,
-        transform=build_train_transform(cfg.augment),
-    )
-    val_ds = load_dataset(discovery, "Val", d.image_size, d.cache_dir, d.val_limit, cfg.train.seed, progress)
-    (run_dir / "splits.json").write_text(
-        json.dumps(
-            {"Train": [s.id for s in train_ds.split.samples], "Val": [s.id for s in val_ds.split.samples]}, indent=0
-        )
-    )
+
+def _fit(
+    cfg: Config,
+    run_dir: Path,
+    state: dict[str, Any] | None,
+    dinfo: DistInfo,
+    device: torch.device,
+    progress: Progress | None,
+    argv: list[str] | None,
+) -> RunResult:
+    main = dinfo.is_main
+    if not main:
+        progress = None
+        logging.getLogger("covidseg").setLevel(logging.WARNING)
+    t, d = cfg.train, cfg.data
+    seed_everything(t.seed, t.deterministic)
+    if main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        save_yaml(cfg, run_dir / "config.yaml")
+        env = capture_environment(device, t.seed, argv)
+        env["world_size"] = dinfo.world_size
+        env_name = "env.json" if state is None else f"env-resume-{int(state['epoch']) + 1}.json"
+        (run_dir / env_name).write_text(json.dumps(env, indent=2))
+
+    discovery = discover_root(d.root)
+    # Rank 0 decodes and caches first; the others then read its cache.
+    if not main:
+        barrier(dinfo)
+    transform = build_train_transform(cfg.augment)
+    train_ds = load_dataset(discovery, "Train", d.image_size, d.cache_dir, d.train_limit, t.seed, progress, transform)
+    val_ds = load_dataset(discovery, "Val", d.image_size, d.cache_dir, d.val_limit, t.seed, progress)
+    if main:
+        barrier(dinfo)
+        splits = {"Train": [s.id for s in train_ds.split.samples], "Val": [s.id for s in val_ds.split.samples]}
+        (run_dir / "splits.json").write_text(json.dumps(splits, indent=0))
 
     spec = model_spec(cfg, with_weights=False)
     # Pre-trained encoder weights are fetched once, for a new run; a resumed run has its own.
-    model = create_model(model_spec(cfg, with_weights=state is None)).to(device)
-    if cfg.train.channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    optimizer = build_optimizer(cfg.optim, model.parameters())
-    steps_per_epoch = math.ceil(len(train_ds) / cfg.train.batch_size)
-    scheduler = build_scheduler(cfg.optim, optimizer, cfg.train.epochs, steps_per_epoch)
-    dtype = amp_dtype(cfg.train.amp, device)
+    net = create_model(model_spec(cfg, with_weights=state is None)).to(device)
+    if t.channels_last:
+        net = net.to(memory_format=torch.channels_last)
+    optimizer = build_optimizer(cfg.optim, net.parameters())
+    steps_per_epoch = math.ceil(math.ceil(len(train_ds) / dinfo.world_size) / t.batch_size)
+    scheduler = build_scheduler(cfg.optim, optimizer, t.epochs, steps_per_epoch)
+    dtype = amp_dtype(t.amp, device)
     autocast = autocast_factory(device, dtype)
     scaler = torch.amp.GradScaler("cuda") if dtype == torch.float16 else None
     if device.type == "cuda":
-        torch.backends.cudnn.benchmark = not cfg.train.deterministic
+        torch.backends.cudnn.benchmark = not t.deterministic
     loss_fn = build_loss(cfg.loss)
 
     history: list[dict[str, Any]] = []
-    best: dict[str, Any] = {"metric": cfg.train.select_metric, "value": None, "epoch": 0, "smoothed": None}
+    best: dict[str, Any] = {"metric": t.select_metric, "value": None, "epoch": 0, "smoothed": None}
     start_epoch = 1
     if state is not None:
-        model.load_state_dict(state["model"])
+        net.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         if scaler is not None and state.get("scaler"):
             scaler.load_state_dict(state["scaler"])
@@ -169,39 +187,54 @@ def fit(
         history = list(state.get("history", []))
         best = dict(state["best"])
         start_epoch = int(state["epoch"]) + 1
-        log.info("resuming %s at epoch %d of %d", run_dir, start_epoch, cfg.train.epochs)
-    else:
+        log.info("resuming %s at epoch %d of %d", run_dir, start_epoch, t.epochs)
+    elif main:
         from covidseg.report.plots import plot_samples
 
         plot_samples(_sample_rows(train_ds), run_dir / "plots" / "samples.png")
 
-    val_loader = make_loader(val_ds, cfg.train.batch_size, False, d.num_workers, pin_memory=device.type == "cuda")
+    model: torch.nn.Module = net
+    train_sampler = None
+    val_part: Any = val_ds
+    if dinfo.enabled:
+        from torch.nn.parallel import DistributedDataParallel
+        from torch.utils.data import DistributedSampler, Subset
+
+        model = DistributedDataParallel(net, device_ids=[device.index] if device.type == "cuda" else None)
+        train_sampler = DistributedSampler(train_ds, dinfo.world_size, dinfo.rank, shuffle=True, seed=t.seed)
+        val_part = Subset(val_ds, list(range(dinfo.rank, len(val_ds), dinfo.world_size)))
+    pin = device.type == "cuda"
+    val_loader = make_loader(val_part, t.batch_size, False, d.num_workers, pin_memory=pin)
     log.info(
-        "training %s on %s (%s) for %d epochs: %d train / %d val images, batch %d, lr %g",
+        "training %s on %s%s (%s) for %d epochs: %d train / %d val images, batch %d%s, lr %g",
         spec["name"],
         device,
+        f" x {dinfo.world_size} processes" if dinfo.enabled else "",
         "fp32" if dtype is None else str(dtype).replace("torch.", ""),
-        cfg.train.epochs,
+        t.epochs,
         len(train_ds),
         len(val_ds),
-        cfg.train.batch_size,
+        t.batch_size,
+        " per process" if dinfo.enabled else "",
         cfg.optim.lr,
     )
 
-    t = cfg.train
-    for epoch in range(start_epoch, cfg.train.epochs + 1):
+    for epoch in range(start_epoch, t.epochs + 1):
         if t.early_stop_patience and epoch - best["epoch"] > t.early_stop_patience:
             log.info("early stop: no better smoothed %s for %d epochs", t.select_metric, t.early_stop_patience)
             break
         t0 = time.perf_counter()
-        train_ds.set_seed(cfg.train.seed * 1_000_003 + epoch)  # augmentation draws, when no workers
+        train_ds.set_seed(t.seed * 1_000_003 + epoch * 1009 + dinfo.rank)  # augmentation draws, without workers
+        if train_sampler is not None:
+            train_sampler.set_epoch(epoch)
         train_loader = make_loader(
             train_ds,
-            cfg.train.batch_size,
+            t.batch_size,
             True,
             d.num_workers,
-            generator=epoch_generator(cfg.train.seed, epoch),
-            pin_memory=device.type == "cuda",
+            generator=epoch_generator(t.seed, epoch),
+            pin_memory=pin,
+            sampler=train_sampler,
         )
         lr = optimizer.param_groups[0]["lr"]
         tr = train_one_epoch(
@@ -213,13 +246,13 @@ def fit(
             autocast,
             scaler,
             progress,
-            desc=f"epoch {epoch}/{cfg.train.epochs}",
+            desc=f"epoch {epoch}/{t.epochs}",
             scheduler=scheduler,
             grad_clip=cfg.optim.grad_clip,
             channels_last=t.channels_last,
         )
         ev = evaluate(
-            model,
+            net,
             val_loader,
             device,
             cfg.eval.threshold,
@@ -228,13 +261,16 @@ def fit(
             desc="val",
             channels_last=t.channels_last,
         )
+        trs, evs = all_gather(dinfo, tr), all_gather(dinfo, ev)
+        ev = EvalResult.merge(evs) if dinfo.enabled else ev
+        images, pixels = sum(x["images"] for x in trs), sum(x["pixels"] for x in trs)
         pool = pooled(ev.stats, cfg.eval.empty_empty)
         dice, iou = dice_iou(ev.stats, cfg.eval.empty_empty)
         row = {
             "epoch": epoch,
             "lr": lr,
-            "train_loss": tr["loss"],
-            "train_pixel_accuracy": tr["pixel_accuracy"],
+            "train_loss": sum(x["loss"] * x["images"] for x in trs) / max(images, 1),
+            "train_pixel_accuracy": sum(x["pixel_accuracy"] * x["pixels"] for x in trs) / max(pixels, 1),
             "val_loss": ev.loss,
             "val_pixel_accuracy": pool["pixel_accuracy"],
             "val_dice": pool["dice"],
@@ -249,29 +285,12 @@ def fit(
         improved = _better(t.select_metric, smoothed, best.get("smoothed", best["value"]))
         if improved:
             best = {"metric": t.select_metric, "value": row[t.select_metric], "epoch": epoch, "smoothed": smoothed}
-        ckpt = {
-            "model": model.state_dict(),
-            "model_spec": spec,
-            "config": cfg.to_dict(),
-            "optimizer": optimizer.state_dict(),
-            "scaler": scaler.state_dict() if scaler is not None else None,
-            "scheduler": scheduler.state_dict() if scheduler is not None else None,
-            "epoch": epoch,
-            "best": best,
-            "history": history,
-        }
-        # best.pt first: if the process dies between the writes, last.pt still points one epoch back.
-        if improved:
-            save_checkpoint(run_dir / "checkpoints" / "best.pt", ckpt)
-        save_checkpoint(last_path, ckpt)
-        write_history(history, run_dir / "history.csv")
-        from covidseg.report.plots import plot_curves
-
-        plot_curves(history, run_dir / "plots" / "curves.png")
+        if main:
+            _save_epoch(run_dir, net, spec, cfg, optimizer, scaler, scheduler, epoch, best, history, improved)
         log.info(
             "epoch %d/%d  train loss %.4f acc %.4f | val loss %.4f acc %.4f dice %.4f iou %.4f dice/img %.4f | %.0fs%s",
             epoch,
-            cfg.train.epochs,
+            t.epochs,
             row["train_loss"],
             row["train_pixel_accuracy"],
             row["val_loss"],
@@ -287,7 +306,42 @@ def fit(
         run_dir,
         int(best["epoch"]),
         float(best["value"] if best["value"] is not None else math.nan),
-        cfg.train.select_metric,
+        t.select_metric,
         len(history),
         history,
     )
+
+
+def _save_epoch(
+    run_dir: Path,
+    net: torch.nn.Module,
+    spec: dict[str, Any],
+    cfg: Config,
+    optimizer: torch.optim.Optimizer,
+    scaler: torch.amp.GradScaler | None,
+    scheduler: Any,
+    epoch: int,
+    best: dict[str, Any],
+    history: list[dict[str, Any]],
+    improved: bool,
+) -> None:
+    """Checkpoints, history and curves after an epoch."""
+    from covidseg.report.plots import plot_curves
+
+    ckpt = {
+        "model": net.state_dict(),
+        "model_spec": spec,
+        "config": cfg.to_dict(),
+        "optimizer": optimizer.state_dict(),
+        "scaler": scaler.state_dict() if scaler is not None else None,
+        "scheduler": scheduler.state_dict() if scheduler is not None else None,
+        "epoch": epoch,
+        "best": best,
+        "history": history,
+    }
+    # best.pt first: if the process dies between the writes, last.pt still points one epoch back.
+    if improved:
+        save_checkpoint(run_dir / "checkpoints" / "best.pt", ckpt)
+    save_checkpoint(run_dir / "checkpoints" / "last.pt", ckpt)
+    write_history(history, run_dir / "history.csv")
+    plot_curves(history, run_dir / "plots" / "curves.png")

@@ -66,4 +66,9 @@ def train_one_epoch(
             correct += int(((logits.detach() > 0) == (mask > 0.5)).sum())
             pixels += mask.numel()
         set_postfix(bar, loss=total_loss / seen)
-    return {"loss": total_loss / max(seen, 1), "pixel_accuracy": correct / max(pixels, 1)}
+    return {
+        "loss": total_loss / max(seen, 1),
+        "pixel_accuracy": correct / max(pixels, 1),
+        "images": seen,
+        "pixels": pixels,
+    }

@@ -1,0 +1,66 @@
+"""Multi-process training with DistributedDataParallel, started by ``torchrun``.
+
+``torchrun --nproc-per-node N -m covidseg train ...`` sets ``WORLD_SIZE``, ``RANK`` and
+``LOCAL_RANK``; each process then trains on its shard of Train (a ``DistributedSampler``),
+gradients are averaged by DDP, validation is split between the processes and its per-image
+counts are gathered, so every process computes the same metrics; only rank 0 writes files.
+The backend is NCCL on CUDA and gloo on CPU.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+
+@dataclass(frozen=True)
+class DistInfo:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def init_distributed(device_name: str) -> tuple[DistInfo, str]:
+    """Join the process group when started by torchrun; returns the info and the device to use."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return DistInfo(), device_name
+    rank, local = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
+    use_cuda = device_name != "cpu" and torch.cuda.is_available()
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if use_cuda else "gloo")
+    if use_cuda:
+        torch.cuda.set_device(local)
+        device_name = f"cuda:{local}"
+    return DistInfo(rank, world, local), device_name
+
+
+def barrier(info: DistInfo) -> None:
+    if info.enabled:
+        dist.barrier()
+
+
+def all_gather(info: DistInfo, obj: Any) -> list[Any]:
+    """Every process's ``obj``, in rank order (a one-element list when not distributed)."""
+    if not info.enabled:
+        return [obj]
+    out: list[Any] = [None] * info.world_size
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def cleanup(info: DistInfo) -> None:
+    if info.enabled and dist.is_initialized():
+        dist.destroy_process_group()
