@@ -6,6 +6,7 @@ import argparse
 import logging
 import os
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -171,12 +172,13 @@ def cmd_demo(a: argparse.Namespace) -> int:
     overrides = _parse_sets(a.set)
     if a.epochs is not None:
         overrides["train.epochs"] = a.epochs
+    t0 = time.perf_counter()
     r = run_demo(out, overrides, progress=_progress(a.progress), argv=sys.argv)
     p = r.summary["pooled"]
     run = r.run.run_dir
     print(
-        f"\ndemo finished: synthetic Val pooled Dice {p['dice']:.4f}, IoU {p['iou']:.4f}, "
-        f"pixel accuracy {p['pixel_accuracy']:.4f}"
+        f"\ndemo finished in {time.perf_counter() - t0:.0f} s: synthetic Val pooled Dice {p['dice']:.4f}, "
+        f"IoU {p['iou']:.4f}, pixel accuracy {p['pixel_accuracy']:.4f}"
     )
     print(f"  data:        {r.data_dir}")
     print(f"  run folder:  {run}")
