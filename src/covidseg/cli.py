@@ -58,7 +58,7 @@ def _parse_sets(items: list[str]) -> dict[str, Any]:
 
 def _train_overrides(a: argparse.Namespace) -> dict[str, Any]:
     flags = {
-        "data.root": a.data,
+        "data.root": str(Path(a.data).expanduser().resolve()) if a.data else None,
         "data.image_size": a.image_size,
         "data.cache_dir": a.cache_dir,
         "data.train_limit": a.train_limit,

@@ -32,7 +32,7 @@ def run_demo(
 ) -> DemoResult:
     """Write the synthetic set to ``OUT/data``, train the ``demo`` preset into ``OUT/run`` and
     evaluate it on the synthetic Val split, drawing every figure."""
-    out = Path(out_dir)
+    out = Path(out_dir).expanduser().resolve()
     data = write_synthetic(out / "data", synth or DEMO_SYNTH, progress)
     cfg = build_config(
         "demo", overrides={"data.root": str(out / "data"), "data.cache_dir": str(out / "cache"), **(overrides or {})}
