@@ -231,6 +231,22 @@ class Config:
         return dataclasses.asdict(self)
 
 
+# What the stronger presets share: a ResNet-34 encoder, BCE + per-image Dice, X-ray augmentation,
+# AdamW with a one-cycle schedule and clipping, and the best epoch by smoothed per-image Val Dice.
+_STRONG: dict[str, Any] = {
+    "model.encoder_name": "resnet34",
+    "loss.name": "bce_dice",
+    "augment.name": "xray",
+    "optim.name": "adamw",
+    "optim.lr": 1e-3,
+    "optim.weight_decay": 1e-4,
+    "optim.schedule": "onecycle",
+    "optim.grad_clip": 1.0,
+    "train.channels_last": True,
+    "train.select_metric": "val_dice_per_image",
+    "train.select_smoothing": 0.5,
+}
+
 # Each preset is a set of overrides on the defaults (which are the reference settings).
 PRESETS: dict[str, dict[str, Any]] = {
     # The reference system exactly: 256x256, U-Net 32/64/128/256, Adam 1e-4, BCE, batch 8, 30 epochs.
@@ -241,41 +257,21 @@ PRESETS: dict[str, dict[str, Any]] = {
     # The best recipe found for a 2-core CPU without GPU in about an hour, trained from scratch
     # (README: its command and measured Val numbers).
     "cpu": {
+        **_STRONG,
         "data.image_size": 128,
         "model.name": "smp-unet",
-        "model.encoder_name": "resnet34",
-        "loss.name": "bce_dice",
-        "augment.name": "xray",
-        "optim.name": "adamw",
-        "optim.lr": 1e-3,
-        "optim.weight_decay": 1e-4,
-        "optim.schedule": "onecycle",
-        "optim.grad_clip": 1.0,
         "train.epochs": 15,
         "train.batch_size": 8,
         "train.amp": "bf16",
-        "train.channels_last": True,
-        "train.select_metric": "val_dice_per_image",
-        "train.select_smoothing": 0.5,
     },
     # A stronger recipe for one GPU in about 30 minutes (not yet measured on a GPU).
     "gpu": {
+        **_STRONG,
         "data.image_size": 256,
         "data.num_workers": 4,
         "model.name": "smp-unetplusplus",
-        "model.encoder_name": "resnet34",
-        "loss.name": "bce_dice",
-        "augment.name": "xray",
-        "optim.name": "adamw",
-        "optim.lr": 1e-3,
-        "optim.weight_decay": 1e-4,
-        "optim.schedule": "onecycle",
-        "optim.grad_clip": 1.0,
         "train.epochs": 40,
         "train.batch_size": 16,
-        "train.channels_last": True,
-        "train.select_metric": "val_dice_per_image",
-        "train.select_smoothing": 0.5,
     },
     # The demo on the synthetic set: small and fast, a few minutes on 2 cores.
     "demo": {
