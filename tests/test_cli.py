@@ -128,3 +128,19 @@ def test_bad_inputs_give_one_line_errors(tmp_path: Path, synth_root: Path, train
     assert "already holds a run" in _error(capsys, ["train", "--data", str(synth_root), "--out", str(trained_run)])
     if not torch.cuda.is_available():
         assert "no CUDA GPU" in _error(capsys, ["train", "--data", str(synth_root), "--out", out, "--device", "cuda"])
+
+
+def test_encoder_flags_reach_the_model(synth_root: Path, tmp_path: Path, capsys, monkeypatch) -> None:
+    base = ["train", "--data", str(synth_root), "--out", str(tmp_path / "r"), "--model", "smp-unet"]
+    assert "unknown encoder 'resnet9000'" in _error(capsys, [*base, "--encoder", "resnet9000"])
+
+    # Pre-trained weights come from a hub; without network access the error says what to do.
+    import segmentation_models_pytorch.encoders as encoders
+
+    def offline(*args, **kwargs):
+        raise OSError("network unreachable")
+
+    monkeypatch.setattr(encoders, "hf_hub_download", offline)
+    msg = _error(capsys, [*base, "--encoder", "resnet18", "--encoder-weights", "imagenet", *TINY_ARGS])
+    assert "could not load the 'imagenet' weights of encoder 'resnet18'" in msg
+    assert "model.encoder_weights=None" in msg

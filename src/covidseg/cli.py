@@ -70,6 +70,8 @@ def _train_overrides(a: argparse.Namespace) -> dict[str, Any]:
         "train.device": a.device,
         "optim.lr": a.lr,
         "model.name": a.model,
+        "model.encoder_name": a.encoder,
+        "model.encoder_weights": a.encoder_weights,
     }
     out = {k: v for k, v in flags.items() if v is not None}
     out.update(_parse_sets(a.set))
