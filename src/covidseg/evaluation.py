@@ -10,12 +10,19 @@ from __future__ import annotations
 import csv
 import json
 import logging
-from dataclasses import asdict, replace
+from collections.abc import Callable
+from contextlib import AbstractContextManager
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
 
+from covidseg.config import Config
+from covidseg.data.dataset import SegmentationDataset
 from covidseg.data.discovery import GROUPS
 from covidseg.data.loading import discover_root, load_dataset, make_loader
 from covidseg.engine.checkpoint import load_run
@@ -38,6 +45,46 @@ def _panel_indices(groups: np.ndarray, n: int) -> list[int]:
             if lst and len(out) < n:
                 out.append(int(lst.pop(0)))
     return out
+
+
+@dataclass
+class RunSplit:
+    """A run's model, ready on its device, with one split of its data."""
+
+    model: nn.Module
+    cfg: Config
+    state: dict[str, Any]
+    device: torch.device
+    dataset: SegmentationDataset
+    loader: DataLoader
+    autocast: Callable[[], AbstractContextManager]
+    data_root: Path
+
+
+def open_run_split(
+    run_dir: str | Path,
+    split: str,
+    data_root: str | None = None,
+    checkpoint: str = "best",
+    device: str = "auto",
+    limit: int | None = None,
+    cache_dir: str | None = None,
+    batch_size: int | None = None,
+    progress: Progress | None = None,
+) -> RunSplit:
+    """Load a run's checkpoint and the preprocessed ``split`` it is to be scored on.
+
+    ``data_root``, ``cache_dir`` and ``batch_size`` default to the run's own settings.
+    """
+    dev = resolve_device(device)
+    model, cfg, state = load_run(run_dir, checkpoint, map_location=dev)
+    model.to(dev)
+    d = cfg.data
+    discovery = discover_root(data_root or d.root)
+    ds = load_dataset(discovery, split, d.image_size, cache_dir or d.cache_dir, limit, cfg.train.seed, progress)
+    loader = make_loader(ds, batch_size or cfg.train.batch_size, False, d.num_workers)
+    autocast = autocast_factory(dev, amp_dtype(cfg.train.amp, dev))
+    return RunSplit(model, cfg, state, dev, ds, loader, autocast, discovery.root)
 
 
 def evaluate_run(
@@ -70,24 +117,17 @@ def evaluate_run(
     if split not in ("Train", "Val", "Test"):
         raise ConfigError(f"split must be Train, Val or Test, got {split!r}")
     run_dir = Path(run_dir)
-    dev = resolve_device(device)
-    model, cfg, state = load_run(run_dir, checkpoint, map_location=dev)
-    model.to(dev)
+    r = open_run_split(run_dir, split, data_root, checkpoint, device, limit, cache_dir, batch_size, progress)
+    model, cfg, state, dev, ds = r.model, r.cfg, r.state, r.device, r.dataset
     post = load_postprocess(run_dir if postprocess else None, cfg.eval.threshold)
     if threshold is not None:
         if not 0 < threshold < 1:
             raise ConfigError(f"threshold must lie in (0, 1), got {threshold}")
         post = replace(post, threshold=threshold)
     threshold = post.threshold
-    discovery = discover_root(data_root or cfg.data.root)
-    ds = load_dataset(
-        discovery, split, cfg.data.image_size, cache_dir or cfg.data.cache_dir, limit, cfg.train.seed, progress
-    )
-    loader = make_loader(ds, batch_size or cfg.train.batch_size, False, cfg.data.num_workers)
     show = _panel_indices(ds.groups, panel)
-    autocast = autocast_factory(dev, amp_dtype(cfg.train.amp, dev))
     res = evaluate(
-        model, loader, dev, threshold, autocast, keep=show, progress=progress, desc=f"evaluate {split}", post=post
+        model, r.loader, dev, threshold, r.autocast, keep=show, progress=progress, desc=f"evaluate {split}", post=post
     )
 
     samples = ds.split.samples
@@ -98,7 +138,7 @@ def evaluate_run(
         {
             "checkpoint": checkpoint,
             "epoch": int(state["epoch"]),
-            "data_root": str(discovery.root),
+            "data_root": str(r.data_root),
             "image_size": cfg.data.image_size,
             "loss": res.loss,
         }

@@ -14,17 +14,16 @@ part of Train) as the unbiased figure.
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from covidseg.data.discovery import GROUPS
-from covidseg.data.loading import discover_root, load_dataset, make_loader
-from covidseg.engine.checkpoint import load_run
-from covidseg.engine.device import amp_dtype, autocast_factory, resolve_device
 from covidseg.engine.evaluate import evaluate
 from covidseg.errors import ConfigError
+from covidseg.evaluation import open_run_split
 from covidseg.metrics import confusion_counts, dice_iou, pooled
 from covidseg.postprocess import Postprocess
 from covidseg.progress import Progress
@@ -57,20 +56,8 @@ def tune_postprocess(
     """Tune on the run's Val split and write ``RUN_DIR/postprocess.json``; returns the decisions."""
     if metric not in METRICS:
         raise ConfigError(f"metric must be one of {list(METRICS)}, got {metric!r}")
-    dev = resolve_device(device)
-    model, cfg, _ = load_run(run_dir, checkpoint, map_location=dev)
-    model.to(dev)
-    ds = load_dataset(
-        discover_root(data_root or cfg.data.root),
-        "Val",
-        cfg.data.image_size,
-        cfg.data.cache_dir,
-        limit,
-        cfg.train.seed,
-        progress,
-    )
-    loader = make_loader(ds, cfg.train.batch_size, False, cfg.data.num_workers)
-    autocast = autocast_factory(dev, amp_dtype(cfg.train.amp, dev))
+    r = open_run_split(run_dir, "Val", data_root, checkpoint, device, limit, progress=progress)
+    model, cfg, ds, dev, loader, autocast = r.model, r.cfg, r.dataset, r.device, r.loader, r.autocast
     plain = evaluate(model, loader, dev, autocast=autocast, keep_probs=True, progress=progress, desc="tune: plain")
     flip = evaluate(
         model,
@@ -136,6 +123,4 @@ def tune_postprocess(
 
 
 def _replace(p: Postprocess, **changes: Any) -> Postprocess:
-    from dataclasses import replace
-
     return replace(p, **changes)

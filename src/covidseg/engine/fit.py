@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from covidseg.config import Config, from_dict, save_yaml
+from covidseg.config import Config, from_dict, load_yaml, save_yaml
 from covidseg.data.dataset import SegmentationDataset
 from covidseg.data.discovery import GROUPS
 from covidseg.data.loading import discover_root, load_dataset, make_loader
@@ -82,12 +82,10 @@ def _sample_rows(ds: SegmentationDataset, per_group: int = 4) -> dict[str, list]
 
 def load_run_config(run_dir: str | Path) -> Config:
     """The config saved in a run folder."""
-    import yaml
-
     path = Path(run_dir) / "config.yaml"
     if not path.is_file():
         raise CovidsegError(f"{run_dir} has no config.yaml; it is not a covidseg run folder")
-    return from_dict(yaml.safe_load(path.read_text()))
+    return from_dict(load_yaml(path))
 
 
 def fit(
