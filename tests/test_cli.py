@@ -74,7 +74,10 @@ def test_evaluate_writes_summary_and_per_image(trained_run: Path, capsys) -> Non
         assert key in s
     assert s["images"] == 8 and s["split"] == "Test" and set(s["groups"]) == {"COVID-19", "Non-COVID", "Normal"}
     rows = list(csv.DictReader((out / "per_image.csv").open()))
-    assert len(rows) == 8 and list(rows[0]) == ["id", "group", "tp", "fp", "fn", "tn", "dice", "iou"]
+    assert len(rows) == 8 and list(rows[0])[:8] == ["id", "group", "tp", "fp", "fn", "tn", "dice", "iou"]
+    # An infection-only model: the call and the true infected share of the lung, no predicted lung.
+    assert {"infected_share", "covid_call", "true_infection_percent", "true_severity"} <= set(rows[0])
+    assert "lung_dice" not in rows[0] and "severity" not in rows[0]
     assert all(int(r["tp"]) + int(r["fp"]) + int(r["fn"]) + int(r["tn"]) == 64 * 64 for r in rows)
     assert (trained_run / "plots" / "predictions_Test.png").is_file()
     assert "pooled      dice" in capsys.readouterr().out

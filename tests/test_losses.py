@@ -69,3 +69,19 @@ def test_bce_dice_is_the_weighted_sum() -> None:
     bce = build_loss(LossConfig(name="bce"))(pred, truth)
     dice = build_loss(LossConfig(name="dice"))(pred, truth)
     assert float(both) == pytest.approx(float(0.25 * bce + 0.75 * dice), rel=1e-6)
+
+
+def test_two_channel_loss_is_the_mean_of_the_channels() -> None:
+    from covidseg.config import LossConfig
+    from covidseg.losses import build_loss
+
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(3, 2, 8, 8, generator=g)
+    target = (torch.rand(3, 2, 8, 8, generator=g) > 0.6).float()
+    target[0, 0] = 0  # an empty infection mask
+    for name in ("dice", "bce_dice", "tversky"):
+        for per_image in (True, False):
+            fn = build_loss(LossConfig(name=name, dice_per_image=per_image))
+            both = fn(logits, target)
+            each = [fn(logits[:, c : c + 1], target[:, c : c + 1]) for c in range(2)]
+            assert both == pytest.approx(float(sum(each) / 2), rel=1e-5), (name, per_image)

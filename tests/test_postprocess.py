@@ -49,17 +49,37 @@ def test_tune_keeps_only_improvements_and_evaluate_uses_them(tiny_cfg, tmp_path:
     assert "decisions written" in capsys.readouterr().out
     saved = json.loads((run / "postprocess.json").read_text())
     steps = [s for s in saved["steps"] if not s.get("trial")]
-    assert [s["step"] for s in steps] == ["baseline", "tta_hflip", "threshold", "min_component", "fill_holes"]
+    names = ["baseline", "tta_hflip", "threshold", "min_component", "fill_holes", "detect_fraction"]
+    assert [s["step"] for s in steps] == names
     # Kept steps raise the tuned number; the final score is the best seen among kept steps.
     best = steps[0]["per_image"]
-    for s in steps[1:]:
+    for s in steps[1:-1]:
         assert s["kept"] == (s["per_image"] > best + 1e-6)
         best = max(best, s["per_image"]) if s["kept"] else best
     after = evaluate_run(run, split="Val", panel=0)
     assert after["postprocess"]["threshold"] == saved["threshold"]
+    assert after["detection"]["cutoff"] == saved["detect_fraction"]
     assert after["per_image"]["dice"] == pytest.approx(best, abs=1e-6)
     assert after["per_image"]["dice"] >= before["per_image"]["dice"] - 1e-9
     plain = evaluate_run(run, split="Val", panel=0, postprocess=False)
     assert plain["per_image"]["dice"] == pytest.approx(before["per_image"]["dice"])
     p = Predictor.from_run(run)
     assert p.post.threshold == saved["threshold"] and p.post.tta_hflip == saved["tta_hflip"]
+
+
+def test_lung_mask_keeps_two_largest_and_fills_holes_and_gate() -> None:
+    from covidseg.postprocess import lung_mask
+
+    prob = np.zeros((20, 20), np.float32)
+    prob[2:18, 2:8] = 0.9
+    prob[2:18, 12:18] = 0.9
+    prob[8, 4] = 0.1  # a hole
+    prob[0, 10] = 0.9  # a speck: a third component
+    lung = lung_mask(prob)
+    assert lung[0, 10] == 0 and lung[8, 4] == 1 and lung.sum() == 2 * 16 * 6
+    inf = np.full((20, 20), 0.8, np.float32)
+    gated = Postprocess(lung_gate=True).apply(inf, lung=lung)
+    assert gated.sum() == lung.sum()
+    assert Postprocess(lung_gate=False).apply(inf, lung=lung).sum() == 400
+    assert Postprocess(detect_fraction=0.5).detected(gated) is False
+    assert Postprocess(detect_fraction=0.1).detected(gated) is True

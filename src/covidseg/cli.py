@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import sys
@@ -150,6 +151,26 @@ def cmd_evaluate(a: argparse.Namespace) -> int:
     fp = s["negatives_with_false_positives"]
     if fp is not None:
         print(f"  negatives with false-positive pixels: {fp:.1%}")
+    if "lung" in s:
+        lp, li = s["lung"]["pooled"], s["lung"]["per_image"]
+        print(
+            f"  lung        dice {lp['dice']:.4f}  iou {lp['iou']:.4f} pooled; "
+            f"{li['dice']:.4f} / {li['iou']:.4f} per image"
+        )
+    det = s.get("detection")
+    if det and det["sensitivity"] is not None and det["specificity"] is not None:
+        auc = "n/a" if det["roc_auc"] is None else f"{det['roc_auc']:.4f}"
+        print(
+            f"  detection   sensitivity {det['sensitivity']:.4f}  specificity {det['specificity']:.4f}  "
+            f"ROC AUC {auc}  (call above {100 * det['cutoff']:.3f}% of the image)"
+        )
+    sev = s.get("severity", {}).get("agreement")
+    if sev:
+        print(
+            f"  severity    grade agreement {sev['grade_accuracy']:.1%} "
+            f"(within one grade {sev['grade_within_one']:.1%}), "
+            f"infected-lung % mean abs. error {sev['infection_percent_mae']:.2f} points"
+        )
     print(f"written to {Path(a.run_dir) / 'eval' / s['split']}")
     return 0
 
@@ -158,10 +179,23 @@ def cmd_predict(a: argparse.Namespace) -> int:
     from covidseg.predict import Predictor, predict_paths
 
     _setup_logging(a.verbose)
-    predictor = Predictor.from_run(a.run_dir, a.checkpoint, a.device, a.threshold, a.postprocess)
+    predictor = Predictor.load(a.run_dir, a.checkpoint, a.device, a.threshold, a.postprocess, a.engine)
     done, skipped = predict_paths(predictor, a.inputs, a.out, _progress(a.progress))
     print(
         f"predicted {done} image(s) into {a.out}" + (f"; skipped {len(skipped)} unreadable file(s)" if skipped else "")
+    )
+    return 0
+
+
+def cmd_export(a: argparse.Namespace) -> int:
+    from covidseg.export import export_bundle
+
+    _setup_logging(a.verbose)
+    out = export_bundle(a.run_dir, a.out, a.checkpoint)
+    meta = json.loads((out / "metadata.json").read_text())
+    print(
+        f"bundle written to {out}: model.onnx, model.safetensors, config.json, metadata.json "
+        f"(ONNX vs PyTorch max logit difference {meta['onnx_vs_torch_max_abs_logit_diff']:.2e})"
     )
     return 0
 
@@ -212,6 +246,9 @@ def cmd_tune(a: argparse.Namespace) -> int:
     print(f"{'step':<14} {'setting':<10} {'kept':<5} {'per_image':>9} {'covid':>9} {'pooled':>9}")
     for st in post.steps:
         if st.get("trial"):
+            continue
+        if "per_image" not in st:
+            print(f"{st['step']:<14} {st['setting']:<10} ({st['rule']})")
             continue
         print(
             f"{st['step']:<14} {st['setting']:<10} {'yes' if st['kept'] else 'no':<5} "
@@ -308,9 +345,11 @@ def build_parser() -> argparse.ArgumentParser:
     common(sp)
     sp.set_defaults(func=cmd_evaluate)
 
-    sp = sub.add_parser("predict", help="segment new X-rays: masks, overlays and infected fractions")
-    sp.add_argument("run_dir")
-    sp.add_argument("inputs", help="an image file or a folder of images")
+    sp = sub.add_parser(
+        "predict", help="segment new X-rays (PNG, JPEG, TIFF, 16-bit, DICOM): masks, overlays, infected share, severity"
+    )
+    sp.add_argument("run_dir", help="a run folder, or a bundle from 'covidseg export'")
+    sp.add_argument("inputs", help="an image or DICOM file, or a folder of them")
     sp.add_argument("-o", "--out", required=True, help="output folder")
     sp.add_argument("--checkpoint", default="best", choices=("best", "last"))
     sp.add_argument("--threshold", type=float)
@@ -321,8 +360,21 @@ def build_parser() -> argparse.ArgumentParser:
         default=True,
         help="apply the run's tuned decisions (postprocess.json) when present (default yes)",
     )
+    sp.add_argument(
+        "--engine",
+        default="auto",
+        choices=("auto", "torch", "onnx"),
+        help="auto: onnxruntime for a bundle, PyTorch for a run folder",
+    )
     common(sp)
     sp.set_defaults(func=cmd_predict)
+
+    sp = sub.add_parser("export", help="write a deployable bundle: safetensors weights, ONNX model, config, metadata")
+    sp.add_argument("run_dir")
+    sp.add_argument("-o", "--out", required=True, help="bundle folder (new or empty)")
+    sp.add_argument("--checkpoint", default="best", choices=("best", "last"))
+    common(sp)
+    sp.set_defaults(func=cmd_export)
 
     sp = sub.add_parser("demo", help="the main job on synthetic data: synth, train, evaluate, figures")
     sp.add_argument("-o", "--out", default="covidseg-demo", help="output folder (default ./covidseg-demo)")

@@ -48,6 +48,9 @@ class DataConfig:
             raise ConfigError(f"data.num_workers must be >= 0, got {self.num_workers}")
 
 
+TARGETS = ("infection", "lung", "infection+lung")
+
+
 @dataclass(frozen=True)
 class ModelConfig:
     """Which network to build (see ``covidseg models``).
@@ -55,16 +58,26 @@ class ModelConfig:
     ``base_channels`` is the first encoder width of the reference U-Net (32 in the reference;
     the widths double per level: 32/64/128, bottleneck 256). ``encoder_name`` and
     ``encoder_weights`` (``None`` or ``imagenet``) apply to the ``smp-*`` models.
+    ``targets``: what the network segments, one output channel each: ``infection`` (the
+    reference), ``lung``, or ``infection+lung`` (one network, two outputs; the lung output gives
+    the infected share of the lung and can gate the infection mask).
     """
 
     name: str = "unet"
     base_channels: int = 32
     encoder_name: str = "resnet34"
     encoder_weights: str | None = None
+    targets: str = "infection"
 
     def __post_init__(self) -> None:
         if self.base_channels < 1:
             raise ConfigError(f"model.base_channels must be >= 1, got {self.base_channels}")
+        if self.targets not in TARGETS:
+            raise ConfigError(f"model.targets must be one of {list(TARGETS)}, got {self.targets!r}")
+
+    @property
+    def target_list(self) -> tuple[str, ...]:
+        return tuple(self.targets.split("+"))
 
 
 @dataclass(frozen=True)
@@ -203,13 +216,19 @@ class EvalConfig:
 
     ``threshold``: probability above which a pixel is infection. ``empty_empty``: the per-image
     Dice and IoU given to an image whose truth and prediction are both empty (1.0 counts it as
-    perfect; ``nan`` leaves it out of per-image means).
+    perfect; ``nan`` leaves it out of per-image means). ``severity_extent`` and
+    ``severity_grades``: the severity thresholds (see :mod:`covidseg.severity`), comma separated.
     """
 
     threshold: float = 0.5
     empty_empty: float = 1.0
+    severity_extent: str = "25,50,75"
+    severity_grades: str = "1,3,6"
 
     def __post_init__(self) -> None:
+        from covidseg.severity import SeverityRule
+
+        SeverityRule.from_text(self.severity_extent, self.severity_grades)
         if not 0.0 < self.threshold < 1.0:
             raise ConfigError(f"eval.threshold must lie in (0, 1), got {self.threshold}")
         if not (math.isnan(self.empty_empty) or self.empty_empty in (0.0, 1.0)):
@@ -262,7 +281,10 @@ PRESETS: dict[str, dict[str, Any]] = {
         "model.name": "smp-unet",
         # ResNet-18: about 3 minutes an epoch here with bf16; ResNet-34 took 6.
         "model.encoder_name": "resnet18",
-        "train.epochs": 14,
+        # A second output learns the lung masks: an extra signal that cuts false positives
+        # outside the lung, and the lung area behind the infected share and the severity grade.
+        "model.targets": "infection+lung",
+        "train.epochs": 18,
         "train.batch_size": 8,
         "train.amp": "bf16",
     },

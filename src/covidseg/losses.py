@@ -1,7 +1,8 @@
 """Training losses.
 
-Conventions (as in :mod:`covidseg.metrics`): logits ``(N, 1, H, W)``; masks ``(N, 1, H, W)``
-float in {0, 1}.
+Conventions (as in :mod:`covidseg.metrics`): logits ``(N, C, H, W)``; masks ``(N, C, H, W)``
+float in {0, 1}, one channel per target (``model.targets``: infection, lung). Every loss treats
+the channels alike and averages over them (Dice and Tversky per channel, then the mean).
 
 - ``bce``: binary cross-entropy of ``sigmoid(logits)``, in the numerically stable logits form.
 - ``dice``: soft Dice loss ``1 - (2 sum(p t) + s) / (sum(p) + sum(t) + s)`` with ``s = smooth``
@@ -34,7 +35,8 @@ class SoftTverskyLoss(nn.Module):
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         p = torch.sigmoid(logits.float())
         t = target.float()
-        dims = tuple(range(1, p.ndim)) if self.per_image else tuple(range(p.ndim))
+        # Sum over the pixels of each image and channel (per image), or of each channel over the batch.
+        dims = tuple(range(2, p.ndim)) if self.per_image else (0, *range(2, p.ndim))
         tp = (p * t).sum(dims)
         fp = (p * (1 - t)).sum(dims)
         fn = ((1 - p) * t).sum(dims)

@@ -1,9 +1,17 @@
 """Post-processing of predicted masks, and the decisions a run keeps in ``postprocess.json``.
 
-Steps, in order: threshold the probability map; remove connected components (8-connected)
+Infection, in order: threshold the probability map; keep only pixels inside the predicted lung
+(``lung_gate``, for models with a lung output); remove connected components (8-connected)
 smaller than ``min_component`` pixels at the network's resolution; fill holes. Each step is
 part of a run only if tuning on Val showed it helps (:mod:`covidseg.tune`); ``evaluate`` and
 ``predict`` then apply exactly what was kept.
+
+Lung (models with a lung output): threshold at 0.5, keep the two largest components, fill
+holes (:func:`lung_mask`).
+
+``detect_fraction``: the image-level COVID-19 call; an image is called COVID-19 when its final
+infection mask covers more than this share of the image (tuned on Val, see
+:mod:`covidseg.detection`).
 """
 
 from __future__ import annotations
@@ -30,16 +38,21 @@ class Postprocess:
     tta_hflip: bool = False
     min_component: int = 0
     fill_holes: bool = False
+    lung_gate: bool = False
+    detect_fraction: float = 0.0
     tuned_for: str | None = None
     steps: list[dict[str, Any]] = field(default_factory=list)
 
-    def apply(self, prob: np.ndarray, area_scale: float = 1.0) -> np.ndarray:
+    def apply(self, prob: np.ndarray, area_scale: float = 1.0, lung: np.ndarray | None = None) -> np.ndarray:
         """(H, W) or (N, H, W) probabilities -> uint8 {0, 1} masks of the same shape.
 
         ``area_scale``: the mask's pixel count over the network's (S x S), so that the minimum
         component keeps its physical size on a map resized to an image's original size.
+        ``lung``: the predicted lung masks (same shape), used when ``lung_gate`` is on.
         """
         mask = prob > self.threshold
+        if self.lung_gate and lung is not None:
+            mask &= np.asarray(lung).astype(bool)
         min_size = int(round(self.min_component * area_scale))
         if mask.ndim == 3:
             return np.stack([self._clean(m, min_size) for m in mask]).astype(np.uint8)
@@ -56,10 +69,31 @@ class Postprocess:
             mask = ndimage.binary_fill_holes(mask)
         return mask
 
+    def detected(self, mask: np.ndarray) -> bool:
+        """The image-level call from one final infection mask."""
+        return bool(mask.mean() > self.detect_fraction) if mask.size else False
+
     def save(self, run_dir: str | Path) -> Path:
         path = Path(run_dir) / FILENAME
         path.write_text(json.dumps(asdict(self), indent=2))
         return path
+
+
+def lung_mask(prob: np.ndarray, threshold: float = 0.5) -> np.ndarray:
+    """(H, W) or (N, H, W) lung probabilities -> uint8 masks: threshold, the two largest
+    components (the two lungs), holes filled."""
+    if prob.ndim == 3:
+        return np.stack([lung_mask(p, threshold) for p in prob])
+    mask = prob > threshold
+    if mask.any():
+        labels, n = ndimage.label(mask, structure=_EIGHT)
+        if n > 2:
+            sizes = np.bincount(labels.ravel())[1:]
+            keep = np.zeros(n + 1, bool)
+            keep[1 + np.argsort(sizes)[-2:]] = True
+            mask = keep[labels]
+        mask = ndimage.binary_fill_holes(mask)
+    return mask.astype(np.uint8)
 
 
 def load_postprocess(run_dir: str | Path | None, default_threshold: float = 0.5) -> Postprocess:

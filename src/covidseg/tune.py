@@ -1,11 +1,14 @@
 """Tune the inference-side steps on Val, keeping each only if it improves a stated Dice.
 
-Greedy, in order: horizontal-flip test-time augmentation; the probability threshold (0.10 to
-0.90 by 0.05); removal of components under N pixels (N scaled to the image size); hole
-filling. A step stays only if it raises the chosen definition of Val Dice (``per_image``: the
-mean over all images with empty/empty = 1; ``per_image_covid``: the mean over COVID-19
+Greedy, in order: horizontal-flip test-time augmentation; for models with a lung output,
+keeping only infection inside the predicted lung; the probability threshold (0.10 to 0.90 by
+0.05); removal of components under N pixels (N scaled to the image size); hole filling.
+A step stays only if it raises the chosen definition of Val Dice (``per_image``: the mean over
+all images with empty/empty = 1; ``per_image_covid``: the mean over COVID-19
 images; ``pooled``: one confusion matrix). Every trial is recorded with all three definitions
 in ``RUN_DIR/postprocess.json``, so what a choice costs the other definitions is on file.
+Last, with the kept steps, the COVID-19 detection cut-off is set by the Youden index
+(:mod:`covidseg.detection`).
 
 Tuning and reporting on the same Val split flatters the numbers; report Test (or a held-out
 part of Train) as the unbiased figure.
@@ -21,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from covidseg.data.discovery import GROUPS
+from covidseg.detection import best_cutoff, infected_share
 from covidseg.engine.evaluate import evaluate
 from covidseg.errors import ConfigError
 from covidseg.evaluation import open_run_split
@@ -58,7 +62,12 @@ def tune_postprocess(
         raise ConfigError(f"metric must be one of {list(METRICS)}, got {metric!r}")
     r = open_run_split(run_dir, "Val", data_root, checkpoint, device, limit, progress=progress)
     model, cfg, ds, dev, loader, autocast = r.model, r.cfg, r.dataset, r.device, r.loader, r.autocast
-    plain = evaluate(model, loader, dev, autocast=autocast, keep_probs=True, progress=progress, desc="tune: plain")
+    targets = cfg.model.target_list
+    if targets[0] != "infection":
+        raise ConfigError(f"tune sets the infection post-processing; this run segments {cfg.model.targets} only")
+    plain = evaluate(
+        model, loader, dev, autocast=autocast, keep_probs=True, progress=progress, desc="tune: plain", targets=targets
+    )
     flip = evaluate(
         model,
         loader,
@@ -68,14 +77,18 @@ def tune_postprocess(
         post=Postprocess(tta_hflip=True),
         progress=progress,
         desc="tune: flip TTA",
+        targets=targets,
     )
     truth = np.asarray(ds.split.infection)[plain.indices].astype(bool)
     covid = ds.groups[plain.indices] == GROUPS.index("COVID-19")
     ee = cfg.eval.empty_empty
 
+    def final_masks(post: Postprocess) -> np.ndarray:
+        res = flip if post.tta_hflip else plain
+        return post.apply(res.probs.astype(np.float32), lung=res.lung_masks)
+
     def score(post: Postprocess) -> dict[str, float]:
-        probs = flip.probs if post.tta_hflip else plain.probs
-        return _scores(confusion_counts(post.apply(probs.astype(np.float32)), truth), covid, ee)
+        return _scores(confusion_counts(final_masks(post), truth), covid, ee)
 
     current = Postprocess(tuned_for=metric)
     best = score(current)
@@ -90,6 +103,8 @@ def tune_postprocess(
             current, best = candidate, s
 
     consider("tta_hflip", "on", _replace(current, tta_hflip=True))
+    if plain.lung_masks is not None:
+        consider("lung_gate", "on", _replace(current, lung_gate=True))
     base = current
     trials = [(t, score(_replace(base, threshold=t))) for t in THRESHOLDS]
     t_best = max(trials, key=lambda x: x[1][metric])[0]
@@ -106,17 +121,23 @@ def tune_postprocess(
     consider("min_component", str(n_best), _replace(base, min_component=n_best))
     consider("fill_holes", "on", _replace(current, fill_holes=True))
 
-    result = _replace(current, steps=steps)
+    shares = infected_share(confusion_counts(final_masks(current), truth))
+    cutoff = best_cutoff(shares, covid)
+    steps.append({"step": "detect_fraction", "setting": f"{cutoff:.6g}", "kept": True, "rule": "Youden index"})
+    result = _replace(current, detect_fraction=cutoff, steps=steps)
     path = result.save(run_dir)
     log.info(
-        "tuned for %s Dice: %.4f -> %.4f (flip TTA %s, threshold %.2f, min component %d px, fill holes %s); wrote %s",
+        "tuned for %s Dice: %.4f -> %.4f (flip TTA %s, lung gate %s, threshold %.2f, min component %d px, "
+        "fill holes %s; COVID-19 call above %.4f%% of the image); wrote %s",
         metric,
         steps[0][metric],
         best[metric],
         "on" if result.tta_hflip else "off",
+        "on" if result.lung_gate else "off",
         result.threshold,
         result.min_component,
         "on" if result.fill_holes else "off",
+        100 * cutoff,
         path,
     )
     return result

@@ -71,3 +71,13 @@ def stratified_subset(samples: list[Sample], limit: int | None, seed: int) -> li
         chosen += rng.sample(idx, share)
         remaining -= share
     return [samples[i] for i in sorted(chosen)]
+
+
+TARGET_KEYS = {"infection": "mask", "lung": "lung"}
+
+
+def stack_targets(batch: dict, targets: tuple[str, ...]) -> torch.Tensor:
+    """The ``(N, C, S, S)`` training target of a batch: one channel per name in ``targets``."""
+    if targets == ("infection",):
+        return batch["mask"]
+    return torch.cat([batch[TARGET_KEYS[t]] for t in targets], dim=1)

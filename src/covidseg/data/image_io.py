@@ -21,6 +21,7 @@ from PIL import Image
 from covidseg.errors import DataError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
+DICOM_SUFFIXES = (".dcm", ".dicom")
 
 
 def read_gray8(path: str | Path) -> np.ndarray:
@@ -81,3 +82,87 @@ def to_unit(gray8: np.ndarray) -> np.ndarray:
 def preprocess_image(gray8: np.ndarray, size: int) -> np.ndarray:
     """The reference image preprocessing: resize to SxS (bilinear), then scale to [0, 1]."""
     return to_unit(resize_image(gray8, size))
+
+
+def is_dicom(path: str | Path) -> bool:
+    """A DICOM file by suffix or by the ``DICM`` marker after the 128-byte preamble."""
+    p = Path(path)
+    if p.suffix.lower() in DICOM_SUFFIXES:
+        return True
+    try:
+        with p.open("rb") as f:
+            head = f.read(132)
+    except OSError:
+        return False
+    return len(head) == 132 and head[128:] == b"DICM"
+
+
+def stretch_to_gray8(arr: np.ndarray) -> np.ndarray:
+    """Linear map of an array's own minimum..maximum to 0..255 (a constant image becomes 0)."""
+    arr = np.asarray(arr, dtype=np.float64)
+    if arr.size == 0:
+        return np.zeros(arr.shape, np.uint8)
+    lo, hi = float(arr.min()), float(arr.max())
+    if hi <= lo:
+        return np.zeros(arr.shape, np.uint8)
+    return np.clip(np.rint((arr - lo) / (hi - lo) * 255.0), 0, 255).astype(np.uint8)
+
+
+def read_dicom_gray8(path: str | Path) -> np.ndarray:
+    """Decode a DICOM X-ray to 8-bit gray as a viewer would show it.
+
+    The stored values go through the modality LUT (Rescale Slope/Intercept) and the VOI LUT or
+    the first Window Center/Width when the file has them; MONOCHROME1 (white = low values) is
+    inverted so that bone is bright as in the training data; the result is stretched to 0-255.
+    Colour DICOMs are converted to gray; a multi-frame file uses its first frame.
+
+    Raises:
+        DataError: not DICOM, no pixel data, or a compression without an installed decoder.
+    """
+    try:
+        import pydicom
+        from pydicom.pixels import apply_modality_lut, apply_voi_lut
+    except ImportError:  # pragma: no cover - pydicom is a dependency
+        raise DataError(f"{path}: reading DICOM needs pydicom (pip install pydicom)") from None
+    try:
+        ds = pydicom.dcmread(str(path))
+        arr = ds.pixel_array
+    except FileNotFoundError:
+        raise DataError(f"{path}: file not found") from None
+    except Exception as exc:  # pydicom raises many types for bad or unsupported files
+        raise DataError(f"{path}: not a readable DICOM image ({type(exc).__name__}: {str(exc)[:200]})") from None
+    frames = int(getattr(ds, "NumberOfFrames", 1) or 1)
+    photometric = str(getattr(ds, "PhotometricInterpretation", "MONOCHROME2")).upper()
+    if frames > 1:
+        arr = arr[0]
+    if arr.ndim == 3:  # colour: samples last
+        rgb = stretch_to_gray8(arr) if arr.dtype != np.uint8 else arr
+        return np.asarray(Image.fromarray(rgb[..., :3].astype(np.uint8)).convert("L"))
+    arr = apply_modality_lut(arr, ds)
+    if "VOILUTSequence" in ds or "WindowCenter" in ds:
+        arr = apply_voi_lut(arr, ds, index=0)
+    gray = stretch_to_gray8(arr)
+    if photometric == "MONOCHROME1":
+        gray = 255 - gray
+    return gray
+
+
+def read_xray(path: str | Path) -> np.ndarray:
+    """Any X-ray file a user may hand to ``predict``, as 8-bit gray of its original size.
+
+    PNG, JPEG, TIFF and BMP through Pillow; 16-bit and 32-bit gray images are stretched from
+    their own minimum to maximum (X-ray detectors rarely fill the 16-bit range, so scaling by
+    65535 would give a near-black image); DICOM through :func:`read_dicom_gray8`.
+    """
+    if is_dicom(path):
+        return read_dicom_gray8(path)
+    try:
+        with Image.open(path) as img:
+            img.load()
+            if img.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
+                return stretch_to_gray8(np.asarray(img))
+            return to_gray8(img)
+    except FileNotFoundError:
+        raise DataError(f"{path}: file not found") from None
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
+        raise DataError(f"{path}: not a readable image ({exc})") from None

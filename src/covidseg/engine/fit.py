@@ -248,6 +248,7 @@ def _fit(
             scheduler=scheduler,
             grad_clip=cfg.optim.grad_clip,
             channels_last=t.channels_last,
+            targets=cfg.model.target_list,
         )
         ev = evaluate(
             net,
@@ -258,6 +259,7 @@ def _fit(
             progress=progress,
             desc="val",
             channels_last=t.channels_last,
+            targets=cfg.model.target_list,
         )
         trs, evs = all_gather(dinfo, tr), all_gather(dinfo, ev)
         ev = EvalResult.merge(evs) if dinfo.enabled else ev
@@ -275,8 +277,11 @@ def _fit(
             "val_iou": pool["iou"],
             "val_dice_per_image": float(np.nanmean(dice)),
             "val_iou_per_image": float(np.nanmean(iou)),
-            "seconds": round(time.perf_counter() - t0, 2),
         }
+        if ev.lung_stats is not None:
+            row["val_lung_dice"] = pooled(ev.lung_stats, cfg.eval.empty_empty)["dice"]
+            row["val_lung_dice_per_image"] = float(np.nanmean(dice_iou(ev.lung_stats, cfg.eval.empty_empty)[0]))
+        row["seconds"] = round(time.perf_counter() - t0, 2)
         history.append(row)
         smoothed = _smooth(history, t.select_metric, t.select_smoothing)
         row[f"{t.select_metric}_smoothed"] = smoothed
@@ -297,7 +302,8 @@ def _fit(
             row["val_iou"],
             row["val_dice_per_image"],
             row["seconds"],
-            "  *best*" if improved else "",
+            (f"  lung dice {row['val_lung_dice']:.4f}" if "val_lung_dice" in row else "")
+            + ("  *best*" if improved else ""),
         )
 
     return RunResult(

@@ -18,6 +18,8 @@ COLUMNS = (
     "val_iou",
     "val_dice_per_image",
     "val_iou_per_image",
+    "val_lung_dice",
+    "val_lung_dice_per_image",
     "seconds",
 )
 

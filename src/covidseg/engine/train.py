@@ -8,6 +8,7 @@ from contextlib import AbstractContextManager
 import torch
 from torch import nn
 
+from covidseg.data.dataset import stack_targets
 from covidseg.progress import Progress, set_postfix, silent
 
 
@@ -24,10 +25,13 @@ def train_one_epoch(
     scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
     grad_clip: float = 0.0,
     channels_last: bool = False,
+    targets: tuple[str, ...] = ("infection",),
 ) -> dict[str, float]:
-    """Train for one pass over ``loader``; returns the mean loss and pixel accuracy (at 0.5).
+    """Train for one pass over ``loader``; returns the mean loss and the pixel accuracy (at 0.5)
+    of the first target.
 
-    ``scheduler`` is stepped after every batch; ``grad_clip`` > 0 clips the gradient norm.
+    ``scheduler`` is stepped after every batch; ``grad_clip`` > 0 clips the gradient norm;
+    ``targets`` names the output channels (see ``model.targets``).
     """
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
     model.train()
@@ -35,7 +39,7 @@ def train_one_epoch(
     bar = (progress or silent)(loader, desc=desc, total=len(loader) if hasattr(loader, "__len__") else None)
     for batch in bar:
         image = batch["image"].to(device, non_blocking=True).contiguous(memory_format=memory_format)
-        mask = batch["mask"].to(device, non_blocking=True)
+        mask = stack_targets(batch, targets).to(device, non_blocking=True)
         optimizer.zero_grad(set_to_none=True)
         with autocast():
             logits = model(image)
@@ -63,8 +67,8 @@ def train_one_epoch(
         total_loss += loss.item() * n
         seen += n
         with torch.no_grad():
-            correct += int(((logits.detach() > 0) == (mask > 0.5)).sum())
-            pixels += mask.numel()
+            correct += int(((logits.detach()[:, :1] > 0) == (mask[:, :1] > 0.5)).sum())
+            pixels += mask[:, :1].numel()
         set_postfix(bar, loss=total_loss / seen)
     return {
         "loss": total_loss / max(seen, 1),

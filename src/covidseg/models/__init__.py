@@ -57,7 +57,7 @@ def model_spec(cfg: Config, with_weights: bool = True) -> dict[str, Any]:
     m = cfg.model
     if m.name not in _REGISTRY:
         raise ConfigError(f"unknown model {m.name!r}; available: {', '.join(list_models())}")
-    spec: dict[str, Any] = {"name": m.name, "in_channels": 1, "classes": 1}
+    spec: dict[str, Any] = {"name": m.name, "in_channels": 1, "classes": len(m.target_list)}
     if m.name == "unet":
         spec["base_channels"] = m.base_channels
     else:

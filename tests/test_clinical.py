@@ -1,0 +1,163 @@
+"""Two outputs (infection and lung), severity and detection in evaluation, real-world inputs to
+``predict``, and the exported bundle run by onnxruntime."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from covidseg.cli import main
+from covidseg.config import build_config
+from covidseg.data.image_io import read_dicom_gray8, read_xray
+from covidseg.engine.fit import fit
+from covidseg.errors import DataError
+from covidseg.predict import Predictor
+
+
+def write_dicom(path: Path, stored: np.ndarray, photometric: str = "MONOCHROME2", **tags) -> Path:
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
+
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
+    ds.Modality = "DX"
+    ds.Rows, ds.Columns = stored.shape
+    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, photometric
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
+    for key, value in tags.items():
+        setattr(ds, key, value)
+    ds.PixelData = stored.astype(np.uint16).tobytes()
+    ds.save_as(path, enforce_file_format=True)
+    return path
+
+
+def test_dicom_rescale_window_and_monochrome1(tmp_path: Path) -> None:
+    stored = np.tile(np.linspace(0, 4000, 50).astype(np.uint16), (30, 1))
+    plain = read_dicom_gray8(write_dicom(tmp_path / "a.dcm", stored))
+    assert plain.shape == (30, 50) and plain[0, 0] == 0 and plain[0, -1] == 255
+    assert np.all(np.diff(plain[0].astype(int)) >= 0)
+    # MONOCHROME1: high values are dark; bone must come out bright as in the training data.
+    inverted = read_dicom_gray8(write_dicom(tmp_path / "b.dcm", stored, "MONOCHROME1"))
+    assert np.array_equal(inverted, 255 - plain)
+    # Rescale (value = 2 * stored - 100), then a window over the lower half: the top half saturates.
+    windowed = read_dicom_gray8(
+        write_dicom(tmp_path / "c", stored, RescaleSlope=2, RescaleIntercept=-100, WindowCenter=1900, WindowWidth=4000)
+    )
+    assert windowed[0, 0] == 0 and np.all(windowed[0, 25:] == 255) and 0 < windowed[0, 12] < 255
+    assert np.array_equal(read_xray(tmp_path / "c"), windowed)  # found by its DICM marker, no suffix
+    (tmp_path / "bad.dcm").write_bytes(b"\0" * 128 + b"DICM" + b"garbage")
+    with pytest.raises(DataError, match="bad.dcm"):
+        read_xray(tmp_path / "bad.dcm")
+
+
+def test_sixteen_bit_images_are_stretched_to_their_range(tmp_path: Path) -> None:
+    arr = np.tile(np.linspace(1000, 3000, 40), (20, 1)).astype(np.uint16)
+    Image.fromarray(arr).save(tmp_path / "x16.png")
+    Image.fromarray(arr).save(tmp_path / "x16.tif")
+    for name in ("x16.png", "x16.tif"):
+        gray = read_xray(tmp_path / name)
+        assert gray.dtype == np.uint8 and gray[0, 0] == 0 and gray[0, -1] == 255, name
+
+
+@pytest.fixture(scope="module")
+def lung_run(synth_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    tmp = tmp_path_factory.mktemp("lung")
+    cfg = build_config(
+        "reference",
+        overrides={
+            "data.image_size": 64,
+            "model.base_channels": 8,
+            "train.batch_size": 4,
+            "optim.lr": 1e-3,
+            "train.device": "cpu",
+            "data.root": str(synth_root),
+            "data.cache_dir": str(tmp / "cache"),
+            "model.targets": "infection+lung",
+            "train.epochs": 3,
+        },
+    )
+    fit(cfg, tmp / "run")
+    return tmp / "run"
+
+
+def test_two_output_run_reports_lung_detection_and_severity(lung_run: Path, capsys) -> None:
+    hist = list(csv.DictReader((lung_run / "history.csv").open()))
+    assert all(0.0 <= float(r["val_lung_dice"]) <= 1.0 for r in hist)
+    assert main(["tune", str(lung_run), "--no-progress"]) == 0
+    steps = json.loads((lung_run / "postprocess.json").read_text())["steps"]
+    assert "lung_gate" in [s["step"] for s in steps]
+    assert main(["evaluate", str(lung_run), "--panel", "0", "--no-progress"]) == 0
+    s = json.loads((lung_run / "eval" / "Val" / "summary.json").read_text())
+    assert s["target"] == "infection" and set(s["lung"]) >= {"pooled", "per_image", "per_image_covid", "groups"}
+    det = s["detection"]
+    assert det["positives"] + det["negatives"] == s["images"] and 0 <= det["roc_auc"] <= 1
+    assert set(det["groups"]["Normal"]) == {"images", "specificity", "roc_auc_vs_covid"}
+    sev = s["severity"]
+    assert sum(sev["groups"]["COVID-19"]["true"].values()) == s["groups"]["COVID-19"]["images"]
+    assert sev["groups"]["Normal"]["true"] == {
+        "none": s["groups"]["Normal"]["images"],
+        "mild": 0,
+        "moderate": 0,
+        "severe": 0,
+    }
+    assert "predicted" in sev["groups"]["COVID-19"] and 0 <= sev["agreement"]["grade_accuracy"] <= 1
+    rows = list(csv.DictReader((lung_run / "eval" / "Val" / "per_image.csv").open()))
+    assert {"lung_dice", "infection_percent", "right_percent", "severity", "true_severity", "covid_call"} <= set(
+        rows[0]
+    )
+    covid = [r for r in rows if r["group"] == "COVID-19"]
+    assert all(float(r["true_infection_percent"]) > 0 for r in covid)
+    out = capsys.readouterr().out
+    assert "lung" in out and "detection" in out
+
+
+def test_export_bundle_runs_in_onnxruntime_like_pytorch(lung_run: Path, synth_root: Path, tmp_path: Path) -> None:
+    bundle = tmp_path / "bundle"
+    assert main(["export", str(lung_run), "--out", str(bundle), "--no-progress"]) == 0
+    assert {p.name for p in bundle.iterdir()} == {"model.onnx", "model.safetensors", "config.json", "metadata.json"}
+    meta = json.loads((bundle / "metadata.json").read_text())
+    assert meta["output_shape"][1] == 2 and meta["onnx_vs_torch_max_abs_logit_diff"] < 1e-3
+    cfg = json.loads((bundle / "config.json").read_text())
+    assert cfg["outputs"] == ["infection", "lung"] and cfg["severity"]["extent"] == "25,50,75"
+    image = next((synth_root / "Infection Segmentation Data" / "Val" / "COVID-19" / "images").iterdir())
+    gray = read_xray(image)
+    by_run = Predictor.load(lung_run).predict(gray)
+    by_onnx = Predictor.load(bundle).predict(gray)
+    by_torch = Predictor.load(bundle, engine="torch").predict(gray)
+    assert np.allclose(by_onnx.probability, by_run.probability, atol=1e-4)
+    assert np.allclose(by_torch.probability, by_run.probability, atol=1e-6)
+    assert (by_onnx.mask != by_run.mask).mean() < 1e-3 and (by_onnx.lung != by_run.lung).mean() < 1e-3
+    assert by_onnx.severity["severity"] in ("none", "mild", "moderate", "severe")
+    # A non-empty folder is not overwritten; a run folder cannot run in onnxruntime.
+    assert main(["export", str(lung_run), "--out", str(bundle), "--no-progress"]) == 2
+    assert main(["predict", str(lung_run), str(image), "-o", str(tmp_path / "p"), "--engine", "onnx"]) == 2
+
+
+def test_predict_real_world_inputs_and_skips_bad_ones(lung_run: Path, tmp_path: Path) -> None:
+    inputs = tmp_path / "inputs"
+    inputs.mkdir()
+    rng = np.random.default_rng(0)
+    base = (rng.random((150, 220)) * 200).astype(np.uint8)
+    Image.fromarray(base).save(inputs / "a.jpg")
+    Image.fromarray(base.astype(np.uint16) * 16).save(inputs / "b16.png")
+    Image.fromarray(base.astype(np.uint16) * 16).save(inputs / "c.tiff")
+    write_dicom(inputs / "d.dcm", base.astype(np.uint16) * 16, "MONOCHROME1")
+    (inputs / "e.png").write_bytes(b"not a png")
+    out = tmp_path / "out"
+    assert main(["predict", str(lung_run), str(inputs), "-o", str(out), "--no-progress"]) == 0
+    records = [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]
+    assert sorted(Path(r["image"]).name for r in records) == ["a.jpg", "b16.png", "c.tiff", "d.dcm"]
+    for r in records:
+        assert (r["width"], r["height"]) == (220, 150)
+        assert Image.open(out / r["mask"]).size == (220, 150) and Image.open(out / r["lung"]).size == (220, 150)
+        assert {"infection_percent", "right_percent", "left_percent", "severity", "covid_call"} <= set(r)

@@ -1,0 +1,79 @@
+"""Infected share per lung, the extent scores and the grade; detection metrics."""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pytest
+
+from covidseg.detection import best_cutoff, detection_summary, infected_share, roc_auc
+from covidseg.errors import ConfigError
+from covidseg.severity import SeverityRule, quantify, split_lungs
+
+
+def _lungs() -> np.ndarray:
+    lung = np.zeros((40, 40), np.uint8)
+    lung[5:35, 4:16] = 1  # image left: the patient's right lung, 360 px
+    lung[5:35, 24:36] = 1  # image right: the patient's left lung, 360 px
+    return lung
+
+
+def test_percent_per_lung_scores_and_grade() -> None:
+    lung = _lungs()
+    inf = np.zeros_like(lung)
+    inf[5:14, 4:16] = 1  # 108 px = 30% of the patient's right lung
+    inf[0:3, 0:40] = 1  # outside both lungs: not counted
+    r = quantify(inf, lung)
+    assert r["right_percent"] == 30.0 and r["left_percent"] == 0.0
+    assert r["infection_percent"] == 15.0 and r["infected_lung_pixels"] == 108 and r["lung_pixels"] == 720
+    assert (r["right_score"], r["left_score"], r["severity_score"], r["severity"]) == (2, 0, 2, "mild")
+    inf[5:35, 24:36] = 1  # all of the left lung
+    r = quantify(inf, lung)
+    assert (r["right_score"], r["left_score"], r["severity_score"], r["severity"]) == (2, 4, 6, "severe")
+    assert quantify(np.zeros_like(lung), lung)["severity"] == "none"
+
+
+def test_extent_score_boundaries_follow_the_rule() -> None:
+    rule = SeverityRule()
+    assert [rule.lung_score(p) for p in (0, 0.01, 24.99, 25, 49.9, 50, 75, 100)] == [0, 1, 1, 2, 2, 3, 4, 4]
+    assert [rule.grade(t) for t in range(9)] == ["none", "mild", "mild"] + ["moderate"] * 3 + ["severe"] * 3
+    custom = SeverityRule.from_text("10,20,30", "2,4,8")
+    assert custom.lung_score(15) == 2 and custom.grade(3) == "mild"
+    for bad in ("25,50", "50,25,75", "a,b,c", "0,1,2"):
+        with pytest.raises(ConfigError, match="severity_extent"):
+            SeverityRule.from_text(bad, "1,3,6")
+
+
+def test_touching_lungs_split_at_the_midline_and_no_lung() -> None:
+    lung = _lungs()
+    lung[20:22, 16:24] = 1  # a bridge: one component
+    right, left, how = split_lungs(lung)
+    assert how == "midline" and right[:, 20:].sum() == 0 and left[:, :20].sum() == 0
+    assert right.sum() + left.sum() == lung.sum()
+    r = quantify(np.ones_like(lung), np.zeros_like(lung))
+    assert r["infection_percent"] is None and r["severity"] is None and r["lung_split"] == "none"
+
+
+def test_roc_auc_equals_pairwise_count_with_ties() -> None:
+    rng = np.random.default_rng(0)
+    scores = rng.integers(0, 5, 40).astype(float)
+    labels = rng.random(40) < 0.5
+    pairs = list(itertools.product(scores[labels], scores[~labels]))
+    expected = np.mean([1.0 if p > n else 0.5 if p == n else 0.0 for p, n in pairs])
+    assert roc_auc(scores, labels) == pytest.approx(expected)
+    assert np.isnan(roc_auc(scores, np.ones(40, bool)))
+
+
+def test_cutoff_and_summary_per_group() -> None:
+    stats = np.array([[30, 10, 0, 60], [0, 5, 10, 85], [0, 0, 0, 100], [0, 2, 0, 98], [0, 20, 0, 80]])
+    shares = infected_share(stats)
+    assert shares.tolist() == [0.4, 0.05, 0.0, 0.02, 0.2]
+    groups = ["COVID-19", "COVID-19", "Normal", "Normal", "Non-COVID"]
+    cut = best_cutoff(shares, np.array(groups) == "COVID-19")
+    assert cut == 0.02  # calls both COVID-19 images (0.4, 0.05) and misses only the 0.2 Non-COVID one
+    s = detection_summary(shares, groups, cut)
+    assert s["sensitivity"] == 1.0 and s["specificity"] == pytest.approx(2 / 3)
+    assert s["groups"]["Normal"]["specificity"] == 1.0 and s["groups"]["Non-COVID"]["specificity"] == 0.0
+    assert s["groups"]["Normal"]["roc_auc_vs_covid"] == 1.0
+    assert s["roc_auc"] == pytest.approx(5 / 6)
