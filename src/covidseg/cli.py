@@ -200,6 +200,34 @@ def cmd_export(a: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_sweep(a: argparse.Namespace) -> int:
+    from covidseg.sweep import expand, load_spec, run_sweep, shipped_specs
+
+    if a.list:
+        for name in shipped_specs():
+            spec = load_spec(name)
+            print(f"{name:<20} {len(expand(spec))} trials; scales: {', '.join(spec.scales) or 'none'}")
+        return 0
+    if not a.spec or not a.out:
+        raise CovidsegError("give a sweep spec and --out (or --list for the shipped specs)")
+    out = Path(a.out)
+    out.mkdir(parents=True, exist_ok=True)
+    _setup_logging(a.verbose, out / "sweep.log")
+    rows = run_sweep(a.spec, a.data, out, a.scale, a.sort_by, a.cache_dir, a.device, _progress(a.progress))
+    done = [r for r in rows if r["status"] == "done"]
+    print(f"{len(done)} of {len(rows)} trials done; leaderboard: {out / 'leaderboard.md'}, {out / 'leaderboard.csv'}")
+    return 0 if len(done) == len(rows) else 1
+
+
+def cmd_report(a: argparse.Namespace) -> int:
+    from covidseg.report.build import build_report
+
+    _setup_logging(a.verbose)
+    md, page = build_report(a.inputs, a.out)
+    print(f"report written: {md} and {page} (self-contained; open it in a browser)")
+    return 0
+
+
 def cmd_demo(a: argparse.Namespace) -> int:
     from covidseg.demo import run_demo
 
@@ -397,6 +425,24 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--device", default="auto")
     common(sp)
     sp.set_defaults(func=cmd_tune)
+
+    sp = sub.add_parser("sweep", help="run a grid or list of trials; leaderboard, comparison plots; resumable")
+    sp.add_argument("spec", nargs="?", help="a sweep YAML file or a shipped spec name (see --list)")
+    sp.add_argument("--data", help="data folder (a COVID-QU-Ex copy or a synthetic set)")
+    sp.add_argument("-o", "--out", help="sweep folder; run again to continue an interrupted sweep")
+    sp.add_argument("--scale", help="scale every trial down by a named rule of the spec (e.g. cpu)")
+    sp.add_argument("--sort-by", help="leaderboard metric (default: the spec's sort_by)")
+    sp.add_argument("--cache-dir")
+    sp.add_argument("--device", help="train.device for every trial")
+    sp.add_argument("--list", action="store_true", help="list the shipped specs")
+    common(sp)
+    sp.set_defaults(func=cmd_sweep)
+
+    sp = sub.add_parser("report", help="Markdown and self-contained HTML report of runs and sweeps")
+    sp.add_argument("inputs", nargs="+", help="run folders and/or sweep folders")
+    sp.add_argument("-o", "--out", required=True, help="report folder")
+    common(sp)
+    sp.set_defaults(func=cmd_report)
 
     sp = sub.add_parser("models", help="list the registered models")
     sp.add_argument("--encoders", action="store_true", help="also list the encoders of the smp-* models")

@@ -124,3 +124,55 @@ def plot_predictions(
     if title:
         fig.suptitle(title, fontsize=11)
     return _save(fig, path)
+
+
+def plot_sweep_metric(rows: Sequence[dict[str, Any]], key: str, metric: str, path: str | Path) -> Path | None:
+    """``metric`` against the values of one varied setting, marginalised over the others.
+
+    Each point is the mean over the trials with that value (whatever their other settings), the
+    bar spans their minimum and maximum, and the dots are the trials themselves.
+    """
+    done = [r for r in rows if r.get(metric) is not None and r.get(key) is not None]
+    if not done:
+        return None
+    values = sorted({r[key] for r in done}, key=lambda v: (isinstance(v, str), v))
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(5.2, 3.6), layout="constrained")
+    xs = np.arange(len(values))
+    for x, v in zip(xs, values):
+        ys = np.array([float(r[metric]) for r in done if r[key] == v])
+        ax.scatter(np.full(len(ys), x) + np.linspace(-0.08, 0.08, len(ys)), ys, s=12, alpha=0.5, color="0.4")
+        ax.errorbar([x], [ys.mean()], yerr=[[ys.mean() - ys.min()], [ys.max() - ys.mean()]], fmt="o", capsize=5)
+    ax.set_xticks(xs, [f"{v:g}" if isinstance(v, float) else str(v) for v in values])
+    ax.set_xlabel(key)
+    ax.set_ylabel(f"Val {metric}")
+    others = len(done) // max(len(values), 1)
+    ax.set_title(f"{metric} vs {key}\nmean over the other settings (about {others} trials each; bars: min-max)")
+    ax.title.set_fontsize(9)
+    ax.grid(alpha=0.3)
+    return _save(fig, path)
+
+
+def plot_sweep_curves(sweep_dir: str | Path, path: str | Path) -> Path | None:
+    """Val per-image Dice and val loss per epoch of every trial, overlaid."""
+    from covidseg.engine.history import read_history
+
+    runs = sorted(p for p in (Path(sweep_dir) / "trials").glob("*") if (p / "history.csv").is_file())
+    if not runs:
+        return None
+    plt = _pyplot()
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4), layout="constrained")
+    cmap = plt.get_cmap("viridis")
+    for k, run in enumerate(runs):
+        hist = read_history(run / "history.csv")
+        epochs = [h["epoch"] for h in hist]
+        color = cmap(k / max(len(runs) - 1, 1))
+        ax1.plot(epochs, [h["val_dice_per_image"] for h in hist], color=color, lw=1, alpha=0.8, label=run.name)
+        ax2.plot(epochs, [h["val_loss"] for h in hist], color=color, lw=1, alpha=0.8)
+    ax1.set(xlabel="epoch", ylabel="Val per-image Dice", title=f"Val per-image Dice, {len(runs)} trials")
+    ax2.set(xlabel="epoch", ylabel="Val loss", title="Val loss")
+    for ax in (ax1, ax2):
+        ax.grid(alpha=0.3)
+    if len(runs) <= 12:
+        ax1.legend(fontsize=6)
+    return _save(fig, path)

@@ -1,0 +1,399 @@
+"""Settings sweeps: ``covidseg sweep SPEC.yaml --data ROOT --out SWEEP_DIR``.
+
+A spec (YAML) names a preset, optional overrides for every trial (``base``), a ``grid`` (every
+combination of the listed values, in the order given) and/or a list of ``trials`` (each a set
+of overrides), the metric to sort by, and optional named ``scales``::
+
+    name: reference-study
+    preset: reference
+    base: {}
+    grid:
+      data.image_size: [192, 256]
+      optim.lr: [1.0e-3, 1.0e-4]
+    trials: []
+    sort_by: per_image_dice
+    scales:
+      cpu: {epochs_factor: 0.1, image_factor: 0.5, train_limit: 400, val_limit: 200, set: {train.amp: bf16}}
+
+A scale (``--scale cpu``) shrinks every trial the same way: epochs times ``epochs_factor``
+(at least 1), image size times ``image_factor`` (a multiple of 8), at most ``train_limit`` /
+``val_limit`` images (group-stratified), plus the overrides in ``set``. Every trial folder keeps
+its nominal settings, the scale and the settings it really ran with (``trial.json``), and the
+leaderboard has a ``scale`` column and the actual epochs and size, so no scaled number passes
+for a full one.
+
+Each trial is an ordinary run folder under ``SWEEP_DIR/trials/``, evaluated on Val after
+training. Running the same command again skips finished trials and resumes an interrupted one
+from its ``last.pt``. Outputs: ``SWEEP_DIR/sweep.json`` (the plan), ``leaderboard.csv`` and
+``leaderboard.md`` (one row per trial, sorted by ``sort_by``), and ``plots/`` (metric against
+each varied setting, training curves of all trials overlaid).
+"""
+
+from __future__ import annotations
+
+import csv
+import itertools
+import json
+import logging
+import math
+import re
+import time
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from covidseg.config import PRESETS, Config, build_config, flatten, load_yaml, valid_keys
+from covidseg.errors import ConfigError, CovidsegError
+from covidseg.progress import Progress
+
+log = logging.getLogger(__name__)
+
+# Leaderboard metric columns: (column, summary.json path).
+METRICS: dict[str, tuple[str, ...]] = {
+    "pooled_dice": ("pooled", "dice"),
+    "pooled_iou": ("pooled", "iou"),
+    "pixel_accuracy": ("pooled", "pixel_accuracy"),
+    "per_image_dice": ("per_image", "dice"),
+    "per_image_iou": ("per_image", "iou"),
+    "covid_dice": ("per_image_covid", "dice"),
+    "covid_iou": ("per_image_covid", "iou"),
+    "negatives_fp_share": ("negatives_with_false_positives",),
+    "lung_dice": ("lung", "per_image", "dice"),
+}
+LOWER_IS_BETTER = {"negatives_fp_share"}
+
+
+@dataclass(frozen=True)
+class Scale:
+    name: str
+    epochs_factor: float = 1.0
+    image_factor: float = 1.0
+    train_limit: int | None = None
+    val_limit: int | None = None
+    set: dict[str, Any] = field(default_factory=dict)
+    description: str = ""
+
+    def apply(self, overrides: dict[str, Any], cfg: Config) -> dict[str, Any]:
+        """The overrides a trial really runs with, given its nominal ones and resolved config."""
+        out = dict(overrides)
+        out["train.epochs"] = max(1, round(cfg.train.epochs * self.epochs_factor))
+        out["data.image_size"] = max(16, int(round(cfg.data.image_size * self.image_factor / 8)) * 8)
+        for key, limit in (("data.train_limit", self.train_limit), ("data.val_limit", self.val_limit)):
+            current = getattr(cfg.data, key.split(".")[1])
+            if limit is not None:
+                out[key] = limit if current is None else min(current, limit)
+        out.update(self.set)
+        return out
+
+    def describe(self) -> str:
+        parts = [f"epochs x{self.epochs_factor:g}", f"image size x{self.image_factor:g}"]
+        if self.train_limit:
+            parts.append(f"<= {self.train_limit} train images")
+        if self.val_limit:
+            parts.append(f"<= {self.val_limit} val images")
+        parts += [f"{k}={v}" for k, v in self.set.items()]
+        return f"{self.name}: " + ", ".join(parts)
+
+
+@dataclass
+class SweepSpec:
+    name: str
+    preset: str
+    base: dict[str, Any]
+    grid: dict[str, list[Any]]
+    trials: list[dict[str, Any]]
+    sort_by: str
+    scales: dict[str, Scale]
+    description: str = ""
+
+    @property
+    def varied(self) -> list[str]:
+        keys = list(self.grid)
+        for t in self.trials:
+            keys += [k for k in t if k not in keys]
+        return keys
+
+
+def shipped_specs() -> list[str]:
+    return sorted(p.name[:-5] for p in resources.files("covidseg.sweeps").iterdir() if p.name.endswith(".yaml"))
+
+
+def resolve_spec_path(spec: str | Path) -> Path:
+    """A spec file, or the name of one shipped with covidseg (``covidseg sweep --list``)."""
+    p = Path(spec)
+    if p.is_file():
+        return p
+    shipped = resources.files("covidseg.sweeps") / f"{spec}.yaml"
+    if shipped.is_file():
+        return Path(str(shipped))
+    raise ConfigError(f"sweep spec {spec} not found; give a YAML file or one of: {', '.join(shipped_specs())}")
+
+
+def _check_keys(keys: list[str], where: str) -> None:
+    known = set(valid_keys())
+    for k in keys:
+        if k not in known:
+            raise ConfigError(f"{where}: unknown config key {k!r}")
+
+
+def load_spec(spec: str | Path) -> SweepSpec:
+    path = resolve_spec_path(spec)
+    d = load_yaml(path)
+    unknown = set(d) - {"name", "description", "preset", "base", "grid", "trials", "sort_by", "scales"}
+    if unknown:
+        raise ConfigError(f"{path}: unknown sweep field(s) {sorted(unknown)}")
+    preset = d.get("preset", "reference")
+    if preset not in PRESETS:
+        raise ConfigError(f"{path}: unknown preset {preset!r}")
+    base = flatten(d.get("base") or {})
+    grid = d.get("grid") or {}
+    trials = [flatten(t) for t in d.get("trials") or []]
+    if not isinstance(grid, dict) or any(not isinstance(v, list) or not v for v in grid.values()):
+        raise ConfigError(f"{path}: grid must map config keys to non-empty lists of values")
+    if not grid and not trials:
+        raise ConfigError(f"{path}: a sweep needs a grid or a list of trials")
+    _check_keys(list(base) + list(grid) + [k for t in trials for k in t], str(path))
+    sort_by = d.get("sort_by", "per_image_dice")
+    if sort_by not in METRICS:
+        raise ConfigError(f"{path}: sort_by must be one of {list(METRICS)}, got {sort_by!r}")
+    scales = {}
+    for name, s in (d.get("scales") or {}).items():
+        s = dict(s or {})
+        s["set"] = flatten(s.get("set") or {})
+        _check_keys(list(s["set"]), f"{path}: scale {name}")
+        try:
+            scales[name] = Scale(name=name, **s)
+        except TypeError as exc:
+            raise ConfigError(f"{path}: scale {name}: {exc}") from None
+    return SweepSpec(d.get("name", path.stem), preset, base, grid, trials, sort_by, scales, d.get("description", ""))
+
+
+def _short(key: str, value: Any) -> str:
+    name = key.split(".")[-1]
+    text = f"{value:g}" if isinstance(value, float) else str(value)
+    return re.sub(r"[^A-Za-z0-9.+-]", "", f"{name}{text}")
+
+
+def expand(spec: SweepSpec) -> list[dict[str, Any]]:
+    """The trials of a spec: ``[{"name": ..., "settings": {varied key: value}}]`` in run order."""
+    combos: list[dict[str, Any]] = []
+    if spec.grid:
+        keys = list(spec.grid)
+        combos += [dict(zip(keys, values)) for values in itertools.product(*spec.grid.values())]
+    combos += [dict(t) for t in spec.trials]
+    width = len(str(len(combos)))
+    return [
+        {"name": f"{i:0{width}d}-" + "-".join(_short(k, v) for k, v in c.items()), "settings": c}
+        for i, c in enumerate(combos, 1)
+    ]
+
+
+def trial_config(
+    spec: SweepSpec, settings: dict[str, Any], data_root: str, scale: Scale | None, **extra: Any
+) -> Config:
+    overrides = {**spec.base, **settings, "data.root": data_root, **extra}
+    cfg = build_config(spec.preset, overrides=overrides)
+    if scale is not None:
+        cfg = build_config(spec.preset, overrides=scale.apply(overrides, cfg))
+    return cfg
+
+
+def _finished(run_dir: Path, epochs: int) -> bool:
+    from covidseg.engine.history import read_history
+
+    hist = run_dir / "history.csv"
+    if not hist.is_file() or not (run_dir / "checkpoints" / "best.pt").is_file():
+        return False
+    rows = read_history(hist)
+    return bool(rows) and (int(rows[-1]["epoch"]) >= epochs or _early_stopped(run_dir))
+
+
+def _early_stopped(run_dir: Path) -> bool:
+    info = run_dir / "trial.json"
+    return info.is_file() and json.loads(info.read_text()).get("status") == "done"
+
+
+def run_sweep(
+    spec_path: str | Path,
+    data_root: str,
+    out_dir: str | Path,
+    scale: str | None = None,
+    sort_by: str | None = None,
+    cache_dir: str | None = None,
+    device: str | None = None,
+    progress: Progress | None = None,
+) -> list[dict[str, Any]]:
+    """Run (or continue) every trial, then write the leaderboard and plots; returns its rows."""
+    from covidseg.engine.fit import fit
+    from covidseg.evaluation import evaluate_run
+
+    spec = load_spec(spec_path)
+    if scale is not None and scale not in spec.scales:
+        raise ConfigError(f"scale {scale!r} is not in the spec; it has: {', '.join(spec.scales) or 'none'}")
+    sc = spec.scales.get(scale) if scale else None
+    out = Path(out_dir)
+    trials = expand(spec)
+    extra: dict[str, Any] = {}
+    if cache_dir:
+        extra["data.cache_dir"] = cache_dir
+    if device:
+        extra["train.device"] = device
+    plan = {
+        "spec": spec.name,
+        "spec_file": str(resolve_spec_path(spec_path)),
+        "preset": spec.preset,
+        "base": spec.base,
+        "varied": spec.varied,
+        "scale": None if sc is None else {"name": sc.name, "rule": sc.describe()},
+        "trials": [t["name"] for t in trials],
+    }
+    sweep_file = out / "sweep.json"
+    if sweep_file.is_file():
+        old = json.loads(sweep_file.read_text())
+        if old.get("trials") != plan["trials"] or old.get("scale") != plan["scale"]:
+            raise CovidsegError(
+                f"{out} holds a different sweep ({old.get('spec')}, scale {old.get('scale')}); choose another --out"
+            )
+    out.mkdir(parents=True, exist_ok=True)
+    sweep_file.write_text(json.dumps(plan, indent=2))
+    sort_by = sort_by or spec.sort_by
+    if sort_by not in METRICS:
+        raise ConfigError(f"sort_by must be one of {list(METRICS)}, got {sort_by!r}")
+    # Resolve every trial first, so a bad value fails before hours of training.
+    configs = [trial_config(spec, t["settings"], data_root, sc, **extra) for t in trials]
+
+    for k, (t, cfg) in enumerate(zip(trials, configs), 1):
+        run_dir = out / "trials" / t["name"]
+        info_path = run_dir / "trial.json"
+        info = {
+            "trial": t["name"],
+            "settings": t["settings"],
+            "scale": None if sc is None else sc.describe(),
+            "actual": {
+                "train.epochs": cfg.train.epochs,
+                "data.image_size": cfg.data.image_size,
+                "data.train_limit": cfg.data.train_limit,
+                "data.val_limit": cfg.data.val_limit,
+            },
+        }
+        if _finished(run_dir, cfg.train.epochs) and (run_dir / "eval" / "Val" / "summary.json").is_file():
+            log.info("trial %d/%d %s: finished, skipped", k, len(trials), t["name"])
+            continue
+        log.info("trial %d/%d %s: %s", k, len(trials), t["name"], t["settings"])
+        run_dir.mkdir(parents=True, exist_ok=True)
+        t0 = time.perf_counter()
+        try:
+            if not _finished(run_dir, cfg.train.epochs):
+                resume = (run_dir / "checkpoints" / "last.pt").is_file()
+                fit(cfg, run_dir, resume=resume, progress=progress)
+            info["status"] = "done"
+            info_path.write_text(json.dumps(info, indent=2))
+            evaluate_run(run_dir, split="Val", panel=4, progress=progress)
+        except (CovidsegError, FloatingPointError, RuntimeError) as exc:
+            info["status"] = f"failed: {str(exc)[:300]}"
+            info_path.write_text(json.dumps(info, indent=2))
+            log.warning("trial %s failed: %s", t["name"], exc)
+            continue
+        log.info("trial %s done in %.0f s", t["name"], time.perf_counter() - t0)
+    rows = leaderboard_rows(out)
+    write_leaderboard(rows, out, sort_by, spec, sc)
+    from covidseg.report.plots import plot_sweep_curves, plot_sweep_metric
+
+    for key in spec.varied:
+        plot_sweep_metric(rows, key, sort_by, out / "plots" / f"{sort_by}_vs_{key.replace('.', '_')}.png")
+    plot_sweep_curves(out, out / "plots" / "curves_all_trials.png")
+    return rows
+
+
+def _get(d: dict[str, Any], path: tuple[str, ...]) -> Any:
+    for key in path:
+        if not isinstance(d, dict) or key not in d:
+            return None
+        d = d[key]
+    return d
+
+
+def leaderboard_rows(sweep_dir: str | Path) -> list[dict[str, Any]]:
+    """One row per trial folder: settings, scale, actual settings, best epoch, wall time, Val metrics."""
+    from covidseg.engine.history import read_history
+
+    rows = []
+    for run_dir in sorted((Path(sweep_dir) / "trials").iterdir()):
+        info_path = run_dir / "trial.json"
+        if not info_path.is_file():
+            continue
+        info = json.loads(info_path.read_text())
+        row: dict[str, Any] = {"trial": info["trial"], "status": info.get("status", "incomplete")}
+        row.update(info["settings"])
+        row["scale"] = info.get("scale") or "none (full)"
+        row["actual_epochs"] = info["actual"]["train.epochs"]
+        row["actual_image_size"] = info["actual"]["data.image_size"]
+        row["train_images"] = info["actual"]["data.train_limit"] or "all"
+        hist_path = run_dir / "history.csv"
+        hist = read_history(hist_path) if hist_path.is_file() else []
+        row["epochs_run"] = len(hist)
+        row["wall_time_s"] = round(sum(h["seconds"] for h in hist), 1) if hist else None
+        summary_path = run_dir / "eval" / "Val" / "summary.json"
+        summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
+        row["best_epoch"] = summary.get("epoch")
+        for col, path in METRICS.items():
+            row[col] = _get(summary, path)
+        rows.append(row)
+    return rows
+
+
+def _sorted(rows: list[dict[str, Any]], sort_by: str) -> list[dict[str, Any]]:
+    sign = 1 if sort_by in LOWER_IS_BETTER else -1
+
+    def key(r: dict[str, Any]) -> tuple[int, float]:
+        v = r.get(sort_by)
+        return (1, 0.0) if v is None or (isinstance(v, float) and math.isnan(v)) else (0, sign * float(v))
+
+    return sorted(rows, key=key)
+
+
+def _cell(v: Any) -> str:
+    if v is None:
+        return ""
+    if isinstance(v, float):
+        return f"{v:.4f}" if abs(v) <= 1 else f"{v:.1f}"
+    return str(v)
+
+
+def write_leaderboard(
+    rows: list[dict[str, Any]], out: Path, sort_by: str, spec: SweepSpec, scale: Scale | None
+) -> tuple[Path, Path]:
+    rows = _sorted(rows, sort_by)
+    fields: list[str] = []
+    for r in rows:
+        fields += [k for k in r if k not in fields]
+    with (out / "leaderboard.csv").open("w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=fields)
+        w.writeheader()
+        for r in rows:
+            w.writerow({k: "" if r.get(k) is None else r.get(k) for k in fields})
+    lines = [
+        f"# Leaderboard: {spec.name}",
+        "",
+        f"Preset `{spec.preset}`; varied: {', '.join(f'`{k}`' for k in spec.varied)}; sorted by `{sort_by}` "
+        f"({'lower' if sort_by in LOWER_IS_BETTER else 'higher'} is better). Val metrics: pooled = one confusion "
+        "matrix over all pixels; per_image = mean over all images with empty truth and empty prediction = 1; "
+        "covid = per-image mean over COVID-19 images; negatives_fp_share = Normal and Non-COVID images with any "
+        "predicted pixel.",
+        "",
+    ]
+    if scale is not None:
+        lines += [
+            f"**Scaled down** ({scale.describe()}): the settings columns are the nominal ones; "
+            "`actual_epochs`, `actual_image_size` and `train_images` are what each trial ran. "
+            "These numbers are not those of the full settings.",
+            "",
+        ]
+    shown = [k for k in fields if k != "scale"]
+    lines.append("| " + " | ".join(shown) + " |")
+    lines.append("|" + "---|" * len(shown))
+    for r in rows:
+        lines.append("| " + " | ".join(_cell(r.get(k)) for k in shown) + " |")
+    (out / "leaderboard.md").write_text("\n".join(lines) + "\n")
+    return out / "leaderboard.csv", out / "leaderboard.md"

@@ -1,0 +1,1 @@
+"""Sweep specs shipped with covidseg (``covidseg sweep NAME``); see :mod:`covidseg.sweep`."""
