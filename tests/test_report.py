@@ -176,3 +176,23 @@ def test_html_report_in_headless_chromium(report_dir: Path) -> None:
         assert heading.startswith("Run ")
     finally:
         driver.quit()
+
+
+def test_bad_specs_fail_with_clear_messages(tmp_path: Path, synth_root: Path, capsys) -> None:
+    cases = {
+        "unknown key": ("preset: reference\ngrid: {optim.lrate: [1.0e-3]}\n", "unknown config key"),
+        "empty": ("preset: reference\n", "needs a grid or a list of trials"),
+        "bad metric": ("preset: reference\ntrials: [{optim.lr: 1.0e-3}]\nsort_by: accuracy\n", "sort_by"),
+        "not a list": ("preset: reference\ngrid: {optim.lr: 1.0e-3}\n", "non-empty lists"),
+    }
+    for name, (text, message) in cases.items():
+        spec = tmp_path / f"{name.replace(' ', '_')}.yaml"
+        spec.write_text(text)
+        assert main(["sweep", str(spec), "--data", str(synth_root), "--out", str(tmp_path / "s")]) == 2, name
+        assert message in capsys.readouterr().err, name
+    spec = tmp_path / "ok.yaml"
+    spec.write_text(SPEC)
+    assert main(["sweep", str(spec), "--data", str(tmp_path / "nowhere"), "--out", str(tmp_path / "s")]) == 2
+    assert main(["sweep", str(spec), "--data", str(synth_root), "--out", str(tmp_path / "s"), "--scale", "x"]) == 2
+    assert "scale 'x' is not in the spec" in capsys.readouterr().err
+    assert main(["sweep", "no-such-spec", "--out", str(tmp_path / "s")]) == 2

@@ -228,7 +228,10 @@ def run_sweep(
     from covidseg.engine.fit import fit
     from covidseg.evaluation import evaluate_run
 
+    from covidseg.data.loading import discover_root
+
     spec = load_spec(spec_path)
+    discover_root(data_root)  # a missing or wrong data folder fails here, not in every trial
     if scale is not None and scale not in spec.scales:
         raise ConfigError(f"scale {scale!r} is not in the spec; it has: {', '.join(spec.scales) or 'none'}")
     sc = spec.scales.get(scale) if scale else None

@@ -24,7 +24,7 @@ class EvalResult:
     requested indices; ``loss``: mean BCE over all outputs; ``probs``: (N, S, S) float16
     probabilities of the first output when asked for.
 
-    Models with an infection and a lung output also give ``lung_stats`` (N, 4), ``kept_lung``,
+    Models with an infection and a lung output also give ``lung_stats`` (N, 4),
     ``lung_masks`` (N, S, S) uint8 with ``probs``, and ``records``: per image the infected share
     of each lung and the severity grade (:func:`covidseg.severity.quantify`) of the prediction.
     """
@@ -36,7 +36,6 @@ class EvalResult:
     probs: np.ndarray | None = None
     pixels: int = 0
     lung_stats: np.ndarray | None = None
-    kept_lung: dict[int, np.ndarray] = field(default_factory=dict)
     lung_masks: np.ndarray | None = None
     records: list[dict] | None = None
 
@@ -104,7 +103,7 @@ def evaluate(
     lung_ch = targets.index("lung") if "lung" in targets else None
     both = lung_ch is not None and targets[0] == "infection"
     loss_fn = nn.BCEWithLogitsLoss(reduction="sum")
-    stats, lung_stats, indices, kept, kept_lung, probs, lungs = [], [], [], {}, {}, [], []
+    stats, lung_stats, indices, kept, probs, lungs = [], [], [], {}, [], []
     records: list[dict] = []
     total_loss, pixels = 0.0, 0
     bar = (progress or silent)(loader, desc=desc, total=len(loader) if hasattr(loader, "__len__") else None)
@@ -138,8 +137,6 @@ def evaluate(
         for j, i in enumerate(idx):
             if int(i) in keep:
                 kept[int(i)] = pred[j].astype(np.uint8)
-                if both:
-                    kept_lung[int(i)] = lung_pred[j]
     return EvalResult(
         np.concatenate(stats),
         np.concatenate(indices),
@@ -148,7 +145,6 @@ def evaluate(
         np.concatenate(probs) if keep_probs else None,
         pixels,
         np.concatenate(lung_stats) if both else None,
-        kept_lung,
         np.concatenate(lungs) if keep_probs and both else None,
         records if both and severity is not None else None,
     )
