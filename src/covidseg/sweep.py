@@ -225,10 +225,9 @@ def run_sweep(
     progress: Progress | None = None,
 ) -> list[dict[str, Any]]:
     """Run (or continue) every trial, then write the leaderboard and plots; returns its rows."""
+    from covidseg.data.loading import discover_root
     from covidseg.engine.fit import fit
     from covidseg.evaluation import evaluate_run
-
-    from covidseg.data.loading import discover_root
 
     spec = load_spec(spec_path)
     discover_root(data_root)  # a missing or wrong data folder fails here, not in every trial
