@@ -249,6 +249,7 @@ def run_sweep(
         "varied": spec.varied,
         "scale": None if sc is None else {"name": sc.name, "rule": sc.describe()},
         "trials": [t["name"] for t in trials],
+        "sort_by": sort_by or spec.sort_by,
     }
     sweep_file = out / "sweep.json"
     if sweep_file.is_file():
@@ -345,7 +346,7 @@ def leaderboard_rows(sweep_dir: str | Path) -> list[dict[str, Any]]:
     return rows
 
 
-def _sorted(rows: list[dict[str, Any]], sort_by: str) -> list[dict[str, Any]]:
+def sort_rows(rows: list[dict[str, Any]], sort_by: str) -> list[dict[str, Any]]:
     sign = 1 if sort_by in LOWER_IS_BETTER else -1
 
     def key(r: dict[str, Any]) -> tuple[int, float]:
@@ -366,7 +367,7 @@ def _cell(v: Any) -> str:
 def write_leaderboard(
     rows: list[dict[str, Any]], out: Path, sort_by: str, spec: SweepSpec, scale: Scale | None
 ) -> tuple[Path, Path]:
-    rows = _sorted(rows, sort_by)
+    rows = sort_rows(rows, sort_by)
     fields: list[str] = []
     for r in rows:
         fields += [k for k in r if k not in fields]

@@ -313,7 +313,7 @@ class ReportBuilder:
         )
 
     def add_sweep(self, sweep: Path) -> None:
-        from covidseg.sweep import leaderboard_rows
+        from covidseg.sweep import leaderboard_rows, sort_rows
 
         plan = json.loads((sweep / "sweep.json").read_text())
         d = self.doc
@@ -338,10 +338,8 @@ class ReportBuilder:
             name = f"leaderboard-{slug(sweep.name)}.csv"
             shutil.copyfile(lb, self.out / name)
             d.para(f"Full leaderboard: [{name}]({name}).")
-        from covidseg.sweep import _sorted
-
-        sort_by = "per_image_dice"
-        rows = _sorted(rows, sort_by)
+        sort_by = plan.get("sort_by", "per_image_dice")
+        rows = sort_rows(rows, sort_by)
         cols = (
             ["trial"]
             + plan["varied"]
