@@ -304,7 +304,8 @@ def run_sweep(
     from covidseg.report.plots import plot_sweep_curves, plot_sweep_metric
 
     for key in spec.varied:
-        plot_sweep_metric(rows, key, sort_by, out / "plots" / f"{sort_by}_vs_{key.replace('.', '_')}.png")
+        note = f"nominal settings, scaled down ({sc.describe()})" if sc is not None else ""
+        plot_sweep_metric(rows, key, sort_by, out / "plots" / f"{sort_by}_vs_{key.replace('.', '_')}.png", note)
     plot_sweep_curves(out, out / "plots" / "curves_all_trials.png")
     return rows
 

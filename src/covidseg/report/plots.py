@@ -7,6 +7,7 @@ of the package.
 from __future__ import annotations
 
 import math
+import textwrap
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -126,11 +127,14 @@ def plot_predictions(
     return _save(fig, path)
 
 
-def plot_sweep_metric(rows: Sequence[dict[str, Any]], key: str, metric: str, path: str | Path) -> Path | None:
+def plot_sweep_metric(
+    rows: Sequence[dict[str, Any]], key: str, metric: str, path: str | Path, note: str = ""
+) -> Path | None:
     """``metric`` against the values of one varied setting, marginalised over the others.
 
     Each point is the mean over the trials with that value (whatever their other settings), the
-    bar spans their minimum and maximum, and the dots are the trials themselves.
+    bar spans their minimum and maximum, and the dots are the trials themselves. ``note`` is a
+    third title line (a sweep's scale).
     """
     done = [r for r in rows if r.get(metric) is not None and r.get(key) is not None]
     if not done:
@@ -147,7 +151,8 @@ def plot_sweep_metric(rows: Sequence[dict[str, Any]], key: str, metric: str, pat
     ax.set_xlabel(key)
     ax.set_ylabel(f"Val {metric}")
     others = len(done) // max(len(values), 1)
-    ax.set_title(f"{metric} vs {key}\nmean over the other settings (about {others} trials each; bars: min-max)")
+    title = f"{metric} vs {key}\nmean over the other settings (about {others} trials each; bars: min-max)"
+    ax.set_title(title + ("\n" + textwrap.fill(note, 70) if note else ""))
     ax.title.set_fontsize(9)
     ax.grid(alpha=0.3)
     return _save(fig, path)
