@@ -204,7 +204,7 @@ class ReportBuilder:
         d.table(header, rows)
         for split, s in summaries.items():
             self.infection_rows.append(
-                [f"covidseg `{run.name}`", f"COVID-QU-Ex {split}"]
+                [f"covidseg `{run.name}`", f"COVID-QU-Ex {split} ({s['images']} images)"]
                 + [_get(s, p) for _, p in INFECTION_COLUMNS]
                 + [""] * 3
             )
@@ -364,7 +364,10 @@ class ReportBuilder:
             s = _load_json(trial / "eval" / "Val" / "summary.json")
             if s:
                 self.infection_rows.append(
-                    [f"covidseg sweep `{sweep.name}`, best trial `{best['trial']}`", "COVID-QU-Ex Val"]
+                    [
+                        f"covidseg sweep `{sweep.name}`, best trial `{best['trial']}`",
+                        f"COVID-QU-Ex Val ({s['images']} images)" + ("; scaled down" if plan.get("scale") else ""),
+                    ]
                     + [_get(s, p) for _, p in INFECTION_COLUMNS]
                     + [""] * 3
                 )
