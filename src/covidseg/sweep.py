@@ -280,14 +280,15 @@ def run_sweep(
                 "data.val_limit": cfg.data.val_limit,
             },
         }
-        if _finished(run_dir, cfg.train.epochs) and (run_dir / "eval" / "Val" / "summary.json").is_file():
+        trained = _finished(run_dir, cfg.train.epochs)
+        if trained and (run_dir / "eval" / "Val" / "summary.json").is_file():
             log.info("trial %d/%d %s: finished, skipped", k, len(trials), t["name"])
             continue
         log.info("trial %d/%d %s: %s", k, len(trials), t["name"], t["settings"])
         run_dir.mkdir(parents=True, exist_ok=True)
         t0 = time.perf_counter()
         try:
-            if not _finished(run_dir, cfg.train.epochs):
+            if not trained:
                 resume = (run_dir / "checkpoints" / "last.pt").is_file()
                 fit(cfg, run_dir, resume=resume, progress=progress)
             info["status"] = "done"
