@@ -385,7 +385,8 @@ def write_leaderboard(
         f"({'lower' if sort_by in LOWER_IS_BETTER else 'higher'} is better). Val metrics: pooled = one confusion "
         "matrix over all pixels; per_image = mean over all images with empty truth and empty prediction = 1; "
         "covid = per-image mean over COVID-19 images; negatives_fp_share = Normal and Non-COVID images with any "
-        "predicted pixel.",
+        "predicted pixel. The metrics are on the whole Val split; a Val limit only shortens the per-epoch "
+        "validation that picks the best epoch.",
         "",
     ]
     if scale is not None:

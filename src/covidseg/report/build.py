@@ -321,7 +321,7 @@ class ReportBuilder:
         d.para(
             f"Preset `{plan['preset']}`, {len(plan['trials'])} trials varying "
             + ", ".join(f"`{k}`" for k in plan["varied"])
-            + "."
+            + ". Metrics are on the whole Val split (a Val limit only shortens the per-epoch validation)."
         )
         if plan.get("scale"):
             d.para(
