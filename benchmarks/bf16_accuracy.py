@@ -18,6 +18,7 @@ from pathlib import Path
 from covidseg.config import build_config
 from covidseg.engine.fit import fit
 from covidseg.evaluation import evaluate_run
+from covidseg.metrics import lookup
 
 
 def main() -> None:
@@ -60,12 +61,7 @@ def main() -> None:
         ("per-image Dice (COVID-19)", ("per_image_covid", "dice")),
         ("negatives with FP", ("negatives_with_false_positives",)),
     ):
-        vals = []
-        for amp in ("off", "bf16"):
-            v = results[amp]["summary"]
-            for k in path:
-                v = v[k]
-            vals.append(v)
+        vals = [lookup(results[amp]["summary"], path) for amp in ("off", "bf16")]
         print(f"{name:<28} {vals[0]:8.4f} {vals[1]:8.4f}")
     if "lung" in results["off"]["summary"]:
         l32, l16 = (results[k]["summary"]["lung"]["per_image"]["dice"] for k in ("off", "bf16"))

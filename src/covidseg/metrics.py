@@ -131,6 +131,16 @@ def summarize(
     return json_safe(out)
 
 
+def lookup(summary: dict[str, Any] | None, path: tuple[str, ...]) -> Any:
+    """``summary[path[0]][path[1]]...``, or None where a key is missing (an older or partial summary)."""
+    d: Any = summary
+    for key in path:
+        if not isinstance(d, dict) or key not in d:
+            return None
+        d = d[key]
+    return d
+
+
 def json_safe(obj: Any) -> Any:
     """Replace NaN and infinities by None so the result is strict JSON."""
     if isinstance(obj, dict):

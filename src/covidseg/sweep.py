@@ -31,7 +31,6 @@ each varied setting, training curves of all trials overlaid).
 
 from __future__ import annotations
 
-import csv
 import itertools
 import json
 import logging
@@ -45,6 +44,7 @@ from typing import Any
 
 from covidseg.config import PRESETS, Config, build_config, flatten, load_yaml, valid_keys
 from covidseg.errors import ConfigError, CovidsegError
+from covidseg.metrics import lookup
 from covidseg.progress import Progress
 
 log = logging.getLogger(__name__)
@@ -311,14 +311,6 @@ def run_sweep(
     return rows
 
 
-def _get(d: dict[str, Any], path: tuple[str, ...]) -> Any:
-    for key in path:
-        if not isinstance(d, dict) or key not in d:
-            return None
-        d = d[key]
-    return d
-
-
 def leaderboard_rows(sweep_dir: str | Path) -> list[dict[str, Any]]:
     """One row per trial folder: settings, scale, actual settings, best epoch, wall time, Val metrics."""
     from covidseg.engine.history import read_history
@@ -343,7 +335,7 @@ def leaderboard_rows(sweep_dir: str | Path) -> list[dict[str, Any]]:
         summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
         row["best_epoch"] = summary.get("epoch")
         for col, path in METRICS.items():
-            row[col] = _get(summary, path)
+            row[col] = lookup(summary, path)
         rows.append(row)
     return rows
 
@@ -358,48 +350,32 @@ def sort_rows(rows: list[dict[str, Any]], sort_by: str) -> list[dict[str, Any]]:
     return sorted(rows, key=key)
 
 
-def _cell(v: Any) -> str:
-    if v is None:
-        return ""
-    if isinstance(v, float):
-        return f"{v:.4f}" if abs(v) <= 1 else f"{v:.1f}"
-    return str(v)
-
-
 def write_leaderboard(
     rows: list[dict[str, Any]], out: Path, sort_by: str, spec: SweepSpec, scale: Scale | None
 ) -> tuple[Path, Path]:
+    from covidseg.evaluation import write_rows
+    from covidseg.report.document import Document
+
     rows = sort_rows(rows, sort_by)
-    fields: list[str] = []
-    for r in rows:
-        fields += [k for k in r if k not in fields]
-    with (out / "leaderboard.csv").open("w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=fields)
-        w.writeheader()
-        for r in rows:
-            w.writerow({k: "" if r.get(k) is None else r.get(k) for k in fields})
-    lines = [
-        f"# Leaderboard: {spec.name}",
-        "",
+    write_rows(rows, out / "leaderboard.csv")
+    doc = Document(f"Leaderboard: {spec.name}")
+    doc.para(
         f"Preset `{spec.preset}`; varied: {', '.join(f'`{k}`' for k in spec.varied)}; sorted by `{sort_by}` "
         f"({'lower' if sort_by in LOWER_IS_BETTER else 'higher'} is better). Val metrics: pooled = one confusion "
         "matrix over all pixels; per_image = mean over all images with empty truth and empty prediction = 1; "
         "covid = per-image mean over COVID-19 images; negatives_fp_share = Normal and Non-COVID images with any "
         "predicted pixel. The metrics are on the whole Val split; a Val limit only shortens the per-epoch "
-        "validation that picks the best epoch.",
-        "",
-    ]
+        "validation that picks the best epoch."
+    )
     if scale is not None:
-        lines += [
+        doc.para(
             f"**Scaled down** ({scale.describe()}): the settings columns are the nominal ones; "
             "`actual_epochs`, `actual_image_size` and `train_images` are what each trial ran. "
-            "These numbers are not those of the full settings.",
-            "",
-        ]
-    shown = [k for k in fields if k != "scale"]
-    lines.append("| " + " | ".join(shown) + " |")
-    lines.append("|" + "---|" * len(shown))
+            "These numbers are not those of the full settings."
+        )
+    fields: list[str] = []
     for r in rows:
-        lines.append("| " + " | ".join(_cell(r.get(k)) for k in shown) + " |")
-    (out / "leaderboard.md").write_text("\n".join(lines) + "\n")
+        fields += [k for k in r if k not in fields and k != "scale"]
+    doc.table(fields, [[r.get(k) for k in fields] for r in rows])
+    (out / "leaderboard.md").write_text(doc.to_markdown())
     return out / "leaderboard.csv", out / "leaderboard.md"

@@ -25,6 +25,7 @@ import yaml
 from covidseg.config import Config
 from covidseg.data.discovery import GROUPS
 from covidseg.errors import CovidsegError
+from covidseg.metrics import lookup
 from covidseg.report.document import Document, slug
 
 log = logging.getLogger(__name__)
@@ -54,14 +55,6 @@ INFECTION_COLUMNS = [
     ("pixel accuracy, pooled", ("pooled", "pixel_accuracy")),
 ]
 NOT_STATED = ["Dice, definition not stated", "IoU, definition not stated", "pixel accuracy, definition not stated"]
-
-
-def _get(d: dict[str, Any] | None, path: tuple[str, ...]) -> Any:
-    for key in path:
-        if not isinstance(d, dict) or key not in d:
-            return None
-        d = d[key]
-    return d
 
 
 def _pct(x: float | None) -> str:
@@ -198,14 +191,14 @@ class ReportBuilder:
         for split, s in summaries.items():
             rows.append(
                 [split, s["images"], s["threshold"]]
-                + [_get(s, p) for _, p in INFECTION_COLUMNS]
+                + [lookup(s, p) for _, p in INFECTION_COLUMNS]
                 + [_pct(s.get("negatives_with_false_positives"))]
             )
         d.table(header, rows)
         for split, s in summaries.items():
             self.infection_rows.append(
                 [f"covidseg `{run.name}`", f"COVID-QU-Ex {split} ({s['images']} images)"]
-                + [_get(s, p) for _, p in INFECTION_COLUMNS]
+                + [lookup(s, p) for _, p in INFECTION_COLUMNS]
                 + [""] * 3
             )
         val = summaries.get("Val") or next(iter(summaries.values()))
@@ -220,7 +213,7 @@ class ReportBuilder:
                     v["images"],
                     v["dice"],
                     v["iou"],
-                    _get(v, ("pooled", "dice")),
+                    lookup(v, ("pooled", "dice")),
                     _pct(v.get("negatives_with_false_positives")),
                 ]
                 for g, v in groups.items()
@@ -254,16 +247,16 @@ class ReportBuilder:
                 ["Dice, per image", "IoU, per image", "Dice, pooled", "IoU, pooled"],
                 [
                     [
-                        _get(lung, ("per_image", "dice")),
-                        _get(lung, ("per_image", "iou")),
+                        lookup(lung, ("per_image", "dice")),
+                        lookup(lung, ("per_image", "iou")),
                         lung["pooled"]["dice"],
                         lung["pooled"]["iou"],
                     ]
                 ],
             )
             self.lung_rows.append(
-                [f"covidseg `{run.name}`", f"COVID-QU-Ex {split}", _get(lung, ("per_image", "dice")),
-                 _get(lung, ("per_image", "iou")), lung["pooled"]["dice"], lung["pooled"]["iou"], "", ""]
+                [f"covidseg `{run.name}`", f"COVID-QU-Ex {split}", lookup(lung, ("per_image", "dice")),
+                 lookup(lung, ("per_image", "iou")), lung["pooled"]["dice"], lung["pooled"]["iou"], "", ""]
             )  # fmt: skip
         det = s.get("detection")
         if det:
@@ -368,7 +361,7 @@ class ReportBuilder:
                         f"covidseg sweep `{sweep.name}`, best trial `{best['trial']}`",
                         f"COVID-QU-Ex Val ({s['images']} images)" + ("; scaled down" if plan.get("scale") else ""),
                     ]
-                    + [_get(s, p) for _, p in INFECTION_COLUMNS]
+                    + [lookup(s, p) for _, p in INFECTION_COLUMNS]
                     + [""] * 3
                 )
 

@@ -106,7 +106,7 @@ def _cell(value: Any) -> str:
     if value is None:
         return ""
     if isinstance(value, float):
-        return f"{value:.4f}" if abs(value) < 10 else f"{value:.1f}"
+        return f"{value:.4f}" if abs(value) <= 1 else f"{value:.1f}"
     return str(value).replace("|", "\\|").replace("\n", " ")
 
 
