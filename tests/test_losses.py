@@ -43,6 +43,26 @@ def test_per_image_versus_batch_dice_on_an_empty_mask_batch() -> None:
     assert float(batch) == pytest.approx(1 - 3 / 3.5, abs=1e-5)
 
 
+def test_skip_empty_leaves_negative_images_to_bce() -> None:
+    pred = logits([1, 0, 0, 0], [1, 1, 1, 1])
+    truth = masks([1, 1, 0, 0], [0, 0, 0, 0])
+    skip = SoftTverskyLoss(smooth=1.0, skip_empty=True)
+    # Only image 1 counts: tp 1, fn 1: 1 - 2 / (1 + 0.5 + 1); image 2's four false pixels do not.
+    assert float(skip(pred, truth)) == pytest.approx(1 - 2 / 2.5, abs=1e-5)
+    assert float(skip(pred[1:], truth[1:])) == 0.0  # no image with truth: no Dice term
+    # Per channel: the lung channel (always present) still counts every image.
+    two = SoftTverskyLoss(smooth=1.0, skip_empty=True)(
+        pred.repeat(1, 2, 1, 1), torch.cat([truth, masks([1, 0, 0, 0], [1, 1, 1, 1])], 1)
+    )
+    lung = SoftTverskyLoss(smooth=1.0)(pred, masks([1, 0, 0, 0], [1, 1, 1, 1]))
+    assert float(two) == pytest.approx((1 - 2 / 2.5 + float(lung)) / 2, abs=1e-5)
+    # Through the config, and the BCE part still sees the negative image.
+    cfg = LossConfig(name="bce_dice", dice_empty="skip")
+    assert float(build_loss(cfg)(pred[1:], truth[1:])) > 1.0
+    with pytest.raises(Exception, match="dice_empty"):
+        LossConfig(dice_empty="never")
+
+
 def test_tversky_weights_false_negatives() -> None:
     t = SoftTverskyLoss(alpha=0.3, beta=0.7, smooth=0.0)
     missed = float(t(logits([1, 0, 0, 0]), masks([1, 1, 0, 0])))  # tp 1, fn 1

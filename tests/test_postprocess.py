@@ -32,6 +32,23 @@ def test_threshold_components_and_holes() -> None:
     assert Postprocess(min_component=10).apply(prob, area_scale=3.0).sum() == 0
 
 
+def test_image_gate_keeps_a_mask_only_when_its_peak_passes() -> None:
+    prob = np.zeros((3, 6, 6), np.float32)
+    prob[0, 1:4, 1:4] = 0.4
+    prob[0, 2, 2] = 0.95  # a faint region with one confident pixel: kept whole at threshold 0.3
+    prob[1, 1:4, 1:4] = 0.4  # faint only: dropped
+    prob[2, 0, 0] = 0.95  # confident, but outside the lung when the lung gate is on
+    post = Postprocess(threshold=0.3, image_gate=0.9)
+    assert post.apply(prob).sum(axis=(1, 2)).tolist() == [9, 0, 1]
+    assert post.apply(prob[1]).sum() == 0 and post.apply(prob[0]).sum() == 9
+    lung = np.ones_like(prob, np.uint8)
+    lung[2, 0, 0] = 0
+    lung[0, 2, 2] = 0  # the peak pixel outside the lung: the rest of image 0 is faint, so dropped
+    gated = Postprocess(threshold=0.3, image_gate=0.9, lung_gate=True).apply(prob, lung=lung)
+    assert gated.sum(axis=(1, 2)).tolist() == [0, 0, 0]
+    assert Postprocess(threshold=0.3).apply(prob).sum(axis=(1, 2)).tolist() == [9, 9, 1]
+
+
 def test_load_defaults_and_damaged_file(tmp_path: Path) -> None:
     assert load_postprocess(tmp_path, 0.4) == Postprocess(threshold=0.4)
     Postprocess(threshold=0.3, tta_hflip=True).save(tmp_path)
@@ -49,7 +66,7 @@ def test_tune_keeps_only_improvements_and_evaluate_uses_them(tiny_cfg, tmp_path:
     assert "decisions written" in capsys.readouterr().out
     saved = json.loads((run / "postprocess.json").read_text())
     steps = [s for s in saved["steps"] if not s.get("trial")]
-    names = ["baseline", "tta_hflip", "threshold", "min_component", "fill_holes", "detect_fraction"]
+    names = ["baseline", "tta_hflip", "threshold", "image_gate", "min_component", "fill_holes", "detect_fraction"]
     assert [s["step"] for s in steps] == names
     # Kept steps raise the tuned number; the final score is the best seen among kept steps.
     best = steps[0]["per_image"]
@@ -65,6 +82,11 @@ def test_tune_keeps_only_improvements_and_evaluate_uses_them(tiny_cfg, tmp_path:
     assert plain["per_image"]["dice"] == pytest.approx(before["per_image"]["dice"])
     p = Predictor.from_run(run)
     assert p.post.threshold == saved["threshold"] and p.post.tta_hflip == saved["tta_hflip"]
+    assert p.post.image_gate == saved["image_gate"]
+    gate_trials = [s for s in saved["steps"] if s["step"] == "image_gate" and s.get("trial")]
+    assert gate_trials and all(
+        float(s["setting"].split()[0]) > float(s["setting"].split()[-1][:-1]) for s in gate_trials
+    )
 
 
 def test_lung_mask_keeps_two_largest_and_fills_holes_and_gate() -> None:

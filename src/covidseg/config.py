@@ -86,7 +86,9 @@ class LossConfig:
 
     ``name``: bce, dice, bce_dice, focal or tversky. ``dice_per_image``: Dice/Tversky per image
     and averaged (True) or over the whole batch (False). ``smooth``: the Dice smoothing term in
-    pixels. ``bce_weight``: the BCE share of ``bce_dice``.
+    pixels. ``bce_weight``: the BCE share of ``bce_dice``. ``dice_empty``: what the per-image
+    Dice/Tversky term does with an image whose truth is empty: ``smooth`` (pushed to predict
+    nothing through the smoothing term) or ``skip`` (left to BCE).
     """
 
     name: str = "bce"
@@ -96,8 +98,11 @@ class LossConfig:
     focal_gamma: float = 2.0
     tversky_alpha: float = 0.3
     tversky_beta: float = 0.7
+    dice_empty: str = "smooth"
 
     def __post_init__(self) -> None:
+        if self.dice_empty not in ("smooth", "skip"):
+            raise ConfigError(f"loss.dice_empty must be 'smooth' or 'skip', got {self.dice_empty!r}")
         if self.name not in LOSSES:
             raise ConfigError(f"loss.name must be one of {list(LOSSES)}, got {self.name!r}")
         if not 0.0 <= self.bce_weight <= 1.0:

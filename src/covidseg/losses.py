@@ -10,7 +10,13 @@ the channels alike and averages over them (Dice and Tversky per channel, then th
   so every X-ray counts the same whatever its infected area; ``False`` pools all pixels of the
   batch into one ratio (smp's binary ``DiceLoss``). The empty-mask rule is the smoothing term:
   an image with empty truth and an empty prediction scores loss 0, and an image with empty truth
-  is pushed towards predicting nothing, with loss ``1 - s / (sum(p) + s)``.
+  is pushed towards predicting nothing, with loss ``1 - s / (sum(p) + s)`` (``dice_empty="smooth"``,
+  the default). That is as harsh as the per-image metric with empty/empty = 1: one pixel of
+  probability mass on a negative X-ray costs a loss of 0.5, which teaches the network to stay
+  silent on faint infection too. ``dice_empty="skip"`` leaves images with an empty truth channel
+  out of the Dice term (the mean runs over the others; a batch with none adds 0); BCE still
+  covers every pixel of them, and false positives on negatives are left to BCE and to the
+  image-level gate that :mod:`covidseg.tune` can add.
 - ``tversky``: the same with false positives weighted ``tversky_alpha`` and false negatives
   ``tversky_beta`` (Dice is alpha = beta = 0.5); same per-image rule.
 - ``focal``: smp's binary focal loss (``focal_gamma``, mean over pixels).
@@ -28,9 +34,17 @@ from covidseg.config import LossConfig
 class SoftTverskyLoss(nn.Module):
     """Soft Tversky (and, with alpha = beta = 0.5, Dice) loss on logits; see the module docstring."""
 
-    def __init__(self, alpha: float = 0.5, beta: float = 0.5, smooth: float = 1.0, per_image: bool = True) -> None:
+    def __init__(
+        self,
+        alpha: float = 0.5,
+        beta: float = 0.5,
+        smooth: float = 1.0,
+        per_image: bool = True,
+        skip_empty: bool = False,
+    ) -> None:
         super().__init__()
         self.alpha, self.beta, self.smooth, self.per_image = alpha, beta, smooth, per_image
+        self.skip_empty = skip_empty and per_image
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         p = torch.sigmoid(logits.float())
@@ -41,7 +55,12 @@ class SoftTverskyLoss(nn.Module):
         fp = (p * (1 - t)).sum(dims)
         fn = ((1 - p) * t).sum(dims)
         score = (tp + self.smooth) / (tp + self.alpha * fp + self.beta * fn + self.smooth)
-        return (1 - score).mean()
+        if not self.skip_empty:
+            return (1 - score).mean()
+        # (N, C): Dice of each image and channel; average over those with some truth, per channel.
+        has = (t.sum(dims) > 0).float()
+        per_channel = ((1 - score) * has).sum(0) / has.sum(0).clamp(min=1)
+        return per_channel.mean()
 
 
 class WeightedSum(nn.Module):
@@ -58,13 +77,14 @@ def build_loss(cfg: LossConfig) -> nn.Module:
     """The loss named by ``cfg.name`` (see the module docstring)."""
     if cfg.name == "bce":
         return nn.BCEWithLogitsLoss()
-    dice = SoftTverskyLoss(0.5, 0.5, cfg.smooth, cfg.dice_per_image)
+    skip = cfg.dice_empty == "skip"
+    dice = SoftTverskyLoss(0.5, 0.5, cfg.smooth, cfg.dice_per_image, skip)
     if cfg.name == "dice":
         return dice
     if cfg.name == "bce_dice":
         return WeightedSum([(cfg.bce_weight, nn.BCEWithLogitsLoss()), (1 - cfg.bce_weight, dice)])
     if cfg.name == "tversky":
-        return SoftTverskyLoss(cfg.tversky_alpha, cfg.tversky_beta, cfg.smooth, cfg.dice_per_image)
+        return SoftTverskyLoss(cfg.tversky_alpha, cfg.tversky_beta, cfg.smooth, cfg.dice_per_image, skip)
     if cfg.name == "focal":
         from segmentation_models_pytorch.losses import FocalLoss
 

@@ -1,8 +1,11 @@
 """Post-processing of predicted masks, and the decisions a run keeps in ``postprocess.json``.
 
 Infection, in order: threshold the probability map; keep only pixels inside the predicted lung
-(``lung_gate``, for models with a lung output); remove connected components (8-connected)
-smaller than ``min_component`` pixels at the network's resolution; fill holes. Each step is
+(``lung_gate``, for models with a lung output); the image gate (``image_gate``: the whole mask
+is kept only when the image's highest infection probability, inside the predicted lung when the
+lung gate is on, exceeds it; so a low threshold can draw the extent of an infection while a high
+gate decides whether there is one); remove connected components (8-connected) smaller than
+``min_component`` pixels at the network's resolution; fill holes. Each step is
 part of a run only if tuning on Val showed it helps (:mod:`covidseg.tune`); ``evaluate`` and
 ``predict`` then apply exactly what was kept.
 
@@ -39,6 +42,7 @@ class Postprocess:
     min_component: int = 0
     fill_holes: bool = False
     lung_gate: bool = False
+    image_gate: float = 0.0
     detect_fraction: float = 0.0
     tuned_for: str | None = None
     steps: list[dict[str, Any]] = field(default_factory=list)
@@ -51,8 +55,15 @@ class Postprocess:
         ``lung``: the predicted lung masks (same shape), used when ``lung_gate`` is on.
         """
         mask = prob > self.threshold
+        inside = prob
         if self.lung_gate and lung is not None:
-            mask &= np.asarray(lung).astype(bool)
+            lung = np.asarray(lung).astype(bool)
+            mask &= lung
+            inside = np.where(lung, prob, 0)
+        if self.image_gate > 0:
+            peak = inside.reshape(-1, *inside.shape[-2:]).max(axis=(1, 2))
+            keep = (peak > self.image_gate).reshape(peak.shape + (1, 1))
+            mask &= keep if mask.ndim == 3 else keep[0]
         min_size = int(round(self.min_component * area_scale))
         if mask.ndim == 3:
             return np.stack([self._clean(m, min_size) for m in mask]).astype(np.uint8)

@@ -2,7 +2,9 @@
 
 Greedy, in order: horizontal-flip test-time augmentation; for models with a lung output,
 keeping only infection inside the predicted lung; the probability threshold (0.10 to 0.90 by
-0.05); removal of components under N pixels (N scaled to the image size); hole filling.
+0.05); the image gate together with the threshold (every gate from 0.50 to 0.99 above every
+threshold: a mask is kept only when the image's peak probability passes the gate); removal of
+components under N pixels (N scaled to the image size); hole filling.
 A step stays only if it raises the chosen definition of Val Dice (``per_image``: the mean over
 all images with empty/empty = 1; ``per_image_covid``: the mean over COVID-19
 images; ``pooled``: one confusion matrix). Every trial is recorded with all three definitions
@@ -36,6 +38,7 @@ log = logging.getLogger(__name__)
 
 METRICS = ("per_image", "per_image_covid", "pooled")
 THRESHOLDS = [round(x, 2) for x in np.arange(0.10, 0.91, 0.05)]
+GATES = [round(x, 2) for x in np.arange(0.50, 0.96, 0.05)] + [0.97, 0.99]
 MIN_COMPONENTS_256 = [16, 32, 64, 128, 256, 512]  # pixels at 256x256; scaled to the run's size
 
 
@@ -111,6 +114,12 @@ def tune_postprocess(
     for t, s in trials:
         steps.append({"step": "threshold", "setting": str(t), "kept": False, "trial": True, **s})
     consider("threshold", str(t_best), _replace(base, threshold=t_best))
+    pairs = [(t, g) for t in THRESHOLDS for g in GATES if g > t]
+    trials = [(pair, score(_replace(base, threshold=pair[0], image_gate=pair[1]))) for pair in pairs]
+    for (t, g), s in trials:
+        steps.append({"step": "image_gate", "setting": f"{g} (threshold {t})", "kept": False, "trial": True, **s})
+    (t_best, g_best), _ = max(trials, key=lambda x: x[1][metric])
+    consider("image_gate", f"{g_best} (threshold {t_best})", _replace(base, threshold=t_best, image_gate=g_best))
     scale = (cfg.data.image_size / 256) ** 2
     base = current
     sizes = sorted({max(1, int(round(n * scale))) for n in MIN_COMPONENTS_256})
@@ -127,14 +136,15 @@ def tune_postprocess(
     result = _replace(current, detect_fraction=cutoff, steps=steps)
     path = result.save(run_dir)
     log.info(
-        "tuned for %s Dice: %.4f -> %.4f (flip TTA %s, lung gate %s, threshold %.2f, min component %d px, "
-        "fill holes %s; COVID-19 call above %.4f%% of the image); wrote %s",
+        "tuned for %s Dice: %.4f -> %.4f (flip TTA %s, lung gate %s, threshold %.2f, image gate %s, "
+        "min component %d px, fill holes %s; COVID-19 call above %.4f%% of the image); wrote %s",
         metric,
         steps[0][metric],
         best[metric],
         "on" if result.tta_hflip else "off",
         "on" if result.lung_gate else "off",
         result.threshold,
+        f"{result.image_gate:.2f}" if result.image_gate else "off",
         result.min_component,
         "on" if result.fill_holes else "off",
         100 * cutoff,

@@ -231,7 +231,8 @@ class ReportBuilder:
         post = val.get("postprocess") or {}
         d.para(
             f"Post-processing applied: threshold {post.get('threshold')}, flip TTA {post.get('tta_hflip')}, "
-            f"lung gate {post.get('lung_gate')}, minimum component {post.get('min_component')} px, "
+            f"lung gate {post.get('lung_gate')}, image gate {post.get('image_gate', 0.0)}, "
+            f"minimum component {post.get('min_component')} px, "
             f"fill holes {post.get('fill_holes')}"
             + (f" (tuned on Val for {post.get('tuned_for')} Dice)." if post.get("tuned_for") else " (not tuned).")
         )
