@@ -57,6 +57,16 @@ def test_same_seed_same_history_and_resume_matches_unbroken_run(tiny_cfg, tmp_pa
     assert (tmp_path / "c" / "env-resume-2.json").is_file()
 
 
+def test_best_epoch_by_covid_dice(tiny_cfg, tmp_path: Path) -> None:
+    result = fit(tiny_cfg(**{"train.epochs": 3, "train.select_metric": "val_dice_per_image_covid"}), tmp_path / "r")
+    hist = read_history(tmp_path / "r" / "history.csv")
+    covid = [h["val_dice_per_image_covid"] for h in hist]
+    assert all(0.0 <= x <= 1.0 for x in covid)
+    assert result.best_epoch == 1 + max(range(3), key=lambda i: (covid[i], -i))
+    ckpt = load_checkpoint(tmp_path / "r" / "checkpoints" / "best.pt")
+    assert ckpt["epoch"] == result.best_epoch
+
+
 def test_refuses_to_overwrite_and_to_resume_nothing(tiny_cfg, tmp_path: Path) -> None:
     fit(tiny_cfg(**{"train.epochs": 1}), tmp_path / "run")
     with pytest.raises(CovidsegError, match="already holds a run; pass --resume"):

@@ -83,6 +83,8 @@ def test_tune_keeps_only_improvements_and_evaluate_uses_them(tiny_cfg, tmp_path:
     p = Predictor.from_run(run)
     assert p.post.threshold == saved["threshold"] and p.post.tta_hflip == saved["tta_hflip"]
     assert p.post.image_gate == saved["image_gate"]
+    for s in saved["steps"][:-1]:
+        assert s["balanced"] == pytest.approx((s["per_image"] + s["per_image_covid"]) / 2)
     gate_trials = [s for s in saved["steps"] if s["step"] == "image_gate" and s.get("trial")]
     assert gate_trials and all(
         float(s["setting"].split()[0]) > float(s["setting"].split()[-1][:-1]) for s in gate_trials

@@ -417,8 +417,9 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument(
         "--metric",
         default="per_image",
-        choices=("per_image", "per_image_covid", "pooled"),
-        help="the Val Dice definition to improve (default per_image: all images, empty/empty = 1)",
+        choices=("per_image", "per_image_covid", "balanced", "pooled"),
+        help="the Val Dice definition to improve (default per_image: all images, empty/empty = 1; "
+        "balanced: the mean of per_image and per_image_covid)",
     )
     sp.add_argument("--limit", type=int, help="tune on a group-stratified subset of N Val images")
     sp.add_argument("--checkpoint", default="best", choices=("best", "last"))

@@ -6,9 +6,10 @@ keeping only infection inside the predicted lung; the probability threshold (0.1
 threshold: a mask is kept only when the image's peak probability passes the gate); removal of
 components under N pixels (N scaled to the image size); hole filling.
 A step stays only if it raises the chosen definition of Val Dice (``per_image``: the mean over
-all images with empty/empty = 1; ``per_image_covid``: the mean over COVID-19
-images; ``pooled``: one confusion matrix). Every trial is recorded with all three definitions
-in ``RUN_DIR/postprocess.json``, so what a choice costs the other definitions is on file.
+all images with empty/empty = 1; ``per_image_covid``: the mean over COVID-19 images;
+``balanced``: the mean of those two, so that neither the negatives nor the COVID-19 images
+decide alone; ``pooled``: one confusion matrix). Every trial is recorded under every
+definition in ``RUN_DIR/postprocess.json``, so what a choice costs the others is on file.
 Last, with the kept steps, the COVID-19 detection cut-off is set by the Youden index
 (:mod:`covidseg.detection`).
 
@@ -36,7 +37,7 @@ from covidseg.progress import Progress
 
 log = logging.getLogger(__name__)
 
-METRICS = ("per_image", "per_image_covid", "pooled")
+METRICS = ("per_image", "per_image_covid", "balanced", "pooled")
 THRESHOLDS = [round(x, 2) for x in np.arange(0.10, 0.91, 0.05)]
 GATES = [round(x, 2) for x in np.arange(0.50, 0.96, 0.05)] + [0.97, 0.99]
 MIN_COMPONENTS_256 = [16, 32, 64, 128, 256, 512]  # pixels at 256x256; scaled to the run's size
@@ -44,9 +45,12 @@ MIN_COMPONENTS_256 = [16, 32, 64, 128, 256, 512]  # pixels at 256x256; scaled to
 
 def _scores(stats: np.ndarray, covid: np.ndarray, empty_empty: float) -> dict[str, float]:
     dice, _ = dice_iou(stats, empty_empty)
+    per_image = float(np.nanmean(dice))
+    per_image_covid = float(np.nanmean(dice[covid])) if covid.any() else float("nan")
     return {
-        "per_image": float(np.nanmean(dice)),
-        "per_image_covid": float(np.nanmean(dice[covid])) if covid.any() else float("nan"),
+        "per_image": per_image,
+        "per_image_covid": per_image_covid,
+        "balanced": (per_image + per_image_covid) / 2,
         "pooled": pooled(stats, empty_empty)["dice"],
     }
 

@@ -66,7 +66,7 @@ def _smooth(history: list[dict[str, Any]], metric: str, alpha: float) -> float:
     """Exponential moving average of ``metric`` over the epochs so far (alpha = 0: the last value)."""
     value = math.nan
     for row in history:
-        x = row[metric]
+        x = row.get(metric, math.nan)  # a column added since an older run was written: nan
         value = x if math.isnan(value) else alpha * value + (1 - alpha) * x
     return value
 
@@ -266,6 +266,7 @@ def _fit(
         images, pixels = sum(x["images"] for x in trs), sum(x["pixels"] for x in trs)
         pool = pooled(ev.stats, cfg.eval.empty_empty)
         dice, iou = dice_iou(ev.stats, cfg.eval.empty_empty)
+        covid = val_ds.groups[ev.indices] == GROUPS.index("COVID-19")
         row = {
             "epoch": epoch,
             "lr": lr,
@@ -277,6 +278,7 @@ def _fit(
             "val_iou": pool["iou"],
             "val_dice_per_image": float(np.nanmean(dice)),
             "val_iou_per_image": float(np.nanmean(iou)),
+            "val_dice_per_image_covid": float(np.nanmean(dice[covid])) if covid.any() else math.nan,
         }
         if ev.lung_stats is not None:
             row["val_lung_dice"] = pooled(ev.lung_stats, cfg.eval.empty_empty)["dice"]

@@ -18,6 +18,7 @@ COLUMNS = (
     "val_iou",
     "val_dice_per_image",
     "val_iou_per_image",
+    "val_dice_per_image_covid",
     "val_lung_dice",
     "val_lung_dice_per_image",
     "seconds",
