@@ -55,12 +55,12 @@ class Postprocess:
         ``lung``: the predicted lung masks (same shape), used when ``lung_gate`` is on.
         """
         mask = prob > self.threshold
-        inside = prob
-        if self.lung_gate and lung is not None:
+        gated = self.lung_gate and lung is not None
+        if gated:
             lung = np.asarray(lung).astype(bool)
             mask &= lung
-            inside = np.where(lung, prob, 0)
         if self.image_gate > 0:
+            inside = np.where(lung, prob, 0) if gated else prob
             peak = inside.reshape(-1, *inside.shape[-2:]).max(axis=(1, 2))
             keep = (peak > self.image_gate).reshape(peak.shape + (1, 1))
             mask &= keep if mask.ndim == 3 else keep[0]
