@@ -117,7 +117,11 @@ def fit(
 
     dinfo, device_name = init_distributed(cfg.train.device)
     try:
-        return _fit(cfg, run_dir, state, dinfo, resolve_device(device_name), progress, argv)
+        result = _fit(cfg, run_dir, state, dinfo, resolve_device(device_name), progress, argv)
+        # Every process waits for rank 0 to finish writing, so none tears down its
+        # connections while another still uses them.
+        barrier(dinfo)
+        return result
     finally:
         cleanup(dinfo)
 
