@@ -55,7 +55,7 @@ def test_images_without_infection_mask_are_skipped_with_reason(tmp_path: Path, s
     d = discover(root)
     assert d.counts()["Val"]["COVID-19"] == 3
     reasons = {p.name: r for p, r in d.skipped}
-    assert reasons[victim.name] == "no infection mask with the same file name"
+    assert reasons[victim.name] == "no infection mask with the same file name or stem"
     assert reasons["notes.txt"] == "not an image file by its name"
     assert "skipped 1: no infection mask" in d.table()
 
@@ -72,3 +72,20 @@ def test_bad_roots_give_clear_errors(tmp_path: Path, kind: str) -> None:
         target.write_text("hello")
     with pytest.raises(DataError, match="Infection Segmentation Data"):
         discover(target)
+
+
+def test_masks_pair_by_stem_when_suffixes_differ(tmp_path: Path, synth_root: Path) -> None:
+    root = tmp_path / "copy"
+    shutil.copytree(synth_root, root)
+    images = root / DATASET_FOLDER / "Val" / "Normal" / "images"
+    img = sorted(images.iterdir())[0]
+    img.rename(img.with_suffix(".jpg"))  # the bytes stay PNG; pairing goes by name only
+    d = discover(root)
+    match = [s for s in d.samples if s.image.name == img.with_suffix(".jpg").name]
+    assert len(match) == 1 and match[0].infection.name == img.name and match[0].lung.name == img.name
+    # Two masks with the image's stem: ambiguous, so the image is skipped rather than guessed.
+    masks = root / DATASET_FOLDER / "Val" / "Normal" / "infection masks"
+    (masks / img.name).rename(masks / img.with_suffix(".bmp").name)
+    (masks / img.with_suffix(".tif").name).write_bytes((masks / img.with_suffix(".bmp").name).read_bytes())
+    reasons = {p.name: r for p, r in discover(root).skipped}
+    assert reasons[img.with_suffix(".jpg").name] == "no infection mask with the same file name or stem"

@@ -99,6 +99,21 @@ def cmd_synth(a: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_compact(a: argparse.Namespace) -> int:
+    from covidseg.data.compact import write_compact
+
+    _setup_logging(a.verbose)
+    r = write_compact(a.source, a.out, tuple(a.splits), a.size, a.quality, _progress(a.progress))
+    print(f"wrote {r.images} X-rays ({', '.join(r.splits)}) to {r.root}: {r.mib:.1f} MiB")
+    print(f"JPEG quality {r.quality}: mean absolute pixel error {r.mean_abs_error:.2f}, largest {r.max_abs_error}")
+    if r.skipped:
+        print(f"left out {len(r.skipped)} unreadable or mismatched image(s); see compact.json")
+    if a.max_mib is not None and r.mib > a.max_mib:
+        print(f"error: the copy is {r.mib:.1f} MiB, over --max-mib {a.max_mib}; try a lower --quality", file=sys.stderr)
+        return 1
+    return 0
+
+
 def cmd_train(a: argparse.Namespace) -> int:
     import torch
 
@@ -321,6 +336,20 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--seed", type=int, default=0, help="seed (default 0)")
     common(sp)
     sp.set_defaults(func=cmd_synth)
+
+    sp = sub.add_parser(
+        "compact", help="a small copy of a COVID-QU-Ex folder (JPEG X-rays, 1-bit PNG masks) to carry elsewhere"
+    )
+    sp.add_argument("source", help="a COVID-QU-Ex folder (any accepted root)")
+    sp.add_argument("out", help="new, empty output folder")
+    sp.add_argument(
+        "--splits", nargs="+", default=["Train", "Val"], choices=["Train", "Val", "Test"], help="(default Train Val)"
+    )
+    sp.add_argument("--size", type=int, default=256, help="side in pixels the X-rays are resized to (default 256)")
+    sp.add_argument("--quality", type=int, default=90, help="JPEG quality 1-95 (default 90)")
+    sp.add_argument("--max-mib", type=float, help="exit with status 1 when the copy is larger than this")
+    common(sp)
+    sp.set_defaults(func=cmd_compact)
 
     sp = sub.add_parser("train", help="train a model into a run folder")
     sp.add_argument("--data", help="data folder (COVID-QU-Ex layout)")

@@ -114,11 +114,27 @@ def _files(folder: Path | None) -> dict[str, Path]:
     return {p.name.lower(): p for p in folder.iterdir() if p.is_file()}
 
 
+def _by_stem(files: dict[str, Path]) -> dict[str, Path]:
+    """Image files keyed by lower-case stem; a stem held by two image files is left out (ambiguous)."""
+    seen: dict[str, list[Path]] = {}
+    for p in files.values():
+        if p.suffix.lower() in IMAGE_SUFFIXES:
+            seen.setdefault(p.stem.lower(), []).append(p)
+    return {stem: ps[0] for stem, ps in seen.items() if len(ps) == 1}
+
+
+def _mask_for(image: Path, files: dict[str, Path], stems: dict[str, Path]) -> Path | None:
+    """The mask with the image's file name, else the one mask image with the same stem (``x.jpg`` -> ``x.png``)."""
+    return files.get(image.name.lower()) or stems.get(image.stem.lower())
+
+
 def discover(root: str | Path, splits: tuple[str, ...] | list[str] | None = None) -> Discovery:
     """Walk the COVID-QU-Ex tree and pair images with their masks.
 
-    Images without an infection mask are left out (listed in ``skipped``); images without a
-    lung mask are kept with ``lung=None``. Files that are not images by their suffix are skipped.
+    A mask has its image's file name or, failing that, its stem with another image suffix
+    (``x.jpg`` with ``x.png``, as in a compact copy). Images without an infection mask are left
+    out (listed in ``skipped``); images without a lung mask are kept with ``lung=None``. Files
+    that are not images by their suffix are skipped.
 
     Raises:
         DataError: the root is missing, empty, not in the layout, or holds no images.
@@ -142,13 +158,15 @@ def discover(root: str | Path, splits: tuple[str, ...] | list[str] | None = None
             images = _files(kinds.get(IMAGES))
             infection = _files(kinds.get(INFECTION))
             lung = _files(kinds.get(LUNG))
+            infection_stems, lung_stems = _by_stem(infection), _by_stem(lung)
             for key in sorted(images):
                 path = images[key]
                 if path.suffix.lower() not in IMAGE_SUFFIXES:
                     skipped.append((path, "not an image file by its name"))
                     continue
-                if key not in infection:
-                    skipped.append((path, "no infection mask with the same file name"))
+                mask = _mask_for(path, infection, infection_stems)
+                if mask is None:
+                    skipped.append((path, "no infection mask with the same file name or stem"))
                     continue
                 samples.append(
                     Sample(
@@ -156,8 +174,8 @@ def discover(root: str | Path, splits: tuple[str, ...] | list[str] | None = None
                         split=split,
                         group=group,
                         image=path,
-                        infection=infection[key],
-                        lung=lung.get(key),
+                        infection=mask,
+                        lung=_mask_for(path, lung, lung_stems),
                     )
                 )
     if not samples:
