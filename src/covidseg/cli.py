@@ -486,6 +486,16 @@ def main(argv: list[str] | None = None) -> int:
     a = parser.parse_args(argv)
     if not logging.getLogger("covidseg").handlers:
         _setup_logging(getattr(a, "verbose", False))
+    code = _run(a)
+    if a.command == "train":
+        from covidseg.engine.distributed import exit_worker, started_by_torchrun
+
+        if started_by_torchrun():
+            exit_worker(code)
+    return code
+
+
+def _run(a: argparse.Namespace) -> int:
     try:
         return a.func(a)
     except CovidsegError as exc:
