@@ -36,9 +36,9 @@ class DistInfo:
 
 def init_distributed(device_name: str) -> tuple[DistInfo, str]:
     """Join the process group when started by torchrun; returns the info and the device to use."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world <= 1:
+    if not started_by_torchrun():
         return DistInfo(), device_name
+    world = int(os.environ["WORLD_SIZE"])
     rank, local = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
     use_cuda = device_name != "cpu" and torch.cuda.is_available()
     if not dist.is_initialized():
