@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 
@@ -7,6 +8,26 @@ import pytest
 
 from covidseg.config import build_config
 from covidseg.data.synthetic import SynthSpec, write_synthetic
+
+_PRISTINE_LOGGER = (list(logging.getLogger("covidseg").handlers), logging.getLogger("covidseg").propagate)
+
+
+@pytest.fixture(autouse=True)
+def _restore_covidseg_logger():
+    """``main()`` gives the covidseg logger its own handlers and stops propagation; undo that after
+    each test (fixtures of wider scope included), so that ``caplog`` sees the records whatever
+    the test order."""
+    yield
+    log = logging.getLogger("covidseg")
+    for h in list(log.handlers):
+        log.removeHandler(h)
+        if h not in _PRISTINE_LOGGER[0]:
+            h.close()
+    for h in _PRISTINE_LOGGER[0]:
+        log.addHandler(h)
+    log.propagate = _PRISTINE_LOGGER[1]
+    log.setLevel(logging.NOTSET)
+
 
 TINY = {
     "data.image_size": 64,

@@ -102,7 +102,6 @@ def cmd_synth(a: argparse.Namespace) -> int:
 def cmd_compact(a: argparse.Namespace) -> int:
     from covidseg.data.compact import write_compact
 
-    _setup_logging(a.verbose)
     r = write_compact(a.source, a.out, tuple(a.splits), a.size, a.quality, _progress(a.progress))
     print(f"wrote {r.images} X-rays ({', '.join(r.splits)}) to {r.root}: {r.mib:.1f} MiB")
     print(f"JPEG quality {r.quality}: mean absolute pixel error {r.mean_abs_error:.2f}, largest {r.max_abs_error}")

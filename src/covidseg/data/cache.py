@@ -74,7 +74,13 @@ def cache_key(samples: list[Sample], image_size: int) -> str:
     return h.hexdigest()[:24]
 
 
-def _decode(sample: Sample, size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+def decode_sample(sample: Sample, size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """One sample as the pipeline sees it: the image resized to ``size`` (uint8), the masks
+    resized and binarised to {0, 1} (lung None when absent).
+
+    Raises:
+        DataError: a file cannot be read, or a mask's size differs from its image's.
+    """
     image = read_gray8(sample.image)
     infection = read_gray8(sample.infection)
     if infection.shape != image.shape:
@@ -94,7 +100,7 @@ def _build(samples: list[Sample], size: int, progress: Progress, desc: str) -> C
     empty = np.zeros((size, size), np.uint8)
     for sample in progress(samples, desc=desc, total=len(samples)):
         try:
-            image, infection, lung = _decode(sample, size)
+            image, infection, lung = decode_sample(sample, size)
         except DataError as exc:
             skipped.append((str(sample.image), str(exc)))
             continue

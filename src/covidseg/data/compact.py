@@ -22,8 +22,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from covidseg.data.cache import decode_sample
 from covidseg.data.discovery import DATASET_FOLDER, IMAGES, INFECTION, LUNG, discover
-from covidseg.data.image_io import read_gray8, resize_image, resize_mask
 from covidseg.errors import DataError
 from covidseg.progress import Progress, silent
 
@@ -99,21 +99,16 @@ def write_compact(
     err_sum, err_n = 0.0, 0
     for s in progress(found.samples, desc="compact", total=len(found.samples)):
         try:
-            image = read_gray8(s.image)
-            masks = {INFECTION: read_gray8(s.infection)}
-            if s.lung is not None:
-                masks[LUNG] = read_gray8(s.lung)
+            image, infection, lung = decode_sample(s, size)
         except DataError as exc:
             report.skipped.append([str(s.image), str(exc)])
             continue
-        bad = [k for k, m in masks.items() if m.shape != image.shape]
-        if bad:
-            report.skipped.append([str(s.image), f"{bad[0]} is {masks[bad[0]].shape[::-1]}, image {image.shape[::-1]}"])
-            continue
-        image = resize_image(image, size)
-        files = {IMAGES: (s.image.stem + ".jpg", _jpeg(image, quality))}
-        for kind, m in masks.items():
-            files[kind] = (s.image.stem + ".png", _png1(resize_mask(m, size)))
+        files = {
+            IMAGES: (s.image.stem + ".jpg", _jpeg(image, quality)),
+            INFECTION: (s.image.stem + ".png", _png1(infection)),
+        }
+        if lung is not None:
+            files[LUNG] = (s.image.stem + ".png", _png1(lung))
         for kind, (name, data) in files.items():
             folder = root / s.split / s.group / kind
             folder.mkdir(parents=True, exist_ok=True)
