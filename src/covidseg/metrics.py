@@ -73,14 +73,15 @@ def pooled(stats: np.ndarray, empty_empty: float = 1.0) -> dict[str, float]:
     }
 
 
-def _mean(values: np.ndarray) -> float:
+def nan_mean(values: np.ndarray) -> float:
+    """Mean of the values that are not nan; nan when there are none (an empty group, say)."""
     values = values[~np.isnan(values)]
     return float(values.mean()) if len(values) else math.nan
 
 
 def _per_image_means(stats: np.ndarray, empty_empty: float) -> dict[str, float]:
     dice, iou = dice_iou(stats, empty_empty)
-    return {"dice": _mean(dice), "iou": _mean(iou), "images": int(len(stats))}
+    return {"dice": nan_mean(dice), "iou": nan_mean(iou), "images": int(len(stats))}
 
 
 def negatives_with_false_positives(stats: np.ndarray) -> float:

@@ -31,7 +31,7 @@ from covidseg.detection import best_cutoff, infected_share
 from covidseg.engine.evaluate import evaluate
 from covidseg.errors import ConfigError
 from covidseg.evaluation import open_run_split
-from covidseg.metrics import confusion_counts, dice_iou, pooled
+from covidseg.metrics import confusion_counts, dice_iou, nan_mean, pooled
 from covidseg.postprocess import Postprocess
 from covidseg.progress import Progress
 
@@ -45,8 +45,7 @@ MIN_COMPONENTS_256 = [16, 32, 64, 128, 256, 512]  # pixels at 256x256; scaled to
 
 def _scores(stats: np.ndarray, covid: np.ndarray, empty_empty: float) -> dict[str, float]:
     dice, _ = dice_iou(stats, empty_empty)
-    per_image = float(np.nanmean(dice))
-    per_image_covid = float(np.nanmean(dice[covid])) if covid.any() else float("nan")
+    per_image, per_image_covid = nan_mean(dice), nan_mean(dice[covid])
     return {
         "per_image": per_image,
         "per_image_covid": per_image_covid,

@@ -37,7 +37,7 @@ from covidseg.engine.optim import build_optimizer, build_scheduler
 from covidseg.engine.train import train_one_epoch
 from covidseg.errors import CovidsegError
 from covidseg.losses import build_loss
-from covidseg.metrics import dice_iou, pooled
+from covidseg.metrics import dice_iou, nan_mean, pooled
 from covidseg.models import create_model, model_spec
 from covidseg.progress import Progress
 from covidseg.repro import capture_environment, epoch_generator, seed_everything
@@ -282,7 +282,7 @@ def _fit(
             "val_iou": pool["iou"],
             "val_dice_per_image": float(np.nanmean(dice)),
             "val_iou_per_image": float(np.nanmean(iou)),
-            "val_dice_per_image_covid": float(np.nanmean(dice[covid])) if covid.any() else math.nan,
+            "val_dice_per_image_covid": nan_mean(dice[covid]),
         }
         if ev.lung_stats is not None:
             row["val_lung_dice"] = pooled(ev.lung_stats, cfg.eval.empty_empty)["dice"]
