@@ -25,8 +25,8 @@ import torch
 
 from covidseg.config import build_config
 from covidseg.export import export_onnx
+from covidseg.inference.backends import onnx_backend
 from covidseg.models import create_model, model_spec
-from covidseg.predict import onnx_backend
 
 
 def timings(fn: Callable[[np.ndarray], np.ndarray], x: np.ndarray, repeats: int, warmup: int) -> list[float]:

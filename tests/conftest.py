@@ -67,3 +67,38 @@ def real_root() -> Path:
     if not path.is_dir():
         pytest.skip(f"real-data test: COVIDSEG_DATA={value} is not a folder")
     return path
+
+
+@pytest.fixture(scope="session")
+def two_output_run(synth_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A briefly trained infection + lung run on the synthetic set (64x64 input; the synthetic
+    X-rays are 96-160 pixels a side, so native scoring differs from the input grid). Tests that
+    change it work on a copy (:func:`copy_run`)."""
+    tmp = tmp_path_factory.mktemp("two-output")
+    cfg = build_config(
+        "reference",
+        overrides={
+            **TINY,
+            # A small BatchNorm network finds the lungs in a few epochs; the reference U-Net does not.
+            "model.name": "smp-unet",
+            "model.encoder_name": "resnet18",
+            "loss.name": "bce_dice",
+            "optim.lr": 3e-3,
+            "train.epochs": 4,
+            "data.root": str(synth_root),
+            "data.cache_dir": str(tmp / "cache"),
+            "model.targets": "infection+lung",
+        },
+    )
+    from covidseg.engine.fit import fit
+
+    fit(cfg, tmp / "run")
+    return tmp / "run"
+
+
+def copy_run(run: Path, dest: Path) -> Path:
+    """A copy of a run folder to change (tune, evaluate) without touching the shared one."""
+    import shutil
+
+    shutil.copytree(run, dest)
+    return dest

@@ -12,6 +12,7 @@ import torch
 from PIL import Image
 
 from covidseg.cli import main
+from covidseg.data.discovery import discover
 
 TINY_ARGS = [
     "--image-size",
@@ -78,7 +79,10 @@ def test_evaluate_writes_summary_and_per_image(trained_run: Path, capsys) -> Non
     # An infection-only model: the call and the true infected share of the lung, no predicted lung.
     assert {"infected_share", "covid_call", "true_infection_percent", "true_severity"} <= set(rows[0])
     assert "lung_dice" not in rows[0] and "severity" not in rows[0]
-    assert all(int(r["tp"]) + int(r["fp"]) + int(r["fn"]) + int(r["tn"]) == 64 * 64 for r in rows)
+    # Scored at each X-ray's own size (the synthetic X-rays are 96-160 pixels a side, the input 64).
+    assert s["scored_at"] == "native" and s["synthetic"] is True
+    sizes = {x.id: Image.open(x.image).size for x in discover(s["data_root"]).split("Test")}
+    assert all(int(r["tp"]) + int(r["fp"]) + int(r["fn"]) + int(r["tn"]) == np.prod(sizes[r["id"]]) for r in rows)
     assert (trained_run / "plots" / "predictions_Test.png").is_file()
     assert "pooled      dice" in capsys.readouterr().out
 

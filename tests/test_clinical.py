@@ -16,7 +16,7 @@ from covidseg.config import build_config
 from covidseg.data.image_io import read_dicom_gray8, read_xray
 from covidseg.engine.fit import fit
 from covidseg.errors import DataError
-from covidseg.predict import Predictor
+from covidseg.inference.predictor import Predictor
 
 
 def write_dicom(path: Path, stored: np.ndarray, photometric: str = "MONOCHROME2", **tags) -> Path:

@@ -1,16 +1,24 @@
+"""Post-processing settings and their application at an image's own size."""
+
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from covidseg.cli import main
-from covidseg.engine.fit import fit
-from covidseg.evaluation import evaluate_run
-from covidseg.postprocess import Postprocess, load_postprocess
-from covidseg.predict import Predictor
+from covidseg.errors import ConfigError, CovidsegError
+from covidseg.inference.postprocess import (
+    Postprocess,
+    finalize,
+    load_postprocess,
+    lung_mask,
+    read_postprocess,
+    resolve_postprocess,
+    upsample,
+)
 
 
 def test_threshold_components_and_holes() -> None:
@@ -20,80 +28,88 @@ def test_threshold_components_and_holes() -> None:
     prob[8, 8] = 0.9  # a lone pixel
     plain = Postprocess(threshold=0.5).apply(prob)
     assert plain.sum() == 24 + 1 and plain.dtype == np.uint8
-    cleaned = Postprocess(threshold=0.5, min_component=2, fill_holes=True).apply(prob)
+    # The minimum component is a share of the image: 2% of 100 pixels = 2 pixels.
+    cleaned = Postprocess(threshold=0.5, min_component_share=0.02, fill_holes=True).apply(prob)
     assert cleaned.sum() == 25 and cleaned[8, 8] == 0 and cleaned[3, 3] == 1
     assert Postprocess(threshold=0.05).apply(prob).sum() == 26  # the low pixel of the hole counts too
-    # Diagonal neighbours are one component (8-connectivity).
+    # Diagonal neighbours are one component (8-connectivity): 4 pixels of 16 survive a 25% rule.
     diag = np.eye(4, dtype=np.float32)
-    assert Postprocess(min_component=4).apply(diag).sum() == 4
-    # A batch is cleaned image by image; area_scale scales the minimum size.
-    batch = np.stack([prob, prob])
-    assert Postprocess(min_component=2).apply(batch).shape == (2, 10, 10)
-    assert Postprocess(min_component=10).apply(prob, area_scale=3.0).sum() == 0
+    assert Postprocess(min_component_share=0.25).apply(diag).sum() == 4
+    assert Postprocess(min_component_share=0.3).apply(diag).sum() == 0  # 5 pixels needed
+    # The same share on a larger image is a larger pixel count.
+    assert Postprocess(min_component_share=0.02).min_component_pixels(400 * 400) == 3200
 
 
 def test_image_gate_keeps_a_mask_only_when_its_peak_passes() -> None:
-    prob = np.zeros((3, 6, 6), np.float32)
-    prob[0, 1:4, 1:4] = 0.4
-    prob[0, 2, 2] = 0.95  # a faint region with one confident pixel: kept whole at threshold 0.3
-    prob[1, 1:4, 1:4] = 0.4  # faint only: dropped
-    prob[2, 0, 0] = 0.95  # confident, but outside the lung when the lung gate is on
+    faint_with_peak = np.zeros((6, 6), np.float32)
+    faint_with_peak[1:4, 1:4] = 0.4
+    faint_with_peak[2, 2] = 0.95  # a faint region with one confident pixel: kept whole at threshold 0.3
+    faint = np.where(faint_with_peak > 0, 0.4, 0).astype(np.float32)
     post = Postprocess(threshold=0.3, image_gate=0.9)
-    assert post.apply(prob).sum(axis=(1, 2)).tolist() == [9, 0, 1]
-    assert post.apply(prob[1]).sum() == 0 and post.apply(prob[0]).sum() == 9
-    lung = np.ones_like(prob, np.uint8)
-    lung[2, 0, 0] = 0
-    lung[0, 2, 2] = 0  # the peak pixel outside the lung: the rest of image 0 is faint, so dropped
-    gated = Postprocess(threshold=0.3, image_gate=0.9, lung_gate=True).apply(prob, lung=lung)
-    assert gated.sum(axis=(1, 2)).tolist() == [0, 0, 0]
-    assert Postprocess(threshold=0.3).apply(prob).sum(axis=(1, 2)).tolist() == [9, 9, 1]
+    assert post.apply(faint_with_peak).sum() == 9 and post.apply(faint).sum() == 0
+    lung = np.ones((6, 6), np.uint8)
+    lung[2, 2] = 0  # the peak pixel outside the lung: the rest is faint, so the mask is dropped
+    gated = Postprocess(threshold=0.3, image_gate=0.9, lung_gate=True)
+    assert gated.apply(faint_with_peak, lung=lung).sum() == 0
+    assert Postprocess(threshold=0.3, lung_gate=True).apply(faint_with_peak, lung=lung).sum() == 8
 
 
-def test_load_defaults_and_damaged_file(tmp_path: Path) -> None:
-    assert load_postprocess(tmp_path, 0.4) == Postprocess(threshold=0.4)
-    Postprocess(threshold=0.3, tta_hflip=True).save(tmp_path)
-    assert load_postprocess(tmp_path).tta_hflip is True
-    (tmp_path / "postprocess.json").write_text("{not json")
-    with pytest.raises(Exception, match="damaged"):
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [
+        ("threshold", 1.5),
+        ("threshold", 0),
+        ("threshold", -1),
+        ("threshold", math.nan),
+        ("threshold", "0.5"),
+        ("image_gate", 1.0),
+        ("min_component_share", math.inf),
+        ("min_component_share", -0.1),
+        ("detect_fraction", 2),
+        ("fill_holes", "yes"),
+        ("tta_hflip", 1),
+    ],
+)
+def test_settings_out_of_range_are_refused(key: str, value: object) -> None:
+    with pytest.raises(ConfigError, match=key):
+        Postprocess(**{key: value})
+
+
+def test_from_dict_refuses_unknown_keys_and_old_files() -> None:
+    assert Postprocess.from_dict({"threshold": 0.3}) == Postprocess(threshold=0.3)
+    with pytest.raises(CovidsegError, match="unknown post-processing key"):
+        Postprocess.from_dict({"threshold": 0.3, "kidney": True})
+    with pytest.raises(CovidsegError, match="older covidseg"):
+        Postprocess.from_dict({"threshold": 0.3, "min_component": 8})
+    with pytest.raises(CovidsegError, match="JSON object"):
+        Postprocess.from_dict(["threshold", 0.3])
+
+
+def test_one_precedence_flag_then_saved_then_config(tmp_path: Path) -> None:
+    assert load_postprocess(tmp_path) is None
+    assert resolve_postprocess(None, 0.4, None) == Postprocess(threshold=0.4)
+    saved = Postprocess(threshold=0.3, tta_hflip=True)
+    assert resolve_postprocess(saved, 0.4, None) == saved
+    assert resolve_postprocess(saved, 0.4, 0.7) == Postprocess(threshold=0.7, tta_hflip=True)
+    with pytest.raises(ConfigError, match="--threshold"):
+        resolve_postprocess(saved, 0.4, 1.5)
+
+
+def test_postprocess_file_round_trip_and_damage(tmp_path: Path) -> None:
+    path = tmp_path / "postprocess.json"
+    path.write_text(json.dumps({"settings": {"threshold": 0.3, "fill_holes": True}, "tuned_for": "balanced"}))
+    post, record = read_postprocess(path)
+    assert post == Postprocess(threshold=0.3, fill_holes=True) and record["tuned_for"] == "balanced"
+    assert load_postprocess(tmp_path) == post
+    path.write_text("{not json")
+    with pytest.raises(CovidsegError, match="damaged"):
+        load_postprocess(tmp_path)
+    path.write_text(json.dumps({"settings": {"threshold": 5}}))
+    with pytest.raises(CovidsegError, match="threshold"):
         load_postprocess(tmp_path)
 
 
-def test_tune_keeps_only_improvements_and_evaluate_uses_them(tiny_cfg, tmp_path: Path, capsys) -> None:
-    run = tmp_path / "run"
-    fit(tiny_cfg(**{"train.epochs": 3}), run)
-    before = evaluate_run(run, split="Val", panel=0)
-    assert main(["tune", str(run), "--metric", "per_image", "--no-progress"]) == 0
-    assert "decisions written" in capsys.readouterr().out
-    saved = json.loads((run / "postprocess.json").read_text())
-    steps = [s for s in saved["steps"] if not s.get("trial")]
-    names = ["baseline", "tta_hflip", "threshold", "image_gate", "min_component", "fill_holes", "detect_fraction"]
-    assert [s["step"] for s in steps] == names
-    # Kept steps raise the tuned number; the final score is the best seen among kept steps.
-    best = steps[0]["per_image"]
-    for s in steps[1:-1]:
-        assert s["kept"] == (s["per_image"] > best + 1e-6)
-        best = max(best, s["per_image"]) if s["kept"] else best
-    after = evaluate_run(run, split="Val", panel=0)
-    assert after["postprocess"]["threshold"] == saved["threshold"]
-    assert after["detection"]["cutoff"] == saved["detect_fraction"]
-    assert after["per_image"]["dice"] == pytest.approx(best, abs=1e-6)
-    assert after["per_image"]["dice"] >= before["per_image"]["dice"] - 1e-9
-    plain = evaluate_run(run, split="Val", panel=0, postprocess=False)
-    assert plain["per_image"]["dice"] == pytest.approx(before["per_image"]["dice"])
-    p = Predictor.from_run(run)
-    assert p.post.threshold == saved["threshold"] and p.post.tta_hflip == saved["tta_hflip"]
-    assert p.post.image_gate == saved["image_gate"]
-    for s in saved["steps"][:-1]:
-        assert s["balanced"] == pytest.approx((s["per_image"] + s["per_image_covid"]) / 2)
-    gate_trials = [s for s in saved["steps"] if s["step"] == "image_gate" and s.get("trial")]
-    assert gate_trials and all(
-        float(s["setting"].split()[0]) > float(s["setting"].split()[-1][:-1]) for s in gate_trials
-    )
-
-
 def test_lung_mask_keeps_two_largest_and_fills_holes_and_gate() -> None:
-    from covidseg.postprocess import lung_mask
-
     prob = np.zeros((20, 20), np.float32)
     prob[2:18, 2:8] = 0.9
     prob[2:18, 12:18] = 0.9
@@ -107,3 +123,18 @@ def test_lung_mask_keeps_two_largest_and_fills_holes_and_gate() -> None:
     assert Postprocess(lung_gate=False).apply(inf, lung=lung).sum() == 400
     assert Postprocess(detect_fraction=0.5).detected(gated) is False
     assert Postprocess(detect_fraction=0.1).detected(gated) is True
+
+
+def test_finalize_works_at_the_images_own_size() -> None:
+    probs = np.zeros((2, 8, 8), np.float32)
+    probs[0, 2:6, 2:4] = 0.9  # infection in the left half
+    probs[1, 1:7, 1:4] = 0.9  # one lung field
+    probs[1, 1:7, 5:7] = 0.9  # the other
+    m = finalize(probs, (30, 40), Postprocess(lung_gate=True), ("infection", "lung"))
+    assert m.mask.shape == m.lung.shape == m.probability.shape == (30, 40)
+    assert m.mask.any() and not (m.mask.astype(bool) & ~m.lung.astype(bool)).any()
+    # The probability map is the bilinear enlargement; a map of the right size is kept as is.
+    assert np.array_equal(m.probability, upsample(probs[0], 30, 40))
+    assert upsample(probs[0], 8, 8) is not None and np.array_equal(upsample(probs[0], 8, 8), probs[0])
+    lung_only = finalize(probs[1:], (16, 16), Postprocess(), ("lung",))
+    assert np.array_equal(lung_only.mask, lung_only.lung)

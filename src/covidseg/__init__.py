@@ -26,7 +26,7 @@ def __getattr__(name: str):
 
         return evaluate_run
     if name == "Predictor":
-        from covidseg.predict import Predictor
+        from covidseg.inference.predictor import Predictor
 
         return Predictor
     raise AttributeError(f"module 'covidseg' has no attribute {name!r}")

@@ -16,6 +16,10 @@ from covidseg.errors import CovidsegError
 
 log = logging.getLogger("covidseg")
 
+# The definitions 'covidseg tune' can optimise (covidseg.tune.METRICS; kept here so that building
+# the parser does not import torch).
+TUNE_METRICS = ("per_image", "per_image_covid", "balanced", "pooled")
+
 
 def _progress(enabled: bool):
     """A tqdm progress bar on stderr when it is a terminal (or forced with --progress)."""
@@ -83,7 +87,8 @@ def cmd_data(a: argparse.Namespace) -> int:
     from covidseg.data.discovery import discover
 
     d = discover(a.root)
-    print(f"COVID-QU-Ex infection segmentation data in {d.root}")
+    kind = "SYNTHETIC set written by 'covidseg synth' (a test fixture, not X-rays)" if d.synthetic else "X-rays"
+    print(f"COVID-QU-Ex layout in {d.root}: {kind}")
     print(d.table())
     for path, reason in d.skipped[: a.show_skipped]:
         print(f"  skipped {path}: {reason}")
@@ -95,7 +100,10 @@ def cmd_synth(a: argparse.Namespace) -> int:
 
     spec = SynthSpec(train=a.train, val=a.val, test=a.test, seed=a.seed)
     root = write_synthetic(a.out, spec, _progress(a.progress))
-    print(f"wrote a synthetic COVID-QU-Ex set ({a.train}/{a.val}/{a.test} Train/Val/Test images) to {root}")
+    print(
+        f"wrote a SYNTHETIC set in the COVID-QU-Ex layout ({a.train}/{a.val}/{a.test} Train/Val/Test phantoms, "
+        f"marked by {root / 'SYNTHETIC.json'}) to {root}"
+    )
     return 0
 
 
@@ -153,9 +161,12 @@ def cmd_evaluate(a: argparse.Namespace) -> int:
         a.cache_dir,
         _progress(a.progress),
         postprocess=a.postprocess,
+        scored_at=a.scored_at,
     )
     p, pi, pc = s["pooled"], s["per_image"], s["per_image_covid"]
-    print(f"{s['split']} ({s['images']} images, threshold {s['threshold']}):")
+    data = "SYNTHETIC " if s.get("synthetic") else ""
+    where = "each X-ray's own size" if s["scored_at"] == "native" else f"the network's input size {s['image_size']}"
+    print(f"{data}{s['split']} ({s['images']} images, threshold {s['threshold']}, scored at {where}):")
     print(f"  pooled      dice {p['dice']:.4f}  iou {p['iou']:.4f}  pixel accuracy {p['pixel_accuracy']:.4f}")
     print(
         f"  per image   dice {pi['dice']:.4f}  iou {pi['iou']:.4f}  (empty truth and prediction = {s['empty_empty']})"
@@ -176,7 +187,15 @@ def cmd_evaluate(a: argparse.Namespace) -> int:
         auc = "n/a" if det["roc_auc"] is None else f"{det['roc_auc']:.4f}"
         print(
             f"  detection   sensitivity {det['sensitivity']:.4f}  specificity {det['specificity']:.4f}  "
-            f"ROC AUC {auc}  (call above {100 * det['cutoff']:.3f}% of the image)"
+            f"ROC AUC {auc}  (call: infection on more than {100 * det['cutoff']:.3g}% of the image)"
+        )
+    tuning = s.get("tuning") or {}
+    cf = (tuning.get("cross_fit") or {}).get("cross_fitted")
+    if cf and tuning.get("same_split"):
+        print(
+            f"  tuned on this split for {tuning['tuned_for']}: cross-fitted estimate "
+            f"per-image Dice {cf['per_image']:.4f}, COVID-19 {cf['per_image_covid']:.4f}, "
+            f"pooled {cf['pooled']:.4f} (choose on one half, score the other)"
         )
     sev = s.get("severity", {}).get("agreement")
     if sev:
@@ -284,19 +303,28 @@ def cmd_tune(a: argparse.Namespace) -> int:
     from covidseg.tune import tune_postprocess
 
     _setup_logging(a.verbose)
-    post = tune_postprocess(a.run_dir, a.data, a.metric, a.limit, a.device, a.checkpoint, _progress(a.progress))
-    print(f"{'step':<14} {'setting':<10} {'kept':<5} {'per_image':>9} {'covid':>9} {'pooled':>9}")
-    for st in post.steps:
+    _, record = tune_postprocess(
+        a.run_dir, a.data, a.metric, a.limit, a.device, a.checkpoint, _progress(a.progress), a.cross_fit
+    )
+    rows = [("step", "setting", "kept", "per_image", "covid", "balanced", "pooled")]
+    for st in record["steps"]:
         if st.get("trial"):
             continue
         if "per_image" not in st:
-            print(f"{st['step']:<14} {st['setting']:<10} ({st['rule']})")
+            rows.append((st["step"], st["setting"], f"({st['rule']})", "", "", "", ""))
             continue
-        print(
-            f"{st['step']:<14} {st['setting']:<10} {'yes' if st['kept'] else 'no':<5} "
-            f"{st['per_image']:9.4f} {st['per_image_covid']:9.4f} {st['pooled']:9.4f}"
-        )
-    print(f"decisions written to {Path(a.run_dir) / 'postprocess.json'}; evaluate and predict now apply them")
+        values = (st["per_image"], st["per_image_covid"], st["balanced"], st["pooled"])
+        rows.append((st["step"], st["setting"], "yes" if st["kept"] else "no", *(f"{v:.4f}" for v in values)))
+    cf = record.get("cross_fit")
+    if cf:
+        for name in ("in_sample", "cross_fitted"):
+            c = cf[name]
+            values = (c["per_image"], c["per_image_covid"], c["balanced"], c["pooled"])
+            rows.append((name.replace("_", "-"), "", "", *(f"{v:.4f}" for v in values)))
+    widths = [max(len(str(r[i])) for r in rows) for i in range(len(rows[0]))]
+    for r in rows:
+        print("  ".join(str(v).ljust(w) if i < 3 else str(v).rjust(w) for i, (v, w) in enumerate(zip(r, widths))))
+    print(f"settings written to {Path(a.run_dir) / 'postprocess.json'}; evaluate and predict now apply them")
     return 0
 
 
@@ -397,6 +425,13 @@ def build_parser() -> argparse.ArgumentParser:
         default=True,
         help="apply the run's tuned decisions (postprocess.json) when present (default yes)",
     )
+    sp.add_argument(
+        "--scored-at",
+        default="native",
+        choices=("native", "input"),
+        help="native (default): masks as predict writes them, at each X-ray's own size, against the original "
+        "mask files; input: at the network's input size against shrunk masks (for comparison only)",
+    )
     sp.add_argument("--cache-dir")
     common(sp)
     sp.set_defaults(func=cmd_evaluate)
@@ -445,13 +480,20 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument(
         "--metric",
         default="per_image",
-        choices=("per_image", "per_image_covid", "balanced", "pooled"),
+        choices=TUNE_METRICS,
         help="the Val Dice definition to improve (default per_image: all images, empty/empty = 1; "
         "balanced: the mean of per_image and per_image_covid)",
     )
     sp.add_argument("--limit", type=int, help="tune on a group-stratified subset of N Val images")
     sp.add_argument("--checkpoint", default="best", choices=("best", "last"))
     sp.add_argument("--device", default="auto")
+    sp.add_argument(
+        "--cross-fit",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="also estimate what tuning is worth on unseen images: choose on one half of Val, score on the "
+        "other, both ways (default yes)",
+    )
     common(sp)
     sp.set_defaults(func=cmd_tune)
 

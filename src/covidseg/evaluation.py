@@ -1,8 +1,12 @@
-"""``evaluate_run``: score a run folder's model on a split and write the results beside it.
+"""``evaluate_run``: score a run folder's model on a split, as ``predict`` delivers it.
 
-Writes ``RUN_DIR/eval/<split>/summary.json`` (every definition of :mod:`covidseg.metrics`),
-``per_image.csv`` (id, group, tp, fp, fn, tn, dice, iou) and the prediction panel
-``RUN_DIR/plots/predictions_<split>.png``.
+The masks scored are those :class:`~covidseg.inference.predictor.Predictor` gives (the run's
+post-processing applied at each X-ray's own size), against the original mask files at their
+own size (``scored_at: native``; :mod:`covidseg.scoring`). Writes
+``RUN_DIR/eval/<split>/summary.json`` (every definition of :mod:`covidseg.metrics`),
+``per_image.csv`` and the prediction panel ``RUN_DIR/plots/predictions_<split>.png``.
+(The per-epoch check during training, :mod:`covidseg.engine.evaluate`, scores at the network's
+input size instead: it only chooses the best epoch.)
 """
 
 from __future__ import annotations
@@ -10,48 +14,33 @@ from __future__ import annotations
 import csv
 import json
 import logging
-from collections.abc import Callable
-from contextlib import AbstractContextManager
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
-from torch import nn
-from torch.utils.data import DataLoader
 
 from covidseg import detection
 from covidseg.config import Config
 from covidseg.data.dataset import SegmentationDataset
 from covidseg.data.discovery import GROUPS
-from covidseg.data.loading import discover_root, load_dataset, make_loader
-from covidseg.engine.checkpoint import load_run
-from covidseg.engine.device import amp_dtype, autocast_factory, resolve_device
-from covidseg.engine.evaluate import EvalResult, evaluate
+from covidseg.data.loading import discover_root, load_dataset
 from covidseg.errors import ConfigError
-from covidseg.metrics import dice_iou, json_safe, summarize
-from covidseg.postprocess import load_postprocess
+from covidseg.inference.postprocess import FILENAME as POSTPROCESS_FILE
+from covidseg.inference.postprocess import read_postprocess
+from covidseg.inference.predictor import Predictor, open_run
+from covidseg.metrics import confusion_counts, dice_iou, json_safe, summarize
 from covidseg.progress import Progress
+from covidseg.scoring import Truth, load_truth, split_probabilities
 from covidseg.severity import GRADES, SeverityRule, quantify
 
 log = logging.getLogger(__name__)
 
+SYNTHETIC_NOTE = "synthetic data written by 'covidseg synth' (a test fixture, not X-rays)"
+
 
 def _fmt(x: float) -> str:
     return "" if np.isnan(x) else f"{x:.6f}"
-
-
-def _per_image_rows(res: EvalResult, ds: SegmentationDataset, empty_empty: float) -> list[dict[str, Any]]:
-    samples = ds.split.samples
-    dice, iou = dice_iou(res.stats, empty_empty)
-    rows = []
-    for st, i, d, j in zip(res.stats, res.indices, dice, iou):
-        row = {"id": samples[i].id, "group": samples[i].group}
-        row.update(zip(("tp", "fp", "fn", "tn"), map(int, st)))
-        row.update({"dice": _fmt(d), "iou": _fmt(j)})
-        rows.append(row)
-    return rows
 
 
 def write_rows(rows: list[dict[str, Any]], path: Path) -> None:
@@ -90,73 +79,159 @@ def severity_summary(
             entry["predicted"] = counts(predicted, sel)
         out["groups"][g] = entry
     if predicted is not None:
-        pairs = [
-            (p["infection_percent"], t["infection_percent"], p["severity"], t["severity"])
-            for p, t in zip(predicted, truth)
-            if p["infection_percent"] is not None and t["infection_percent"] is not None
-        ]
-        if pairs:
-            pp, tp, pg, tg = zip(*pairs)
-            out["agreement"] = {
-                "images": len(pairs),
-                "infection_percent_mae": float(np.mean(np.abs(np.subtract(pp, tp)))),
-                "grade_accuracy": float(np.mean([a == b for a, b in zip(pg, tg)])),
-                "grade_within_one": float(
-                    np.mean([abs(GRADES.index(a) - GRADES.index(b)) <= 1 for a, b in zip(pg, tg)])
-                ),
-            }
+        out["agreement"] = _agreement(predicted, truth)
     return out
 
 
-def _panel_indices(groups: np.ndarray, n: int) -> list[int]:
-    """Up to ``n`` examples, taken round-robin over the groups so each is shown."""
-    per = [list(np.flatnonzero(groups == g)) for g in range(len(GROUPS))]
+def _agreement(predicted: list[dict[str, Any]], truth: list[dict[str, Any]]) -> dict[str, Any] | None:
+    pairs = [
+        (p["infection_percent"], t["infection_percent"], p["severity"], t["severity"])
+        for p, t in zip(predicted, truth)
+        if None not in (p["infection_percent"], t["infection_percent"], p["severity"], t["severity"])
+    ]
+    if not pairs:
+        return None
+    pp, tp, pg, tg = zip(*pairs)
+    return {
+        "images": len(pairs),
+        "infection_percent_mae": float(np.mean(np.abs(np.subtract(pp, tp)))),
+        "grade_accuracy": float(np.mean([a == b for a, b in zip(pg, tg)])),
+        "grade_within_one": float(np.mean([abs(GRADES.index(a) - GRADES.index(b)) <= 1 for a, b in zip(pg, tg)])),
+    }
+
+
+def panel_indices(groups: np.ndarray, dice: np.ndarray, n: int) -> list[int]:
+    """Up to ``n`` examples spread over each group's scores: per group the worst, then the median,
+    then the best image (by Dice), taken round-robin so that every group is shown."""
+    per: list[list[int]] = []
+    for g in range(len(GROUPS)):
+        idx = np.flatnonzero(groups == g)
+        if len(idx) == 0:
+            continue
+        order = idx[np.argsort(np.nan_to_num(dice[idx], nan=2.0), kind="stable")]
+        picks = [order[0], order[len(order) // 2], order[-1]]
+        per.append(list(dict.fromkeys(int(i) for i in picks)))
     out: list[int] = []
     while len(out) < n and any(per):
         for lst in per:
             if lst and len(out) < n:
-                out.append(int(lst.pop(0)))
+                out.append(lst.pop(0))
     return out
 
 
 @dataclass
-class RunSplit:
-    """A run's model, ready on its device, with one split of its data."""
+class Scored:
+    """Per image of a split, in dataset order: confusion counts of the final infection (or lung)
+    mask against the truth, of the lung mask, the infected share of the image, and the severity
+    record of the prediction (models with an infection and a lung output)."""
 
-    model: nn.Module
-    cfg: Config
-    state: dict[str, Any]
-    device: torch.device
-    dataset: SegmentationDataset
-    loader: DataLoader
-    autocast: Callable[[], AbstractContextManager]
-    data_root: Path
+    stats: np.ndarray
+    shares: np.ndarray
+    lung_stats: np.ndarray | None = None
+    records: list[dict[str, Any]] | None = None
 
 
-def open_run_split(
-    run_dir: str | Path,
-    split: str,
-    data_root: str | None = None,
-    checkpoint: str = "best",
-    device: str = "auto",
-    limit: int | None = None,
-    cache_dir: str | None = None,
-    batch_size: int | None = None,
-    progress: Progress | None = None,
-) -> RunSplit:
-    """Load a run's checkpoint and the preprocessed ``split`` it is to be scored on.
+def score_split(
+    predictor: Predictor, ds: SegmentationDataset, truth: Truth, batch_size: int, progress: Progress | None = None
+) -> Scored:
+    """Score every image of ``ds`` as ``predict`` would segment it."""
+    targets = predictor.targets
+    both = targets[0] == "infection" and "lung" in targets
+    stats, lung_stats, shares, records = [], [], [], []
+    for k, probs in split_probabilities(predictor, ds, batch_size, progress=progress, desc="evaluate"):
+        pred = predictor.from_probabilities(probs, truth.shape(k))
+        ref = truth.lung[k] if targets[0] == "lung" else truth.infection[k]
+        if ref is None:
+            raise ConfigError(f"{ds.split.samples[k].image}: no lung mask to score the lung output against")
+        stats.append(confusion_counts(pred.mask[None], ref[None])[0])
+        shares.append(pred.infected_fraction)
+        if both:
+            lung_ref = truth.lung[k]
+            lung_stats.append(confusion_counts(pred.lung[None], lung_ref[None])[0] if lung_ref is not None else None)
+            records.append(pred.severity)
+    lung = np.stack(lung_stats) if both and all(s is not None for s in lung_stats) else None
+    return Scored(np.stack(stats), np.asarray(shares), lung, records if both else None)
 
-    ``data_root``, ``cache_dir`` and ``batch_size`` default to the run's own settings.
-    """
-    dev = resolve_device(device)
-    model, cfg, state = load_run(run_dir, checkpoint, map_location=dev)
-    model.to(dev)
-    d = cfg.data
-    discovery = discover_root(data_root or d.root)
-    ds = load_dataset(discovery, split, d.image_size, cache_dir or d.cache_dir, limit, cfg.train.seed, progress)
-    loader = make_loader(ds, batch_size or cfg.train.batch_size, False, d.num_workers)
-    autocast = autocast_factory(dev, amp_dtype(cfg.train.amp, dev))
-    return RunSplit(model, cfg, state, dev, ds, loader, autocast, discovery.root)
+
+def _summary(scored: Scored, groups: list[str], post_threshold: float, cfg: Config, split: str) -> dict[str, Any]:
+    s = summarize(scored.stats, groups, post_threshold, cfg.eval.empty_empty, split)
+    if scored.lung_stats is not None:
+        s["lung"] = summarize(scored.lung_stats, groups, 0.5, cfg.eval.empty_empty, split)
+    return s
+
+
+def _tuning_record(run_dir: Path, split: str, postprocess: bool) -> dict[str, Any] | None:
+    """Where the applied settings were tuned, and their cross-fitted estimate (from ``tune``)."""
+    path = run_dir / POSTPROCESS_FILE
+    if not postprocess or not path.is_file():
+        return None
+    _, record = read_postprocess(path)
+    out = {k: record.get(k) for k in ("tuned_for", "tuned_on", "cross_fit")}
+    out["same_split"] = (record.get("tuned_on") or {}).get("split") == split
+    return out
+
+
+def _per_image_rows(scored: Scored, ds: SegmentationDataset, truth: Truth, cfg: Config, post: Any) -> list[dict]:
+    samples = ds.split.samples
+    ee = cfg.eval.empty_empty
+    dice, iou = dice_iou(scored.stats, ee)
+    rows = []
+    for k, st in enumerate(scored.stats):
+        row: dict[str, Any] = {"id": samples[k].id, "group": samples[k].group}
+        row.update(zip(("tp", "fp", "fn", "tn"), map(int, st)))
+        row.update({"dice": _fmt(dice[k]), "iou": _fmt(iou[k])})
+        rows.append(row)
+    if cfg.model.target_list[0] == "infection":
+        for row, share in zip(rows, scored.shares):
+            row["infected_share"] = round(float(share), 6)
+            row["covid_call"] = int(share > post.detect_fraction)
+    if scored.lung_stats is not None:
+        for row, d, j in zip(rows, *dice_iou(scored.lung_stats, ee)):
+            row["lung_dice"], row["lung_iou"] = _fmt(d), _fmt(j)
+    return rows
+
+
+def _add_clinical(summary: dict, rows: list[dict], scored: Scored, truth: Truth, groups: list[str], cfg: Config, post):
+    """Detection and severity, for infection models."""
+    if cfg.model.target_list[0] != "infection":
+        return
+    summary["detection"] = detection.detection_summary(scored.shares, groups, post.detect_fraction)
+    rule = SeverityRule.from_text(cfg.eval.severity_extent, cfg.eval.severity_grades)
+    truth_sev = [quantify(inf, lung, rule) for inf, lung in zip(truth.infection, truth.lung)]
+    summary["severity"] = severity_summary(scored.records, truth_sev, groups, rule)
+    for k, row in enumerate(rows):
+        row["true_infection_percent"] = truth_sev[k]["infection_percent"]
+        row["true_severity"] = truth_sev[k]["severity"]
+        if scored.records is not None:
+            rec = scored.records[k]
+            for key in ("infection_percent", "right_percent", "left_percent", "severity_score", "severity"):
+                row[key] = rec[key]
+
+
+def _draw_panel(run_dir: Path, predictor: Predictor, ds: SegmentationDataset, truth: Truth, scored: Scored, n: int,
+                split: str, synthetic: bool) -> None:  # fmt: skip
+    from covidseg.data.image_io import read_xray
+    from covidseg.report.plots import plot_predictions
+
+    dice, _ = dice_iou(scored.stats)
+    show = panel_indices(ds.groups, dice, n)
+    panels = []
+    for k in show:
+        s = ds.split.samples[k]
+        image = read_xray(s.image) if truth.scored_at == "native" else np.asarray(ds.split.images[k])
+        mask = predictor.from_probabilities(
+            predictor.probabilities(np.asarray(ds.split.images[k : k + 1], np.float32)[:, None] / 255.0)[0],
+            truth.shape(k),
+        ).mask
+        ref = truth.lung[k] if predictor.targets[0] == "lung" else truth.infection[k]
+        d = "n/a" if np.isnan(dice[k]) else f"{dice[k]:.3f}"
+        panels.append((image, ref.astype(np.uint8), mask, f"{s.group}: {s.image.name}\nDice {d}"))
+    kind = "synthetic " if synthetic else ""
+    plot_predictions(
+        panels,
+        run_dir / "plots" / f"predictions_{split}.png",
+        title=f"{kind}{split}: X-ray, true mask, prediction (worst, median, best per group)",
+    )
 
 
 def evaluate_run(
@@ -172,105 +247,82 @@ def evaluate_run(
     cache_dir: str | None = None,
     progress: Progress | None = None,
     postprocess: bool = True,
+    scored_at: str = "native",
 ) -> dict[str, Any]:
     """Evaluate ``RUN_DIR/checkpoints/<checkpoint>.pt`` on ``split`` and write the results.
 
     Args:
         data_root: the data folder; default: the one the run was trained on.
-        threshold: the probability threshold; default: the run's ``eval.threshold``.
+        threshold: the probability threshold; overrides ``postprocess.json`` and the config.
         limit: evaluate a seeded, group-stratified subset of this many images.
         panel: how many examples to draw in the prediction panel (0: none).
         postprocess: apply the decisions in ``RUN_DIR/postprocess.json`` (from ``covidseg tune``)
             when present; False: the plain threshold.
+        scored_at: ``native`` (each X-ray's own size, the original masks) or ``input`` (the
+            network's input size, the cached masks; for comparison only).
 
     Returns:
         The summary dict, as written to ``summary.json``.
     """
     if split not in ("Train", "Val", "Test"):
         raise ConfigError(f"split must be Train, Val or Test, got {split!r}")
+    if batch_size is not None and batch_size < 1:
+        raise ConfigError(f"batch size must be at least 1, got {batch_size}")
     run_dir = Path(run_dir)
-    r = open_run_split(run_dir, split, data_root, checkpoint, device, limit, cache_dir, batch_size, progress)
-    model, cfg, state, dev, ds = r.model, r.cfg, r.state, r.device, r.dataset
-    post = load_postprocess(run_dir if postprocess else None, cfg.eval.threshold)
-    if threshold is not None:
-        if not 0 < threshold < 1:
-            raise ConfigError(f"threshold must lie in (0, 1), got {threshold}")
-        post = replace(post, threshold=threshold)
-    threshold = post.threshold
-    show = _panel_indices(ds.groups, panel)
-    targets = cfg.model.target_list
-    rule = SeverityRule.from_text(cfg.eval.severity_extent, cfg.eval.severity_grades)
-    res = evaluate(
-        model,
-        r.loader,
-        dev,
-        threshold,
-        r.autocast,
-        keep=show,
-        progress=progress,
-        desc=f"evaluate {split}",
-        post=post,
-        targets=targets,
-        severity=rule,
-    )
-
-    samples = ds.split.samples
-    groups = [samples[i].group for i in res.indices]
-    summary = summarize(res.stats, groups, threshold, cfg.eval.empty_empty, split)
-    summary["target"] = targets[0]
-    summary["postprocess"] = {k: v for k, v in asdict(post).items() if k != "steps"}
+    predictor, cfg, state = open_run(run_dir, checkpoint, device, threshold, postprocess)
+    r = open_split(cfg, split, data_root, limit, cache_dir, progress)
+    truth = load_truth(r.dataset, scored_at, progress)
+    scored = score_split(predictor, r.dataset, truth, batch_size or cfg.train.batch_size, progress)
+    groups = [s.group for s in r.dataset.split.samples]
+    post = predictor.post
+    summary = _summary(scored, groups, post.threshold, cfg, split)
     summary.update(
         {
+            "target": predictor.targets[0],
+            "scored_at": scored_at,
+            "sizes": truth.sizes(),
+            "data": SYNTHETIC_NOTE if r.synthetic else "X-rays",
+            "synthetic": r.synthetic,
+            "postprocess": post.as_dict(),
+            "tuning": _tuning_record(run_dir, split, postprocess),
             "checkpoint": checkpoint,
             "epoch": int(state["epoch"]),
             "data_root": str(r.data_root),
             "image_size": cfg.data.image_size,
-            "loss": res.loss,
         }
     )
-    rows = _per_image_rows(res, ds, cfg.eval.empty_empty)
-    if targets[0] == "infection":
-        scores = detection.infected_share(res.stats)
-        summary["detection"] = detection.detection_summary(scores, groups, post.detect_fraction)
-        for row, score in zip(rows, scores):
-            row["infected_share"] = round(float(score), 6)
-            row["covid_call"] = int(score > post.detect_fraction)
-    if res.lung_stats is not None:
-        summary["lung"] = summarize(res.lung_stats, groups, 0.5, cfg.eval.empty_empty, split)
-        for row, (d, j) in zip(rows, zip(*dice_iou(res.lung_stats, cfg.eval.empty_empty))):
-            row["lung_dice"], row["lung_iou"] = _fmt(d), _fmt(j)
-    if targets[0] == "infection":
-        truth_sev = [
-            quantify(np.asarray(ds.split.infection[i]), np.asarray(ds.split.lung[i]), rule) for i in res.indices
-        ]
-        summary["severity"] = severity_summary(res.records, truth_sev, groups, rule)
-        for k, row in enumerate(rows):
-            row["true_infection_percent"] = truth_sev[k]["infection_percent"]
-            row["true_severity"] = truth_sev[k]["severity"]
-            if res.records is not None:
-                rec = res.records[k]
-                for key in ("infection_percent", "right_percent", "left_percent", "severity_score", "severity"):
-                    row[key] = rec[key]
+    rows = _per_image_rows(scored, r.dataset, truth, cfg, post)
+    _add_clinical(summary, rows, scored, truth, groups, cfg, post)
     summary = json_safe(summary)
     out = run_dir / "eval" / split
     out.mkdir(parents=True, exist_ok=True)
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     write_rows(rows, out / "per_image.csv")
-    dice, _ = dice_iou(res.stats, cfg.eval.empty_empty)
-    if show:
-        from covidseg.report.plots import plot_predictions
-
-        row_of = {int(i): k for k, i in enumerate(res.indices)}
-        panels = []
-        for i in show:
-            d_i = dice[row_of[i]]
-            caption = f"{samples[i].group}: {samples[i].image.name}\nDice {'n/a' if np.isnan(d_i) else f'{d_i:.3f}'}"
-            truth = ds.split.lung[i] if targets[0] == "lung" else ds.split.infection[i]
-            panels.append((np.asarray(ds.split.images[i]), np.asarray(truth), res.kept[i], caption))
-        plot_predictions(
-            panels,
-            run_dir / "plots" / f"predictions_{split}.png",
-            title=f"{split}: X-ray, true mask, prediction (threshold {threshold})",
-        )
-    log.info("wrote %s and %s", out / "summary.json", out / "per_image.csv")
+    if panel:
+        _draw_panel(run_dir, predictor, r.dataset, truth, scored, panel, split, r.synthetic)
+    log.info("wrote %s and %s (scored at %s size)", out / "summary.json", out / "per_image.csv", scored_at)
     return summary
+
+
+@dataclass
+class OpenSplit:
+    dataset: SegmentationDataset
+    data_root: Path
+    synthetic: bool
+
+
+def open_split(
+    cfg: Config,
+    split: str,
+    data_root: str | None = None,
+    limit: int | None = None,
+    cache_dir: str | None = None,
+    progress: Progress | None = None,
+) -> OpenSplit:
+    """The preprocessed ``split`` a run is scored on (data root and cache default to the run's)."""
+    if limit is not None and limit < 1:
+        raise ConfigError(f"limit must be at least 1, got {limit}")
+    d = cfg.data
+    discovery = discover_root(data_root or d.root)
+    ds = load_dataset(discovery, split, d.image_size, cache_dir or d.cache_dir, limit, cfg.train.seed, progress)
+    return OpenSplit(ds, discovery.root, discovery.synthetic)

@@ -1,191 +1,27 @@
-"""Prediction on new X-rays: ``Predictor.load(run_or_bundle).predict(image) -> Prediction``.
+"""``covidseg predict``: X-ray files and folders in, masks, overlays and ``predictions.jsonl`` out.
 
-The image goes through the training preprocessing (gray, SxS bilinear, [0, 1]); the
-probability maps are resized back to the input's original size (bilinear) and post-processed
-there, so the masks line up with the file the user gave. A run folder runs in PyTorch; an
-exported bundle (:mod:`covidseg.export`) runs in onnxruntime (or PyTorch from its safetensors
-weights with ``engine="torch"``).
-
-With a lung output the prediction also holds the lung mask, the infected share of each lung
-and the severity grade (:mod:`covidseg.severity`); every infection model gives the image-level
-COVID-19 call (:mod:`covidseg.detection`).
+The model work is :class:`covidseg.inference.predictor.Predictor`; this module walks the inputs
+and writes the files.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable
-from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 from PIL import Image
 
-from covidseg.data.image_io import DICOM_SUFFIXES, IMAGE_SUFFIXES, is_dicom, preprocess_image, read_xray
-from covidseg.engine.checkpoint import load_run
-from covidseg.engine.device import resolve_device
+from covidseg.data.image_io import DICOM_SUFFIXES, IMAGE_SUFFIXES, is_dicom, read_xray
 from covidseg.errors import CovidsegError, DataError
-from covidseg.postprocess import Postprocess, load_postprocess, lung_mask
+from covidseg.inference.predictor import Prediction, Predictor
 from covidseg.progress import Progress, silent
-from covidseg.severity import SeverityRule, quantify
+
+__all__ = ["Prediction", "Predictor", "list_inputs", "predict_paths"]
 
 log = logging.getLogger(__name__)
-
-# (N, 1, S, S) float32 images -> (N, C, S, S) float32 logits
-Backend = Callable[[np.ndarray], np.ndarray]
-
-
-@dataclass
-class Prediction:
-    mask: np.ndarray  # (H, W) uint8 {0, 1} at the input's size: the first target (infection, or lung)
-    probability: np.ndarray  # (H, W) float32 in [0, 1] at the input's size
-    lung: np.ndarray | None = None  # (H, W) uint8 lung mask, for models with a lung output
-    severity: dict[str, Any] | None = None  # :func:`covidseg.severity.quantify` of mask and lung
-    covid_call: bool | None = None  # image-level COVID-19 call (infection models)
-
-    @property
-    def infected_fraction(self) -> float:
-        return float(self.mask.mean())
-
-
-def torch_backend(model: torch.nn.Module, device: torch.device) -> Backend:
-    model = model.to(device).eval()
-
-    @torch.no_grad()
-    def run(x: np.ndarray) -> np.ndarray:
-        return model(torch.from_numpy(x).to(device)).float().cpu().numpy()
-
-    return run
-
-
-def onnx_backend(path: str | Path, threads: int | None = None) -> Backend:
-    """An onnxruntime session on the CPU with every graph optimisation on."""
-    try:
-        import onnxruntime as ort
-    except ImportError:  # pragma: no cover - onnxruntime is a dependency
-        raise CovidsegError("running an exported bundle needs onnxruntime (pip install onnxruntime)") from None
-    opts = ort.SessionOptions()
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    if threads:
-        opts.intra_op_num_threads = threads
-    try:
-        session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
-    except Exception as exc:  # onnxruntime raises its own exception types
-        raise CovidsegError(f"{path}: not a loadable ONNX model ({str(exc)[:200]})") from None
-    name = session.get_inputs()[0].name
-
-    def run(x: np.ndarray) -> np.ndarray:
-        return session.run(None, {name: np.ascontiguousarray(x, dtype=np.float32)})[0]
-
-    return run
-
-
-def _sigmoid(x: np.ndarray) -> np.ndarray:
-    return 1.0 / (1.0 + np.exp(-np.clip(x, -60, 60)))
-
-
-def _resize_prob(prob: np.ndarray, h: int, w: int) -> np.ndarray:
-    if prob.shape == (h, w):
-        return prob
-    return np.asarray(Image.fromarray(prob.astype(np.float32), mode="F").resize((w, h), Image.BILINEAR))
-
-
-class Predictor:
-    """A trained model with its preprocessing, post-processing and severity rule."""
-
-    def __init__(
-        self,
-        backend: Backend | torch.nn.Module,
-        image_size: int,
-        post: Postprocess | float,
-        device: torch.device | None = None,
-        targets: tuple[str, ...] = ("infection",),
-        severity: SeverityRule | None = None,
-        engine: str = "torch",
-    ) -> None:
-        if isinstance(backend, torch.nn.Module):
-            backend = torch_backend(backend, device or torch.device("cpu"))
-        self.backend = backend
-        self.image_size = image_size
-        self.post = post if isinstance(post, Postprocess) else Postprocess(threshold=float(post))
-        self.targets = tuple(targets)
-        self.severity = severity or SeverityRule()
-        self.engine = engine
-
-    @property
-    def threshold(self) -> float:
-        return self.post.threshold
-
-    @classmethod
-    def load(
-        cls,
-        path: str | Path,
-        checkpoint: str = "best",
-        device: str = "auto",
-        threshold: float | None = None,
-        postprocess: bool = True,
-        engine: str = "auto",
-    ) -> Predictor:
-        """A run folder (PyTorch) or an exported bundle (onnxruntime; ``engine="torch"`` for PyTorch)."""
-        from covidseg.export import is_bundle
-
-        if is_bundle(path):
-            return cls.from_bundle(path, engine="onnx" if engine == "auto" else engine, threshold=threshold)
-        if engine == "onnx":
-            raise CovidsegError(f"{path} is a run folder; onnxruntime needs a bundle from 'covidseg export'")
-        return cls.from_run(path, checkpoint, device, threshold, postprocess)
-
-    @classmethod
-    def from_run(
-        cls,
-        run_dir: str | Path,
-        checkpoint: str = "best",
-        device: str = "auto",
-        threshold: float | None = None,
-        postprocess: bool = True,
-    ) -> Predictor:
-        """Load a run's model with its preprocessing and its tuned post-processing (if any)."""
-        dev = resolve_device(device)
-        model, cfg, _ = load_run(run_dir, checkpoint, map_location=dev)
-        post = load_postprocess(Path(run_dir) if postprocess else None, cfg.eval.threshold)
-        if threshold is not None:
-            post = replace(post, threshold=threshold)
-        rule = SeverityRule.from_text(cfg.eval.severity_extent, cfg.eval.severity_grades)
-        return cls(model, cfg.data.image_size, post, dev, cfg.model.target_list, rule, "torch")
-
-    @classmethod
-    def from_bundle(cls, bundle_dir: str | Path, engine: str = "onnx", threshold: float | None = None) -> Predictor:
-        from covidseg.export import load_bundle
-
-        b = load_bundle(bundle_dir, engine)
-        post = b.post if threshold is None else replace(b.post, threshold=threshold)
-        return cls(b.backend, b.image_size, post, None, b.targets, b.severity, engine)
-
-    def probabilities(self, gray8: np.ndarray) -> np.ndarray:
-        """(C, S, S) probabilities of one 8-bit gray image, flip-averaged when the run keeps flip TTA."""
-        x = preprocess_image(gray8, self.image_size)[None, None]
-        prob = _sigmoid(self.backend(x))
-        if self.post.tta_hflip:
-            flipped = _sigmoid(self.backend(np.ascontiguousarray(x[..., ::-1])))[..., ::-1]
-            prob = 0.5 * (prob + flipped)
-        return prob[0].astype(np.float32)
-
-    def predict(self, gray8: np.ndarray) -> Prediction:
-        """Segment one 8-bit gray image of any size (see :func:`covidseg.data.image_io.read_xray`)."""
-        if gray8.ndim != 2:
-            raise ValueError(f"expected a 2-D gray image, got shape {gray8.shape}")
-        probs = self.probabilities(gray8)
-        h, w = gray8.shape
-        full = [_resize_prob(p, h, w) for p in probs]
-        lung = lung_mask(full[self.targets.index("lung")]) if "lung" in self.targets else None
-        if self.targets[0] == "lung":
-            return Prediction(lung, full[0], lung)
-        mask = self.post.apply(full[0], area_scale=h * w / self.image_size**2, lung=lung)
-        severity = quantify(mask, lung, self.severity) if lung is not None else None
-        return Prediction(mask, full[0], lung, severity, self.post.detected(mask))
 
 
 def list_inputs(path: str | Path) -> list[Path]:

@@ -23,14 +23,14 @@ from pathlib import Path
 import numpy as np
 
 from covidseg.data.discovery import Sample
-from covidseg.data.image_io import read_gray8, resize_image, resize_mask
+from covidseg.data.image_io import read_gray8, read_xray, resize_image, resize_mask
 from covidseg.errors import DataError
 from covidseg.progress import Progress, silent
 
 log = logging.getLogger(__name__)
 
 # Bump when the preprocessing code changes what it writes.
-CACHE_VERSION = 1
+CACHE_VERSION = 2
 
 
 @dataclass
@@ -75,13 +75,14 @@ def cache_key(samples: list[Sample], image_size: int) -> str:
 
 
 def decode_sample(sample: Sample, size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
-    """One sample as the pipeline sees it: the image resized to ``size`` (uint8), the masks
+    """One sample as the pipeline sees it: the image decoded as ``predict`` decodes it
+    (:func:`covidseg.data.image_io.read_xray`) and resized to ``size`` (uint8), the masks
     resized and binarised to {0, 1} (lung None when absent).
 
     Raises:
         DataError: a file cannot be read, or a mask's size differs from its image's.
     """
-    image = read_gray8(sample.image)
+    image = read_xray(sample.image)
     infection = read_gray8(sample.infection)
     if infection.shape != image.shape:
         raise DataError(f"{sample.infection}: infection mask is {infection.shape[::-1]}, image is {image.shape[::-1]}")

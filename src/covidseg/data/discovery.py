@@ -24,6 +24,9 @@ SPLITS = ("Train", "Val", "Test")
 GROUPS = ("COVID-19", "Non-COVID", "Normal")
 DATASET_FOLDER = "Infection Segmentation Data"
 IMAGES, INFECTION, LUNG = "images", "infection masks", "lung masks"
+# 'covidseg synth' marks its output with this file inside the dataset folder.
+MARKER = "SYNTHETIC.json"
+MARKER_NOTE = "synthetic phantoms written by 'covidseg synth': a test fixture, not X-rays; never report them as results"
 LAYOUT_HINT = (
     f"expected '{DATASET_FOLDER}/{{Train,Val,Test}}/{{COVID-19,Non-COVID,Normal}}/"
     f"{{images,infection masks,lung masks}}/'; run 'covidseg synth DIR' to write a synthetic set in this layout"
@@ -49,6 +52,11 @@ class Discovery:
     root: Path
     samples: list[Sample]
     skipped: list[tuple[Path, str]] = field(default_factory=list)
+
+    @property
+    def synthetic(self) -> bool:
+        """True for a set written by ``covidseg synth`` (it carries the marker file)."""
+        return (self.root / MARKER).is_file()
 
     def split(self, name: str) -> list[Sample]:
         return [s for s in self.samples if s.split == name]

@@ -40,6 +40,11 @@ def read_gray8(path: str | Path) -> np.ndarray:
         raise DataError(f"{path}: not a readable image ({exc})") from None
 
 
+def read_mask(path: str | Path) -> np.ndarray:
+    """A mask file at its own size as bool: pixels > 127 (of the 8-bit gray image) are set."""
+    return read_gray8(path) > 127
+
+
 def to_gray8(img: Image.Image) -> np.ndarray:
     """Convert a Pillow image of any mode to an (H, W) uint8 gray array."""
     if img.mode in ("I;16", "I;16B", "I;16L", "I;16N"):

@@ -12,13 +12,15 @@ It serves the demo and the fast tests; it is not a stand-in for real data in any
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import json
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
-from covidseg.data.discovery import DATASET_FOLDER, GROUPS, IMAGES, INFECTION, LUNG
+from covidseg.data.discovery import DATASET_FOLDER, GROUPS, IMAGES, INFECTION, LUNG, MARKER, MARKER_NOTE
+from covidseg.errors import ConfigError, DataError
 from covidseg.progress import Progress, silent
 
 # Group shares follow the real data: half COVID-19, a quarter each Non-COVID and Normal.
@@ -35,6 +37,18 @@ class SynthSpec:
     min_side: int = 200
     max_side: int = 320
     seed: int = 0
+
+    def __post_init__(self) -> None:
+        for name in ("train", "val", "test"):
+            n = getattr(self, name)
+            if isinstance(n, bool) or not isinstance(n, int) or not 0 <= n <= 100_000:
+                raise ConfigError(f"--{name} must be a whole number of images in 0-100000, got {n!r}")
+        if not 32 <= self.min_side <= self.max_side <= 4096:
+            raise ConfigError(
+                f"image sides must satisfy 32 <= min <= max <= 4096, got {self.min_side}, {self.max_side}"
+            )
+        if self.train + self.val + self.test == 0:
+            raise ConfigError("--train, --val and --test are all 0: nothing to write")
 
 
 def _smooth_noise(rng: np.random.Generator, h: int, w: int, cells: int) -> np.ndarray:
@@ -122,6 +136,9 @@ def write_synthetic(out_dir: str | Path, spec: SynthSpec | None = None, progress
     spec = spec or SynthSpec()
     progress = progress or silent
     root = Path(out_dir) / DATASET_FOLDER
+    if _same_synthetic(root, spec):
+        return root
+    _refuse_overwrite(Path(out_dir))
     jobs = []
     for split, total in (("Train", spec.train), ("Val", spec.val), ("Test", spec.test)):
         counts = {g: int(total * SHARES[g]) for g in GROUPS}
@@ -138,4 +155,21 @@ def write_synthetic(out_dir: str | Path, spec: SynthSpec | None = None, progress
             folder = root / split / group / kind
             folder.mkdir(parents=True, exist_ok=True)
             Image.fromarray(arr).save(folder / name)
+    (root / MARKER).write_text(json.dumps({"note": MARKER_NOTE, "spec": asdict(spec)}, indent=2))
     return root
+
+
+def _same_synthetic(root: Path, spec: SynthSpec) -> bool:
+    """``root`` already holds the synthetic set of ``spec`` (written completely: the marker is last)."""
+    try:
+        return json.loads((root / MARKER).read_text()).get("spec") == asdict(spec)
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def _refuse_overwrite(out: Path) -> None:
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise DataError(
+            f"{out} exists and is not empty; 'covidseg synth' writes only into a new or empty folder "
+            "(COVID-QU-Ex uses the same file names, so writing into a real copy would replace X-rays)"
+        )
