@@ -58,15 +58,35 @@ def tiny_cfg(synth_root: Path, tmp_path: Path):
     return make
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _own_cache_dir(tmp_path_factory: pytest.TempPathFactory):
+    """Tests never write into the user's cache (~/.cache/covidseg): they get a folder of their own."""
+    before = os.environ.get("COVIDSEG_CACHE_DIR")
+    os.environ["COVIDSEG_CACHE_DIR"] = str(tmp_path_factory.mktemp("covidseg-cache"))
+    yield
+    if before is None:
+        os.environ.pop("COVIDSEG_CACHE_DIR", None)
+    else:
+        os.environ["COVIDSEG_CACHE_DIR"] = before
+
+
+REAL_DATA_HINT = (
+    "set COVIDSEG_DATA to a COVID-QU-Ex folder (the public data set: https://doi.org/10.34740/kaggle/dsv/3122958; "
+    "its 'Infection Segmentation Data' with Train and Val is enough)"
+)
+
+
 @pytest.fixture(scope="session")
 def real_root() -> Path:
+    """The real COVID-QU-Ex copy; tests that need it skip without it, except in CI, where it must exist."""
     value = os.environ.get("COVIDSEG_DATA")
-    if not value:
-        pytest.skip("real-data test: set COVIDSEG_DATA to the COVID-QU-Ex folder (e.g. ../shared/data/covid-qu-ex)")
-    path = Path(value)
-    if not path.is_dir():
-        pytest.skip(f"real-data test: COVIDSEG_DATA={value} is not a folder")
-    return path
+    path = Path(value) if value else None
+    if path is not None and path.is_dir():
+        return path
+    reason = f"COVIDSEG_DATA={value} is not a folder" if value else "COVIDSEG_DATA is not set"
+    if os.environ.get("CI", "").lower() in ("true", "1"):
+        pytest.fail(f"real-data test in CI: {reason}; .ci/run sets it to ../shared/data/covid-qu-ex when present")
+    pytest.skip(f"real-data test: {reason}; {REAL_DATA_HINT}")
 
 
 @pytest.fixture(scope="session")

@@ -9,9 +9,14 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
+from covidseg.data.discovery import discover
+from covidseg.data.loading import load_dataset, make_loader
 from covidseg.engine.checkpoint import load_run
+from covidseg.engine.evaluate import evaluate
 from covidseg.engine.history import read_history
+from covidseg.metrics import pooled
 
 
 @pytest.mark.slow
@@ -28,10 +33,15 @@ def test_torchrun_two_processes_trains_one_run(synth_root: Path, tmp_path: Path)
     assert done.returncode == 0, done.stderr[-3000:]
     hist = read_history(run / "history.csv")
     assert [h["epoch"] for h in hist] == [1, 2]
-    # Validation counts were gathered from both processes: every Val image is counted once.
-    assert 0.0 <= hist[-1]["val_dice"] <= 1.0
-    _, cfg, state = load_run(run, "last")
+    model, cfg, state = load_run(run, "last")
     assert state["epoch"] == 2 and cfg.data.image_size == 64
+    # Validation was gathered from both processes: every Val image counted once, so one process
+    # scoring the saved model on the whole of Val gets the same loss and pixel accuracy.
+    ds = load_dataset(discover(synth_root), "Val", 64, str(tmp_path / "cache"))
+    ev = evaluate(model, make_loader(ds, 4, False), torch.device("cpu"))
+    assert len(ev.stats) == len(ds) == 8
+    assert ev.loss == pytest.approx(hist[-1]["val_loss"], rel=1e-4)
+    assert pooled(ev.stats)["pixel_accuracy"] == pytest.approx(hist[-1]["val_pixel_accuracy"], abs=1e-4)
     env_json = json.loads((run / "env.json").read_text())
     assert env_json["world_size"] == 2
     # Only rank 0 wrote: one log line per epoch.

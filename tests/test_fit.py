@@ -8,10 +8,14 @@ import pytest
 import torch
 import yaml
 
+from covidseg.data.discovery import discover
+from covidseg.data.loading import load_dataset, make_loader
 from covidseg.engine.checkpoint import load_checkpoint, load_run, save_checkpoint
+from covidseg.engine.evaluate import evaluate
 from covidseg.engine.fit import fit
 from covidseg.engine.history import COLUMNS, read_history
 from covidseg.errors import CheckpointError, CovidsegError
+from covidseg.metrics import pooled
 
 
 def test_run_folder_is_complete(tiny_cfg, tmp_path: Path) -> None:
@@ -76,13 +80,16 @@ def test_refuses_to_overwrite_and_to_resume_nothing(tiny_cfg, tmp_path: Path) ->
 
 
 def test_checkpoint_round_trip_gives_identical_logits(tiny_cfg, tmp_path: Path) -> None:
+    """The reloaded checkpoint scores Val exactly as the in-memory model did at the end of training."""
     run = tmp_path / "run"
-    fit(tiny_cfg(**{"train.epochs": 1}), run)
+    result = fit(tiny_cfg(**{"train.epochs": 1}), run)
     model, cfg, state = load_run(run, "last")
-    x = torch.rand(1, 1, 64, 64)
-    model2, _, _ = load_run(run, "last")
-    assert torch.equal(model(x), model2(x))
     assert cfg.data.image_size == 64 and state["epoch"] == 1
+    ds = load_dataset(discover(cfg.data.root), "Val", 64, cfg.data.cache_dir)
+    ev = evaluate(model, make_loader(ds, cfg.train.batch_size, False), torch.device("cpu"), targets=("infection",))
+    in_memory = result.history[-1]
+    assert ev.loss == pytest.approx(in_memory["val_loss"], rel=1e-6, abs=1e-9)
+    assert pooled(ev.stats)["pixel_accuracy"] == pytest.approx(in_memory["val_pixel_accuracy"], abs=1e-12)
 
 
 def test_foreign_and_damaged_checkpoints_are_refused(tmp_path: Path) -> None:

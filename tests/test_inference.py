@@ -13,6 +13,7 @@ from PIL import Image
 from conftest import copy_run
 from covidseg.cli import main
 from covidseg.data.discovery import discover
+from covidseg.errors import CovidsegError
 from covidseg.evaluation import evaluate_run
 from covidseg.inference.predictor import Predictor
 from covidseg.metrics import confusion_counts, dice_iou
@@ -85,5 +86,5 @@ def test_predictor_accepts_arrays_and_files_alike(two_output_run: Path, synth_ro
 
     by_file, by_array = p.predict_file(sample.image), p.predict(read_xray(sample.image))
     assert np.array_equal(by_file.mask, by_array.mask) and by_file.mask.shape == read_xray(sample.image).shape
-    with pytest.raises(Exception, match="2-D uint8"):
+    with pytest.raises(CovidsegError, match="2-D uint8"):
         p.predict(np.zeros((3, 4, 4), np.uint8))

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from covidseg.config import LossConfig
+from covidseg.errors import ConfigError
 from covidseg.losses import SoftTverskyLoss, build_loss
 
 BIG = 30.0  # sigmoid(30) == 1 to float precision
@@ -59,7 +60,7 @@ def test_skip_empty_leaves_negative_images_to_bce() -> None:
     # Through the config, and the BCE part still sees the negative image.
     cfg = LossConfig(name="bce_dice", dice_empty="skip")
     assert float(build_loss(cfg)(pred[1:], truth[1:])) > 1.0
-    with pytest.raises(Exception, match="dice_empty"):
+    with pytest.raises(ConfigError, match="dice_empty"):
         LossConfig(dice_empty="never")
 
 

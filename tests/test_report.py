@@ -115,17 +115,33 @@ def test_report_sections_and_definitions(report_dir: Path) -> None:
         "Sweep",
         "Scaled down",
         "Comparison with published results",
-        "83.05%",
-        "97.99%",
-        "0.60-0.75",
-        "QaTa-COV19",
+        "SYNTHETIC (covidseg synth, not X-rays) Val",
+        "at each X-ray's own size",
     ):
         assert text in md, text
+    # Synthetic figures are never set beside published ones, and "COVID-QU-Ex" names no synthetic data.
+    for text in ("83.05%", "88.21%", "97.99%", "0.60-0.75", "COVID-QU-Ex Val"):
+        assert text not in md, text
+    assert "measured on SYNTHETIC data" in md
     # Every figure the Markdown links exists beside it.
     for line in md.splitlines():
         if line.startswith("!["):
             assert (report_dir / line.split("](")[1].rstrip(")")).is_file()
     assert main(["report", str(report_dir), "--out", str(report_dir / "again")]) == 2  # not a run or sweep
+
+
+def test_report_compares_real_data_results_with_published_ones(sweep_dir: Path, tmp_path: Path) -> None:
+    """The same run, as if its summary had been measured on real X-rays: now it is compared."""
+    run = tmp_path / "run"
+    shutil.copytree(sorted((sweep_dir / "trials").iterdir())[0], run)
+    summary = run / "eval" / "Val" / "summary.json"
+    s = json.loads(summary.read_text())
+    summary.write_text(json.dumps({**s, "synthetic": False}))
+    assert main(["report", str(run), "--out", str(tmp_path / "report"), "--no-progress"]) == 0
+    md = (tmp_path / "report" / "report.md").read_text()
+    for text in ("COVID-QU-Ex Val", "83.05%", "88.21%", "97.99%", "0.60-0.75", "QaTa-COV19"):
+        assert text in md, text
+    assert "SYNTHETIC" not in md
 
 
 CHROMIUM, CHROMEDRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")

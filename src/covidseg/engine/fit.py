@@ -71,6 +71,11 @@ def _smooth(history: list[dict[str, Any]], metric: str, alpha: float) -> float:
     return value
 
 
+def _figure_note(discovery: Any) -> str:
+    """Figure titles name synthetic data as such."""
+    return "SYNTHETIC data (covidseg synth), not X-rays: " if discovery.synthetic else ""
+
+
 def _sample_rows(ds: SegmentationDataset, per_group: int = 4) -> dict[str, list]:
     rows: dict[str, list] = {}
     for g_idx, g in enumerate(GROUPS):
@@ -193,7 +198,7 @@ def _fit(
     elif main:
         from covidseg.report.plots import plot_samples
 
-        plot_samples(_sample_rows(train_ds), run_dir / "plots" / "samples.png")
+        plot_samples(_sample_rows(train_ds), run_dir / "plots" / "samples.png", _figure_note(discovery))
 
     model: torch.nn.Module = net
     train_sampler = None
@@ -296,6 +301,9 @@ def _fit(
             best = {"metric": t.select_metric, "value": row[t.select_metric], "epoch": epoch, "smoothed": smoothed}
         if main:
             _save_epoch(run_dir, net, spec, cfg, optimizer, scaler, scheduler, epoch, best, history, improved)
+            from covidseg.report.plots import plot_curves
+
+            plot_curves(history, run_dir / "plots" / "curves.png", _figure_note(discovery))
         log.info(
             "epoch %d/%d  train loss %.4f acc %.4f | val loss %.4f acc %.4f dice %.4f iou %.4f dice/img %.4f | %.0fs%s",
             epoch,
@@ -335,9 +343,7 @@ def _save_epoch(
     history: list[dict[str, Any]],
     improved: bool,
 ) -> None:
-    """Checkpoints, history and curves after an epoch."""
-    from covidseg.report.plots import plot_curves
-
+    """Checkpoints and history after an epoch."""
     ckpt = {
         "model": net.state_dict(),
         "model_spec": spec,
@@ -354,4 +360,3 @@ def _save_epoch(
         save_checkpoint(run_dir / "checkpoints" / "best.pt", ckpt)
     save_checkpoint(run_dir / "checkpoints" / "last.pt", ckpt)
     write_history(history, run_dir / "history.csv")
-    plot_curves(history, run_dir / "plots" / "curves.png")

@@ -69,6 +69,22 @@ def _load_json(path: Path) -> dict[str, Any] | None:
     return json.loads(path.read_text()) if path.is_file() else None
 
 
+def data_label(s: dict[str, Any], split: str) -> str:
+    """What a summary was measured on, naming synthetic data as such."""
+    kind = "SYNTHETIC (covidseg synth, not X-rays)" if s.get("synthetic") else "COVID-QU-Ex"
+    return f"{kind} {split} ({s['images']} images)"
+
+
+def describe_scoring(s: dict[str, Any]) -> str:
+    """Where a summary was scored, in words."""
+    if s.get("scored_at") == "native":
+        sizes = ", ".join(f"{k}: {v}" for k, v in (s.get("sizes") or {}).items())
+        return f"masks as `predict` writes them, at each X-ray's own size ({sizes}), against the original mask files"
+    if s.get("scored_at") == "input":
+        return f"at the network's input size ({s.get('image_size')}x{s.get('image_size')}), against shrunk masks"
+    return "at the network's input size (an older summary; evaluate again to score at native size)"
+
+
 def describe_method(cfg: Config) -> str:
     """The resolved config in words."""
     d, m, lo, a, o, t = cfg.data, cfg.model, cfg.loss, cfg.augment, cfg.optim, cfg.train
@@ -112,6 +128,7 @@ class ReportBuilder:
         self.infection_rows: list[list[Any]] = []
         self.lung_rows: list[list[Any]] = []
         self.detection_rows: list[list[Any]] = []
+        self.synthetic: list[str] = []
 
     def _figure(self, src: Path, name: str, caption: str) -> None:
         if not src.is_file():
@@ -186,18 +203,25 @@ class ReportBuilder:
             "whose truth and prediction are both empty scores 1 under 'all images'; pooled = one confusion "
             "matrix over every pixel of the split."
         )
-        header = ["split", "images", "threshold"] + [c for c, _ in INFECTION_COLUMNS] + ["negatives with FP"]
+        header = ["data", "threshold"] + [c for c, _ in INFECTION_COLUMNS] + ["negatives with FP"]
         rows = []
         for split, s in summaries.items():
+            d.para(f"{data_label(s, split)}: scored {describe_scoring(s)}.")
             rows.append(
-                [split, s["images"], s["threshold"]]
+                [data_label(s, split), s["threshold"]]
                 + [lookup(s, p) for _, p in INFECTION_COLUMNS]
                 + [_pct(s.get("negatives_with_false_positives"))]
             )
+            cf = lookup(s, ("tuning", "cross_fit", "cross_fitted"))
+            if cf and lookup(s, ("tuning", "same_split")):
+                rows.append(_cross_fitted_row(s, split, cf))
         d.table(header, rows)
         for split, s in summaries.items():
+            if s.get("synthetic"):
+                self.synthetic.append(f"{run.name} ({split})")
+                continue
             self.infection_rows.append(
-                [f"covidseg `{run.name}`", f"COVID-QU-Ex {split} ({s['images']} images)"]
+                [f"covidseg `{run.name}`", data_label(s, split)]
                 + [lookup(s, p) for _, p in INFECTION_COLUMNS]
                 + [""] * 3
             )
@@ -228,14 +252,7 @@ class ReportBuilder:
                 )
                 + "."
             )
-        post = val.get("postprocess") or {}
-        d.para(
-            f"Post-processing applied: threshold {post.get('threshold')}, flip TTA {post.get('tta_hflip')}, "
-            f"lung gate {post.get('lung_gate')}, image gate {post.get('image_gate', 0.0)}, "
-            f"minimum component {post.get('min_component')} px, "
-            f"fill holes {post.get('fill_holes')}"
-            + (f" (tuned on Val for {post.get('tuned_for')} Dice)." if post.get("tuned_for") else " (not tuned).")
-        )
+        d.para(describe_postprocess(val))
         self._run_extras(run, val)
 
     def _run_extras(self, run: Path, s: dict[str, Any]) -> None:
@@ -255,10 +272,11 @@ class ReportBuilder:
                     ]
                 ],
             )
-            self.lung_rows.append(
-                [f"covidseg `{run.name}`", f"COVID-QU-Ex {split}", lookup(lung, ("per_image", "dice")),
-                 lookup(lung, ("per_image", "iou")), lung["pooled"]["dice"], lung["pooled"]["iou"], "", ""]
-            )  # fmt: skip
+            if not s.get("synthetic"):
+                self.lung_rows.append(
+                    [f"covidseg `{run.name}`", data_label(s, split), lookup(lung, ("per_image", "dice")),
+                     lookup(lung, ("per_image", "iou")), lung["pooled"]["dice"], lung["pooled"]["iou"], "", ""]
+                )  # fmt: skip
         det = s.get("detection")
         if det:
             d.para(
@@ -273,10 +291,11 @@ class ReportBuilder:
                     for g, v in det["groups"].items()
                 ],
             )
-            self.detection_rows.append(
-                [f"covidseg `{run.name}`", f"COVID-QU-Ex {split}", _pct(det["sensitivity"]), _pct(det["specificity"]),
-                 det["roc_auc"], "", ""]
-            )  # fmt: skip
+            if not s.get("synthetic"):
+                self.detection_rows.append(
+                    [f"covidseg `{run.name}`", data_label(s, split), _pct(det["sensitivity"]),
+                     _pct(det["specificity"]), det["roc_auc"], "", ""]
+                )  # fmt: skip
         sev = s.get("severity")
         if sev:
             rule = sev["rule"]
@@ -356,11 +375,13 @@ class ReportBuilder:
                 trial / "plots" / "predictions_Val.png", f"{sweep.name}-best-predictions", "Best trial: Val predictions"
             )
             s = _load_json(trial / "eval" / "Val" / "summary.json")
-            if s:
+            if s and s.get("synthetic"):
+                self.synthetic.append(f"sweep {sweep.name}")
+            elif s:
                 self.infection_rows.append(
                     [
                         f"covidseg sweep `{sweep.name}`, best trial `{best['trial']}`",
-                        f"COVID-QU-Ex Val ({s['images']} images)" + ("; scaled down" if plan.get("scale") else ""),
+                        data_label(s, "Val") + ("; scaled down" if plan.get("scale") else ""),
                     ]
                     + [lookup(s, p) for _, p in INFECTION_COLUMNS]
                     + [""] * 3
@@ -369,6 +390,14 @@ class ReportBuilder:
     def add_published(self) -> None:
         d = self.doc
         d.heading("Comparison with published results", 2)
+        if self.synthetic:
+            d.para(
+                "Left out of this comparison, because they were measured on SYNTHETIC data (a test fixture, not "
+                "X-rays): " + ", ".join(f"`{x}`" for x in self.synthetic) + "."
+            )
+        if not (self.infection_rows or self.lung_rows or self.detection_rows):
+            d.para("No result in this report was measured on real X-rays, so there is nothing to compare.")
+            return
         d.para(
             "Each column holds one metric definition; a source appears only under the definitions it states. "
             "Published numbers come from other splits (the paper reports its Test split), so they place covidseg, "
@@ -398,6 +427,34 @@ class ReportBuilder:
         )  # fmt: skip
 
 
+def _cross_fitted_row(s: dict[str, Any], split: str, cf: dict[str, Any]) -> list[Any]:
+    """The tuned settings' cross-fitted estimate, in the columns it has (per-image and pooled Dice)."""
+    have = {
+        ("per_image_covid", "dice"): "per_image_covid",
+        ("per_image", "dice"): "per_image",
+        ("pooled", "dice"): "pooled",
+    }
+    cells = [cf.get(have[p]) if p in have else "" for _, p in INFECTION_COLUMNS]
+    label = f"{data_label(s, split)}, tuned settings cross-fitted (chosen on one half, scored on the other)"
+    return [label, ""] + cells + [_pct(cf.get("negatives_with_false_positives"))]
+
+
+def describe_postprocess(s: dict[str, Any]) -> str:
+    """The post-processing a summary applied, in words."""
+    post = s.get("postprocess") or {}
+    share = post.get("min_component_share") or 0.0
+    tuning = s.get("tuning") or {}
+    where = (tuning.get("tuned_on") or {}).get("split")
+    return (
+        f"Post-processing applied: threshold {post.get('threshold')}, "
+        f"flip TTA {'on' if post.get('tta_hflip') else 'off'}, lung gate {'on' if post.get('lung_gate') else 'off'}, "
+        f"image gate {post.get('image_gate') or 'off'}, "
+        f"components under {100 * share:.3g}% of the image removed ({round(share * 65536)} px of 256x256), "
+        f"holes {'filled' if post.get('fill_holes') else 'kept'}"
+        + (f" (tuned on {where} for {tuning.get('tuned_for')} Dice)." if where else " (not tuned).")
+    )
+
+
 def build_report(inputs: list[str | Path], out_dir: str | Path) -> tuple[Path, Path]:
     """Write ``report.md`` and ``report.html`` for the given run and sweep folders."""
     out = Path(out_dir)
@@ -411,8 +468,9 @@ def build_report(inputs: list[str | Path], out_dir: str | Path) -> tuple[Path, P
     b = ReportBuilder(out)
     b.doc.para(
         "Generated by covidseg from: " + ", ".join(f"`{p}`" for p in paths) + ". Metric definitions: README, "
-        "section 'Metrics'. Numbers on Val were also used to choose epochs and post-processing; Test is the "
-        "unbiased figure where present."
+        "section 'Metric definitions'. Numbers on Val were also used to choose epochs and post-processing; the "
+        "cross-fitted rows estimate what the tuned settings score on images they were not chosen on, and Test "
+        "is the unbiased figure where present."
     )
     for p in paths:
         if (p / "sweep.json").is_file():

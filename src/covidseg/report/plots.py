@@ -48,7 +48,7 @@ def _save(fig: Any, path: str | Path) -> Path:
     return path
 
 
-def plot_samples(rows: dict[str, list[tuple[np.ndarray, np.ndarray, str]]], path: str | Path) -> Path:
+def plot_samples(rows: dict[str, list[tuple[np.ndarray, np.ndarray, str]]], path: str | Path, note: str = "") -> Path:
     """One row per group, each cell an X-ray with its infection mask overlaid.
 
     Args:
@@ -78,11 +78,11 @@ def plot_samples(rows: dict[str, list[tuple[np.ndarray, np.ndarray, str]]], path
             fontsize=11,
             fontweight="bold",
         )
-    fig.suptitle("Sample X-rays, infection masks in red", fontsize=11)
+    fig.suptitle(f"{note}Sample X-rays, infection masks in red", fontsize=11)
     return _save(fig, path)
 
 
-def plot_curves(history: Sequence[dict[str, float]], path: str | Path) -> Path:
+def plot_curves(history: Sequence[dict[str, float]], path: str | Path, note: str = "") -> Path:
     """Train and val loss, and train and val pixel accuracy, per epoch."""
     plt = _pyplot()
     epochs = [h["epoch"] for h in history]
@@ -97,6 +97,8 @@ def plot_curves(history: Sequence[dict[str, float]], path: str | Path) -> Path:
         ax.legend()
     ax1.set_title("Loss per epoch")
     ax2.set_title("Pixel accuracy per epoch")
+    if note:
+        fig.suptitle(note.strip(), fontsize=11)
     return _save(fig, path)
 
 
