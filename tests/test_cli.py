@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -151,3 +152,41 @@ def test_encoder_flags_reach_the_model(synth_root: Path, tmp_path: Path, capsys,
     msg = _error(capsys, [*base, "--encoder", "resnet18", "--encoder-weights", "imagenet", *TINY_ARGS])
     assert "could not load the 'imagenet' weights of encoder 'resnet18'" in msg
     assert "model.encoder_weights=None" in msg
+
+
+def test_output_names_never_collide_and_have_no_spaces(tmp_path: Path) -> None:
+    from covidseg.predict import output_stems
+
+    base = tmp_path
+    files = [base / n for n in ("a.jpg", "a.png", "sub/a.png", "sub__a.png", "non COVID (1).png")]
+    stems = output_stems(sorted(files), base)
+    assert len(set(stems.values())) == len(files)
+    assert stems[base / "a.png"] == "a_png" and stems[base / "a.jpg"] == "a_jpg"
+    assert stems[base / "non COVID (1).png"] == "non_COVID_(1)"
+    assert not any(" " in s for s in stems.values())
+
+
+def test_out_that_is_a_file_is_refused_for_every_writing_command(tmp_path: Path, capsys, trained_run: Path) -> None:
+    afile = tmp_path / "afile"
+    afile.write_text("keep me")
+    for argv in (
+        ["train", "--data", str(tmp_path), "--out", str(afile)],
+        ["predict", str(trained_run), str(tmp_path), "--out", str(afile)],
+        ["export", str(trained_run), "--out", str(afile)],
+        ["report", str(trained_run), "--out", str(afile)],
+        ["synth", str(afile)],
+    ):
+        assert "is a file" in _error(capsys, argv), argv
+        assert afile.read_text() == "keep me"
+
+
+def test_checkpoints_and_bundles_are_as_readable_as_other_files(trained_run: Path, tmp_path: Path) -> None:
+    mask = os.umask(0)
+    os.umask(mask)
+    expected = 0o666 & ~mask
+    for name in ("best.pt", "last.pt"):
+        assert (trained_run / "checkpoints" / name).stat().st_mode & 0o777 == expected, name
+    assert (trained_run / "config.yaml").stat().st_mode & 0o777 == expected
+    assert main(["export", str(trained_run), "--out", str(tmp_path / "b"), "--no-progress"]) == 0
+    assert (tmp_path / "b").stat().st_mode & 0o777 == 0o777 & ~mask
+    assert (tmp_path / "b" / "model.safetensors").stat().st_mode & 0o777 == expected

@@ -55,6 +55,9 @@ def test_dicom_rescale_window_and_monochrome1(tmp_path: Path) -> None:
     )
     assert windowed[0, 0] == 0 and np.all(windowed[0, 25:] == 255) and 0 < windowed[0, 12] < 255
     assert np.array_equal(read_xray(tmp_path / "c"), windowed)  # found by its DICM marker, no suffix
+    # A window width of 0 is invalid DICOM: a clear error for this file, not a crash.
+    with pytest.raises(DataError, match="window is invalid"):
+        read_xray(write_dicom(tmp_path / "ww0.dcm", stored, WindowCenter=1000, WindowWidth=0))
     (tmp_path / "bad.dcm").write_bytes(b"\0" * 128 + b"DICM" + b"garbage")
     with pytest.raises(DataError, match="bad.dcm"):
         read_xray(tmp_path / "bad.dcm")

@@ -44,3 +44,25 @@ def test_yaml_round_trip(tmp_path: Path) -> None:
     (tmp_path / "bad.yaml").write_text("- 1\n- 2\n")
     with pytest.raises(ConfigError, match="mapping"):
         build_config("reference", tmp_path / "bad.yaml")
+
+
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [
+        ("optim.lr", math.inf),
+        ("optim.lr", math.nan),
+        ("optim.weight_decay", math.nan),
+        ("optim.warmup_epochs", math.nan),
+        ("loss.tversky_alpha", math.nan),
+        ("augment.strength", -math.inf),
+        ("train.seed", 99999999999999),
+        ("train.seed", -1),
+    ],
+)
+def test_non_finite_and_out_of_range_values_are_refused(key: str, value: object) -> None:
+    with pytest.raises(ConfigError, match=key):
+        build_config("reference", overrides={key: value})
+
+
+def test_nan_stays_allowed_where_it_means_something() -> None:
+    assert math.isnan(build_config("reference", overrides={"eval.empty_empty": math.nan}).eval.empty_empty)

@@ -8,13 +8,14 @@ import pytest
 import torch
 import yaml
 
+from covidseg.cli import main
 from covidseg.data.discovery import discover
 from covidseg.data.loading import load_dataset, make_loader
 from covidseg.engine.checkpoint import load_checkpoint, load_run, save_checkpoint
 from covidseg.engine.evaluate import evaluate
 from covidseg.engine.fit import fit
 from covidseg.engine.history import COLUMNS, read_history
-from covidseg.errors import CheckpointError, CovidsegError
+from covidseg.errors import CheckpointError, CovidsegError, DivergedError
 from covidseg.metrics import pooled
 
 
@@ -119,3 +120,14 @@ def test_atomic_save_leaves_no_partial_file(tmp_path: Path) -> None:
         save_checkpoint(target, {"epoch": 2, "bad": lambda: 0})  # cannot be pickled
     assert load_checkpoint(target)["epoch"] == 1
     assert [p.name for p in target.parent.iterdir()] == ["last.pt"]
+
+
+def test_training_that_diverges_stops_with_a_clear_error(tiny_cfg, tmp_path: Path, capsys) -> None:
+    with pytest.raises(DivergedError, match="lower the learning rate"):
+        fit(tiny_cfg(**{"train.epochs": 1, "optim.lr": 1e30}), tmp_path / "run")
+    assert not (tmp_path / "run" / "checkpoints" / "best.pt").exists()
+    cfg = tiny_cfg()
+    args = ["train", "--data", cfg.data.root, "--out", str(tmp_path / "cli"), "--preset", "reference"]
+    args += ["--image-size", "64", "--epochs", "1", "--lr", "1e30", "--cache-dir", cfg.data.cache_dir, "--no-progress"]
+    assert main(args) == 2
+    assert "covidseg: error: " in capsys.readouterr().err

@@ -19,12 +19,13 @@ from covidseg.inference.predictor import Predictor
 from covidseg.metrics import confusion_counts, dice_iou
 
 
-def _dice_of_predict_masks(out: Path, val: list, base: Path) -> dict[str, float]:
+def _dice_of_predict_masks(out: Path, val: list) -> dict[str, float]:
     """Per image, the Dice of the mask file ``predict`` wrote against the original mask file."""
+    records = [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]
+    mask_of = {Path(r["image"]): r["mask"] for r in records}
     dice = {}
     for s in val:
-        stem = "__".join(s.image.relative_to(base).with_suffix("").parts)
-        pred = np.asarray(Image.open(out / f"{stem}_mask.png")) > 127
+        pred = np.asarray(Image.open(out / mask_of[s.image])) > 127
         truth = np.asarray(Image.open(s.infection)) > 127
         assert pred.shape == truth.shape  # the X-ray's own size, not the network's
         dice[s.id] = float(dice_iou(confusion_counts(pred[None], truth[None]))[0][0])
@@ -59,7 +60,7 @@ def test_evaluate_scores_exactly_the_masks_predict_writes(
     d = discover(synth_root)
     val_dir = d.root / "Val"
     assert main(["predict", str(run), str(val_dir), "--out", str(tmp_path / "pred"), "--no-progress"]) == 0
-    written = _dice_of_predict_masks(tmp_path / "pred", d.split("Val"), val_dir)
+    written = _dice_of_predict_masks(tmp_path / "pred", d.split("Val"))
     assert set(written) == set(rows)
     for key, value in rows.items():
         assert value == pytest.approx(written[key], abs=1e-6), key

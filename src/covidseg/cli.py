@@ -339,6 +339,7 @@ def cmd_presets(a: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="covidseg", description="COVID-19 infection segmentation on chest X-rays.")
     p.add_argument("--version", action="version", version=f"covidseg {__version__}")
+    p.add_argument("--debug", action="store_true", help="show the full traceback of an error")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def common(sp: argparse.ArgumentParser) -> None:
@@ -536,11 +537,27 @@ def main(argv: list[str] | None = None) -> int:
     return code
 
 
+def _check_out(a: argparse.Namespace) -> None:
+    """A writing command's --out must be a folder (new or existing), never a file."""
+    out = getattr(a, "out", None)
+    if out and Path(out).exists() and not Path(out).is_dir():
+        raise CovidsegError(f"--out {out} is a file; give a folder")
+
+
 def _run(a: argparse.Namespace) -> int:
     try:
+        _check_out(a)
         return a.func(a)
     except CovidsegError as exc:
+        if a.debug:
+            raise
         print(f"covidseg: error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:  # permission denied, a full or read-only disk, a path that is a file
+        if a.debug:
+            raise
+        where = f": {exc.filename}" if exc.filename else ""
+        print(f"covidseg: error: {exc.strerror or exc}{where}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(

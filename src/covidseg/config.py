@@ -202,6 +202,8 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if self.epochs < 1:
             raise ConfigError(f"train.epochs must be >= 1, got {self.epochs}")
+        if not 0 <= self.seed < 2**31:
+            raise ConfigError(f"train.seed must lie in 0 to 2**31 - 1, got {self.seed}")
         if self.batch_size < 1:
             raise ConfigError(f"train.batch_size must be >= 1, got {self.batch_size}")
         if self.amp not in ("auto", "off", "bf16", "fp16"):
@@ -339,6 +341,10 @@ def valid_keys() -> list[str]:
     return keys
 
 
+# The one key where nan means something (an image with empty truth and prediction is left out).
+NON_FINITE_OK = ("eval.empty_empty",)
+
+
 def _coerce(key: str, value: Any, hint: Any) -> Any:
     """Check ``value`` against a field's type hint, converting ints to floats where wanted."""
     args = typing.get_args(hint)
@@ -348,8 +354,12 @@ def _coerce(key: str, value: Any, hint: Any) -> Any:
             return None
         raise ConfigError(f"{key} cannot be None")
     if float in allowed and isinstance(value, (int, float)) and not isinstance(value, bool):
+        if not math.isfinite(float(value)) and key not in NON_FINITE_OK:
+            raise ConfigError(f"{key} must be a finite number, got {value!r}")
         return float(value)
     if int in allowed and isinstance(value, int) and not isinstance(value, bool):
+        if abs(value) > 2**31 - 1:
+            raise ConfigError(f"{key} must be a whole number below 2**31, got {value!r}")
         return value
     if bool in allowed and isinstance(value, bool):
         return value

@@ -22,3 +22,7 @@ class ConfigError(CovidsegError, ValueError):
 
 class CheckpointError(CovidsegError):
     """A run folder without a checkpoint, or a file that is not a covidseg checkpoint."""
+
+
+class DivergedError(CovidsegError, FloatingPointError):
+    """Training became non-finite (loss or weights): the run stops and is not marked done."""

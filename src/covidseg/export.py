@@ -147,6 +147,9 @@ def export_bundle(run_dir: str | Path, out_dir: str | Path, checkpoint: str = "b
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     try:
+        mask = os.umask(0)
+        os.umask(mask)
+        tmp.chmod(0o777 & ~mask)  # mkdtemp makes 0700; the bundle is as readable as any folder the user makes
         weights = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
         save_file(weights, str(tmp / "model.safetensors"), metadata={"format": FORMAT})
         export_onnx(model, size, tmp / "model.onnx")
@@ -154,6 +157,8 @@ def export_bundle(run_dir: str | Path, out_dir: str | Path, checkpoint: str = "b
         meta["onnx_vs_torch_max_abs_logit_diff"] = _onnx_difference(model, tmp / "model.onnx", size)
         (tmp / "config.json").write_text(json.dumps(_bundle_config(state, cfg, post), indent=2))
         (tmp / "metadata.json").write_text(json.dumps(meta, indent=2))
+        for f in tmp.iterdir():  # safetensors writes 0600
+            f.chmod(0o666 & ~mask)
         if out.exists():
             out.rmdir()
         os.replace(tmp, out)

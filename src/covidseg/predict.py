@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import json
 import logging
+import re
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +40,25 @@ def list_inputs(path: str | Path) -> list[Path]:
     raise DataError(f"{p} does not exist")
 
 
+def output_stems(files: list[Path], base: Path) -> dict[Path, str]:
+    """A distinct output name per input: its path under ``base`` with ``__`` for folders and ``_``
+    for spaces; where two inputs would share one (``a.png`` and ``a.jpg``; ``sub/a.png`` and
+    ``sub__a.png``) their suffix is added, then a counter, in the inputs' sorted order."""
+    raw = [re.sub(r"\s+", "_", "__".join(f.relative_to(base).with_suffix("").parts)) for f in files]
+    counts = Counter(raw)
+    out: dict[Path, str] = {}
+    used: set[str] = set()
+    for f, name in zip(files, raw):
+        if counts[name] > 1:
+            name = f"{name}_{f.suffix.lstrip('.').lower()}"
+        candidate, k = name, 2
+        while candidate in used:
+            candidate, k = f"{name}-{k}", k + 1
+        used.add(candidate)
+        out[f] = candidate
+    return out
+
+
 def predict_paths(
     predictor: Predictor, inputs: str | Path, out_dir: str | Path, progress: Progress | None = None
 ) -> tuple[int, list[tuple[str, str]]]:
@@ -57,9 +78,12 @@ def predict_paths(
     files = list_inputs(inputs)
     base = Path(inputs) if Path(inputs).is_dir() else Path(inputs).parent
     out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise CovidsegError(f"--out {out} is a file, not a folder")
     out.mkdir(parents=True, exist_ok=True)
     skipped: list[tuple[str, str]] = []
     done = 0
+    stems = output_stems(files, base)
     with (out / "predictions.jsonl").open("w") as lines:
         for f in (progress or silent)(files, desc="predict", total=len(files)):
             try:
@@ -69,8 +93,7 @@ def predict_paths(
                 log.warning("skipped %s", exc)
                 continue
             pred = predictor.predict(gray)
-            rel = f.relative_to(base).with_suffix("")
-            stem = "__".join(rel.parts)
+            stem = stems[f]
             mask_path, overlay_path = out / f"{stem}_mask.png", out / f"{stem}_overlay.png"
             Image.fromarray(pred.mask * 255).save(mask_path)
             rgb = overlay(gray, pred.mask)

@@ -76,6 +76,8 @@ class TuneData:
     empty_empty: float
     above: dict[tuple[bool, bool], np.ndarray]  # (tta, lung gate) -> (N, T, 2): predicted, true positive
     peak: dict[tuple[bool, bool], np.ndarray]  # (tta, lung gate) -> (N,) float32
+    true_pixels: np.ndarray  # (N,) int64: infected pixels of each true mask
+    pixels: np.ndarray  # (N,) int64: pixels of each image
 
     def __len__(self) -> int:
         return len(self.covid)
@@ -97,7 +99,9 @@ def collect(
     targets = predictor.targets
     lung_ch = targets.index("lung") if "lung" in targets else None
     covid = ds.groups == GROUPS.index("COVID-19")
-    data = TuneData({}, {}, truth, covid, targets, empty_empty, {}, {})
+    true = np.asarray([m.sum() for m in truth.infection], dtype=np.int64)
+    pixels = np.asarray([m.size for m in truth.infection], dtype=np.int64)
+    data = TuneData({}, {}, truth, covid, targets, empty_empty, {}, {}, true, pixels)
     for tta in (False, True):
         probs, lungs = [], []
         rows: dict[bool, list] = {False: [], True: []}
@@ -147,8 +151,7 @@ def _stats_from_counts(data: TuneData, post: Postprocess, idx: np.ndarray, gated
     if post.image_gate > 0:
         keep = data.peak[(post.tta_hflip, gated)][idx] > np.float32(post.image_gate)
         pred, tp = pred * keep, tp * keep
-    true = np.asarray([data.truth.infection[k].sum() for k in idx], dtype=np.int64)
-    pixels = np.asarray([data.truth.infection[k].size for k in idx], dtype=np.int64)
+    true, pixels = data.true_pixels[idx], data.pixels[idx]
     fp, fn = pred - tp, true - tp
     return np.stack([tp, fp, fn, pixels - tp - fp - fn], axis=1)
 

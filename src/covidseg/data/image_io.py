@@ -143,9 +143,12 @@ def read_dicom_gray8(path: str | Path) -> np.ndarray:
     if arr.ndim == 3:  # colour: samples last
         rgb = stretch_to_gray8(arr) if arr.dtype != np.uint8 else arr
         return np.asarray(Image.fromarray(rgb[..., :3].astype(np.uint8)).convert("L"))
-    arr = apply_modality_lut(arr, ds)
-    if "VOILUTSequence" in ds or "WindowCenter" in ds:
-        arr = apply_voi_lut(arr, ds, index=0)
+    try:
+        arr = apply_modality_lut(arr, ds)
+        if "VOILUTSequence" in ds or "WindowCenter" in ds:
+            arr = apply_voi_lut(arr, ds, index=0)
+    except (ValueError, TypeError, IndexError, KeyError, AttributeError) as exc:
+        raise DataError(f"{path}: the DICOM's rescale or window is invalid ({str(exc)[:200]})") from None
     gray = stretch_to_gray8(arr)
     if photometric == "MONOCHROME1":
         gray = 255 - gray

@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from covidseg.data.dataset import stack_targets
+from covidseg.errors import DivergedError
 from covidseg.progress import Progress, set_postfix, silent
 
 
@@ -46,8 +47,9 @@ def train_one_epoch(
         # The loss is computed in fp32 whatever the autocast dtype.
         loss = loss_fn(logits.float(), mask)
         if not torch.isfinite(loss):
-            raise FloatingPointError(
-                f"training loss became {loss.item()}; lower the learning rate or turn off mixed precision"
+            raise DivergedError(
+                f"training loss became {loss.item()}; lower the learning rate or turn off mixed precision "
+                "(the run stops here; its last finished epoch is kept)"
             )
         if scaler is not None:
             scaler.scale(loss).backward()
@@ -70,6 +72,12 @@ def train_one_epoch(
             correct += int(((logits.detach()[:, :1] > 0) == (mask[:, :1] > 0.5)).sum())
             pixels += mask[:, :1].numel()
         set_postfix(bar, loss=total_loss / seen)
+    bad = [name for name, p in model.named_parameters() if not torch.isfinite(p).all()]
+    if bad:
+        raise DivergedError(
+            f"the weights became non-finite ({bad[0]} and {len(bad) - 1} more); lower the learning rate "
+            "(the run stops here; its last finished epoch is kept)"
+        )
     return {
         "loss": total_loss / max(seen, 1),
         "pixel_accuracy": correct / max(pixels, 1),
