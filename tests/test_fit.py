@@ -45,15 +45,28 @@ def test_run_folder_is_complete(tiny_cfg, tmp_path: Path) -> None:
     assert len(splits["Train"]) == 16 and len(splits["Val"]) == 8
 
 
-def test_same_seed_same_history_and_resume_matches_unbroken_run(tiny_cfg, tmp_path: Path) -> None:
+def test_same_seed_same_history_and_resume_matches_unbroken_run(tiny_cfg, tmp_path: Path, monkeypatch) -> None:
     cfg = tiny_cfg(**{"train.epochs": 3})
     a = fit(cfg, tmp_path / "a")
     b = fit(cfg, tmp_path / "b")
     keys = ("train_loss", "val_loss", "val_dice")
     assert [[h[k] for k in keys] for h in a.history] == [[h[k] for k in keys] for h in b.history]
 
-    # A run stopped after epoch 1 and resumed gives the unbroken run's numbers.
-    fit(tiny_cfg(**{"train.epochs": 1}), tmp_path / "c")
+    # A run interrupted in epoch 2 (Ctrl-C) and resumed gives the unbroken run's numbers.
+    import covidseg.engine.fit as fit_module
+
+    real, calls = fit_module.train_one_epoch, []
+
+    def interrupted(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(fit_module, "train_one_epoch", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        fit(cfg, tmp_path / "c")
+    monkeypatch.setattr(fit_module, "train_one_epoch", real)
     resumed = fit(cfg, tmp_path / "c", resume=True)
     assert [h["epoch"] for h in resumed.history] == [1, 2, 3]
     for x, y in zip(a.history, resumed.history):
@@ -131,3 +144,27 @@ def test_training_that_diverges_stops_with_a_clear_error(tiny_cfg, tmp_path: Pat
     args += ["--image-size", "64", "--epochs", "1", "--lr", "1e30", "--cache-dir", cfg.data.cache_dir, "--no-progress"]
     assert main(args) == 2
     assert "covidseg: error: " in capsys.readouterr().err
+
+
+def test_resume_with_changed_settings_is_refused_before_anything_is_written(tiny_cfg, tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    fit(tiny_cfg(**{"train.epochs": 1}), run)
+    before = {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()}
+    for change in ({"optim.lr": 0.5}, {"data.image_size": 32}, {"train.epochs": 3}):
+        with pytest.raises(CovidsegError, match=f"{next(iter(change))}.*differ"):
+            fit(tiny_cfg(**{"train.epochs": 1, **change}), run, resume=True)
+    assert {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()} == before
+    # Where the data and cache are may change: the run resumes (and, finished, stays as it was).
+    moved = tiny_cfg(**{"train.epochs": 1, "data.cache_dir": str(tmp_path / "other-cache")})
+    assert fit(moved, run, resume=True).epochs_run == 1
+
+
+def test_a_run_folder_has_one_writer(tiny_cfg, tmp_path: Path) -> None:
+    from covidseg.locking import folder_lock
+
+    run = tmp_path / "run"
+    with folder_lock(run, "train"):
+        with pytest.raises(CovidsegError, match="in use by another covidseg process"):
+            fit(tiny_cfg(**{"train.epochs": 1}), run)
+    assert not (run / "checkpoints").exists()
+    fit(tiny_cfg(**{"train.epochs": 1}), run)  # released: the next writer goes ahead

@@ -19,6 +19,7 @@ from PIL import Image
 from covidseg.data.image_io import DICOM_SUFFIXES, IMAGE_SUFFIXES, is_dicom, read_xray
 from covidseg.errors import CovidsegError, DataError
 from covidseg.inference.predictor import Prediction, Predictor
+from covidseg.locking import folder_lock
 from covidseg.progress import Progress, silent
 
 __all__ = ["Prediction", "Predictor", "list_inputs", "predict_paths"]
@@ -84,7 +85,7 @@ def predict_paths(
     skipped: list[tuple[str, str]] = []
     done = 0
     stems = output_stems(files, base)
-    with (out / "predictions.jsonl").open("w") as lines:
+    with folder_lock(out, "predict"), (out / "predictions.jsonl").open("w") as lines:
         for f in (progress or silent)(files, desc="predict", total=len(files)):
             try:
                 gray = read_xray(f)

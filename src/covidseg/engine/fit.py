@@ -17,6 +17,7 @@ import json
 import logging
 import math
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,7 +25,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from covidseg.config import Config, from_dict, load_yaml, save_yaml
+from covidseg.config import Config, flatten, from_dict, load_yaml, save_yaml
 from covidseg.data.dataset import SegmentationDataset
 from covidseg.data.discovery import GROUPS
 from covidseg.data.loading import discover_root, load_dataset, make_loader
@@ -36,6 +37,7 @@ from covidseg.engine.history import write_history
 from covidseg.engine.optim import build_optimizer, build_scheduler
 from covidseg.engine.train import train_one_epoch
 from covidseg.errors import CovidsegError
+from covidseg.locking import folder_lock
 from covidseg.losses import build_loss
 from covidseg.metrics import dice_iou, nan_mean, pooled
 from covidseg.models import create_model, model_spec
@@ -93,6 +95,23 @@ def load_run_config(run_dir: str | Path) -> Config:
     return from_dict(load_yaml(path))
 
 
+# What a resumed run may change: where the data and cache are, and where it runs. Anything else
+# would make the second half of the run another run.
+RESUME_MAY_CHANGE = ("data.root", "data.cache_dir", "data.num_workers", "train.device")
+
+
+def check_resume(saved: Config, given: Config) -> None:
+    """Refuse, before anything is written, a resume whose settings differ from the run's own."""
+    a, b = flatten(saved.to_dict()), flatten(given.to_dict())
+    changed = [k for k in sorted(set(a) | set(b)) if k not in RESUME_MAY_CHANGE and a.get(k) != b.get(k)]
+    if changed:
+        diffs = ", ".join(f"{k} {a.get(k)!r} -> {b.get(k)!r}" for k in changed[:5])
+        raise CovidsegError(
+            f"--resume continues the run as it was configured, but {diffs} differ; only "
+            f"{', '.join(RESUME_MAY_CHANGE)} may change. Start a new run with another --out to change the rest"
+        )
+
+
 def fit(
     cfg: Config,
     run_dir: str | Path,
@@ -117,12 +136,15 @@ def fit(
         if not last_path.is_file():
             raise CovidsegError(f"nothing to resume: {last_path} does not exist; start the run without --resume")
         state = load_checkpoint(last_path)
+        check_resume(from_dict(state["config"]), cfg)
     elif last_path.is_file():
         raise CovidsegError(f"{run_dir} already holds a run; pass --resume to continue it, or choose another --out")
 
     dinfo, device_name = init_distributed(cfg.train.device)
+    lock = folder_lock(run_dir, "train") if dinfo.is_main else nullcontext()
     try:
-        result = _fit(cfg, run_dir, state, dinfo, resolve_device(device_name), progress, argv)
+        with lock:
+            result = _fit(cfg, run_dir, state, dinfo, resolve_device(device_name), progress, argv)
         # Every process waits for rank 0 to finish writing, so none tears down its
         # connections while another still uses them.
         barrier(dinfo)
