@@ -61,6 +61,20 @@ def _parse_sets(items: list[str]) -> dict[str, Any]:
     return out
 
 
+def parse_duration(text: str) -> float:
+    """``"90"`` or ``"90s"`` -> 90.0, ``"60m"`` -> 3600.0, ``"1.5h"`` -> 5400.0 (seconds)."""
+    units = {"s": 1, "m": 60, "h": 3600}
+    t = str(text).strip().lower()
+    scale = units.get(t[-1:], None)
+    try:
+        value = float(t[:-1] if scale else t) * (scale or 1)
+    except ValueError:
+        raise CovidsegError(f"--time-budget expects a duration such as 90s, 60m or 1.5h, got {text!r}") from None
+    if not value > 0 or value == float("inf"):
+        raise CovidsegError(f"--time-budget must be a positive duration, got {text!r}")
+    return value
+
+
 def _train_overrides(a: argparse.Namespace) -> dict[str, Any]:
     flags = {
         "data.root": str(Path(a.data).expanduser().resolve()) if a.data else None,
@@ -70,6 +84,7 @@ def _train_overrides(a: argparse.Namespace) -> dict[str, Any]:
         "data.val_limit": a.val_limit,
         "data.num_workers": a.workers,
         "train.epochs": a.epochs,
+        "train.time_budget": parse_duration(a.time_budget) if a.time_budget else None,
         "train.batch_size": a.batch_size,
         "train.seed": a.seed,
         "train.device": a.device,
@@ -387,7 +402,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sp.add_argument("-c", "--config", help="YAML file with config sections, applied over the preset")
     sp.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
-    sp.add_argument("--epochs", type=int)
+    sp.add_argument("--epochs", type=int, help="epochs to train (with --time-budget: the most epochs)")
+    sp.add_argument(
+        "--time-budget",
+        metavar="DURATION",
+        help="finish within this time, e.g. 60m or 90s: the run measures its speed and lays the learning-rate "
+        "schedule over the steps that fit (train.time_budget, in seconds)",
+    )
     sp.add_argument("--batch-size", type=int)
     sp.add_argument("--image-size", type=int)
     sp.add_argument("--lr", type=float)

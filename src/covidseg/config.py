@@ -185,7 +185,9 @@ class TrainConfig:
     with an exponential moving average first (nnU-Net uses 0.9), so one lucky epoch does not
     win. ``early_stop_patience``: stop after this many epochs without a better smoothed value
     (0: never). ``channels_last``: NHWC memory format, faster for convolutions on recent CPUs
-    and GPUs.
+    and GPUs. ``time_budget``: seconds the run may take (``None``: no budget); the learning-rate
+    schedule is laid over the steps that fit (:mod:`covidseg.engine.budget`) and ``epochs``
+    becomes a cap.
     """
 
     epochs: int = 30
@@ -198,8 +200,11 @@ class TrainConfig:
     early_stop_patience: int = 0
     channels_last: bool = False
     deterministic: bool = False
+    time_budget: float | None = None
 
     def __post_init__(self) -> None:
+        if self.time_budget is not None and not self.time_budget > 0:
+            raise ConfigError(f"train.time_budget must be a number of seconds > 0 or None, got {self.time_budget}")
         if self.epochs < 1:
             raise ConfigError(f"train.epochs must be >= 1, got {self.epochs}")
         if not 0 <= self.seed < 2**31:

@@ -29,6 +29,7 @@ from covidseg.config import Config, flatten, from_dict, load_yaml, save_yaml
 from covidseg.data.dataset import SegmentationDataset
 from covidseg.data.discovery import GROUPS
 from covidseg.data.loading import discover_root, load_dataset, make_loader
+from covidseg.engine.budget import Budget, ProgressSchedule
 from covidseg.engine.checkpoint import load_checkpoint, save_checkpoint
 from covidseg.engine.device import amp_dtype, autocast_factory, resolve_device
 from covidseg.engine.distributed import DistInfo, all_gather, barrier, cleanup, init_distributed
@@ -71,6 +72,20 @@ def _smooth(history: list[dict[str, Any]], metric: str, alpha: float) -> float:
         x = row.get(metric, math.nan)  # a column added since an older run was written: nan
         value = x if math.isnan(value) else alpha * value + (1 - alpha) * x
     return value
+
+
+def _budget(cfg: Config, dinfo: DistInfo, steps_per_epoch: int, val_images: int, started: float) -> Budget | None:
+    """The time budget of a run that has one (``train.time_budget``), counted from ``started``."""
+    t = cfg.train
+    if t.time_budget is None:
+        return None
+    if dinfo.enabled:
+        raise CovidsegError("train.time_budget is not supported with several processes yet; train with --epochs")
+    val_batches = math.ceil(val_images / t.batch_size)
+    log.info(
+        "time budget %.0f s: the schedule is laid over the steps that fit (at most %d epochs)", t.time_budget, t.epochs
+    )
+    return Budget(t.time_budget, steps_per_epoch, val_batches, t.epochs * steps_per_epoch, started=started)
 
 
 def _figure_note(discovery: Any) -> str:
@@ -162,6 +177,7 @@ def _fit(
     progress: Progress | None,
     argv: list[str] | None,
 ) -> RunResult:
+    started = time.perf_counter()
     main = dinfo.is_main
     if not main:
         progress = None
@@ -195,7 +211,11 @@ def _fit(
         net = net.to(memory_format=torch.channels_last)
     optimizer = build_optimizer(cfg.optim, net.parameters())
     steps_per_epoch = math.ceil(math.ceil(len(train_ds) / dinfo.world_size) / t.batch_size)
-    scheduler = build_scheduler(cfg.optim, optimizer, t.epochs, steps_per_epoch)
+    budget = _budget(cfg, dinfo, steps_per_epoch, len(val_ds), started)
+    if budget is not None:
+        scheduler: Any = ProgressSchedule(optimizer, cfg.optim, budget, t.epochs)
+    else:
+        scheduler = build_scheduler(cfg.optim, optimizer, t.epochs, steps_per_epoch)
     dtype = amp_dtype(t.amp, device)
     autocast = autocast_factory(device, dtype)
     scaler = torch.amp.GradScaler("cuda") if dtype == torch.float16 else None
@@ -214,6 +234,8 @@ def _fit(
         if scheduler is not None and state.get("scheduler"):
             scheduler.load_state_dict(state["scheduler"])
         history = list(state.get("history", []))
+        if budget is not None:
+            budget.spent = sum(h["seconds"] for h in history)  # the time already spent counts
         best = dict(state["best"])
         start_epoch = int(state["epoch"]) + 1
         log.info("resuming %s at epoch %d of %d", run_dir, start_epoch, t.epochs)
@@ -280,7 +302,11 @@ def _fit(
             grad_clip=cfg.optim.grad_clip,
             channels_last=t.channels_last,
             targets=cfg.model.target_list,
+            stop=(lambda: budget.done) if budget is not None else None,
         )
+        if budget is not None:
+            budget.pause()
+        t_val = time.perf_counter()
         ev = evaluate(
             net,
             val_loader,
@@ -315,6 +341,8 @@ def _fit(
             row["val_lung_dice"] = pooled(ev.lung_stats, cfg.eval.empty_empty)["dice"]
             row["val_lung_dice_per_image"] = float(np.nanmean(dice_iou(ev.lung_stats, cfg.eval.empty_empty)[0]))
         row["seconds"] = round(time.perf_counter() - t0, 2)
+        row["steps"] = budget.steps if budget is not None else epoch * steps_per_epoch
+        row["planned_steps"] = budget.planned if budget is not None else t.epochs * steps_per_epoch
         history.append(row)
         smoothed = _smooth(history, t.select_metric, t.select_smoothing)
         row[f"{t.select_metric}_smoothed"] = smoothed
@@ -341,6 +369,20 @@ def _fit(
             (f"  lung dice {row['val_lung_dice']:.4f}" if "val_lung_dice" in row else "")
             + ("  *best*" if improved else ""),
         )
+        if budget is not None:  # the check: validation, checkpoints, history and curves
+            budget.observe_val(time.perf_counter() - t_val)
+            if main:
+                (run_dir / "budget.json").write_text(json.dumps(budget.state(), indent=2))
+        if budget is not None and budget.done:
+            log.info(
+                "time budget %.0f s: schedule complete after %d steps (%d epochs, the last %s) in %.0f s",
+                budget.seconds,
+                budget.steps,
+                epoch,
+                "whole" if budget.steps % steps_per_epoch == 0 else "partial",
+                budget.elapsed(),
+            )
+            break
 
     return RunResult(
         run_dir,

@@ -22,6 +22,8 @@ COLUMNS = (
     "val_lung_dice",
     "val_lung_dice_per_image",
     "seconds",
+    "steps",
+    "planned_steps",
 )
 
 

@@ -27,12 +27,14 @@ def train_one_epoch(
     grad_clip: float = 0.0,
     channels_last: bool = False,
     targets: tuple[str, ...] = ("infection",),
+    stop: Callable[[], bool] | None = None,
 ) -> dict[str, float]:
     """Train for one pass over ``loader``; returns the mean loss and the pixel accuracy (at 0.5)
     of the first target.
 
     ``scheduler`` is stepped after every batch; ``grad_clip`` > 0 clips the gradient norm;
-    ``targets`` names the output channels (see ``model.targets``).
+    ``targets`` names the output channels (see ``model.targets``); ``stop``, asked after every
+    step, ends the pass early (a time budget's schedule is complete).
     """
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
     model.train()
@@ -72,6 +74,8 @@ def train_one_epoch(
             correct += int(((logits.detach()[:, :1] > 0) == (mask[:, :1] > 0.5)).sum())
             pixels += mask[:, :1].numel()
         set_postfix(bar, loss=total_loss / seen)
+        if stop is not None and stop():
+            break
     bad = [name for name, p in model.named_parameters() if not torch.isfinite(p).all()]
     if bad:
         raise DivergedError(
