@@ -164,3 +164,44 @@ def test_predict_real_world_inputs_and_skips_bad_ones(lung_run: Path, tmp_path: 
         assert (r["width"], r["height"]) == (220, 150)
         assert Image.open(out / r["mask"]).size == (220, 150) and Image.open(out / r["lung"]).size == (220, 150)
         assert {"infection_percent", "right_percent", "left_percent", "severity", "covid_call"} <= set(r)
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"postprocess": {"threshold": 5}}, "threshold"),
+        ({"postprocess": {"min_component_share": 1e18}}, "min_component_share"),
+        ({"postprocess": {"threshold": 0.5, "kidney": True}}, "unknown post-processing key"),
+        ({"outputs": ["kidney"]}, "outputs"),
+        ({"preprocessing": {"image_size": "abc"}}, "image_size"),
+        ({"preprocessing": {"image_size": 7}}, "image_size"),
+        ({"preprocessing": {"image_size": 32}}, "config.json says"),  # the ONNX graph takes 64x64
+        ({"severity": None}, "severity"),
+        ({"format_version": 99}, "newer covidseg"),
+    ],
+)
+def test_tampered_bundles_are_refused_with_one_line(
+    lung_run: Path, tmp_path: Path, capsys, change: dict, message: str
+) -> None:
+    bundle = tmp_path / "bundle"
+    assert main(["export", str(lung_run), "--out", str(bundle), "--no-progress"]) == 0
+    cfg = json.loads((bundle / "config.json").read_text())
+    for key, value in change.items():
+        cfg[key] = {**cfg[key], **value} if isinstance(value, dict) and isinstance(cfg.get(key), dict) else value
+    (bundle / "config.json").write_text(json.dumps(cfg))
+    image = tmp_path / "x.png"
+    Image.fromarray(np.zeros((80, 90), np.uint8)).save(image)
+    capsys.readouterr()
+    assert main(["predict", str(bundle), str(image), "--out", str(tmp_path / "p"), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1 and "Traceback" not in err, err
+
+
+@pytest.mark.parametrize("value", ["1.5", "0", "-1", "nan"])
+def test_predict_threshold_out_of_range_is_refused(lung_run: Path, tmp_path: Path, capsys, value: str) -> None:
+    image = tmp_path / "x.png"
+    Image.fromarray(np.zeros((40, 40), np.uint8)).save(image)
+    argv = ["predict", str(lung_run), str(image), "--out", str(tmp_path / "p"), "--threshold", value]
+    assert main(argv) == 2
+    assert "--threshold" in capsys.readouterr().err
+    assert not (tmp_path / "p" / "predictions.jsonl").exists()

@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from covidseg.data.discovery import INFECTION, LUNG
 from covidseg.data.image_io import DICOM_SUFFIXES, IMAGE_SUFFIXES, is_dicom, read_xray
 from covidseg.errors import CovidsegError, DataError
 from covidseg.inference.predictor import Prediction, Predictor
@@ -28,17 +29,28 @@ log = logging.getLogger(__name__)
 
 
 def list_inputs(path: str | Path) -> list[Path]:
-    """One file, or the image and DICOM files of a folder (recursively), in sorted order."""
+    """One file, or the image and DICOM files of a folder (recursively), in sorted order.
+
+    Files under mask folders of the COVID-QU-Ex layout (``infection masks``, ``lung masks``) are
+    masks, not X-rays: they are left out, and counted in the log.
+    """
     p = Path(path)
     if p.is_file():
         return [p]
     if p.is_dir():
         suffixes = IMAGE_SUFFIXES + DICOM_SUFFIXES
-        files = sorted(f for f in p.rglob("*") if f.is_file() and (f.suffix.lower() in suffixes or is_dicom(f)))
+        found = sorted(f for f in p.rglob("*") if f.is_file() and (f.suffix.lower() in suffixes or is_dicom(f)))
+        files = [f for f in found if not _under_mask_folder(f, p)]
+        if len(files) < len(found):
+            log.info("left out %d mask file(s) under '%s' or '%s' folders", len(found) - len(files), INFECTION, LUNG)
         if not files:
-            raise DataError(f"{p} holds no image or DICOM files ({', '.join(suffixes)})")
+            raise DataError(f"{p} holds no image or DICOM files ({', '.join(suffixes)}) outside mask folders")
         return files
     raise DataError(f"{p} does not exist")
+
+
+def _under_mask_folder(f: Path, root: Path) -> bool:
+    return any(part.lower() in (INFECTION, LUNG) for part in f.relative_to(root).parts[:-1])
 
 
 def output_stems(files: list[Path], base: Path) -> dict[Path, str]:

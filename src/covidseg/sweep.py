@@ -230,7 +230,7 @@ def run_sweep(
     from covidseg.evaluation import evaluate_run
 
     spec = load_spec(spec_path)
-    discover_root(data_root)  # a missing or wrong data folder fails here, not in every trial
+    synthetic = discover_root(data_root).synthetic  # a missing or wrong data folder fails here, not in every trial
     if scale is not None and scale not in spec.scales:
         raise ConfigError(f"scale {scale!r} is not in the spec; it has: {', '.join(spec.scales) or 'none'}")
     sc = spec.scales.get(scale) if scale else None
@@ -306,6 +306,7 @@ def run_sweep(
 
     for key in spec.varied:
         note = f"nominal settings, scaled down ({sc.describe()})" if sc is not None else ""
+        note = f"SYNTHETIC data (covidseg synth), not X-rays. {note}" if synthetic else note
         plot_sweep_metric(rows, key, sort_by, out / "plots" / f"{sort_by}_vs_{key.replace('.', '_')}.png", note)
     plot_sweep_curves(out, out / "plots" / "curves_all_trials.png")
     return rows

@@ -115,10 +115,8 @@ def collect(
             lungs.append(lung)
             rows[False].append((_counts_above(full, truth.infection[k]), Postprocess.peak(full, None)))
             if lung is not None:
-                inside = lung.astype(bool)
-                rows[True].append(
-                    (_counts_above(np.where(inside, full, 0), truth.infection[k]), full[inside].max(initial=0))
-                )
+                inside = np.where(lung.astype(bool), full, 0)
+                rows[True].append((_counts_above(inside, truth.infection[k]), Postprocess.peak(full, lung)))
         data.probs[tta], data.lungs[tta] = probs, lungs
         for gate, r in rows.items():
             if r:
