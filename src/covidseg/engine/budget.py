@@ -28,7 +28,7 @@ from covidseg.config import OptimConfig
 
 MARGIN = 0.01  # share of the budget kept free for the last writes
 RECORDED = ("seconds", "steps_per_epoch", "val_batches", "max_steps", "spent", "steps", "step_time", "step_spread",
-            "val_time", "planned", "progress")  # fmt: skip
+            "val_time", "planned", "progress", "finished")  # fmt: skip
 
 
 def _cos(start: float, end: float, x: float) -> float:
@@ -86,6 +86,7 @@ class Budget:
     val_time: float | None = None
     planned: int | None = None
     progress: float = 0.0
+    finished: bool = False
     started: float = field(default_factory=time.perf_counter, repr=False)  # this process's clock
     _clock: float | None = field(default=None, repr=False)
 
@@ -106,6 +107,7 @@ class Budget:
         self._clock = now
         self.steps += 1
         self._replan()
+        self.finished = self.steps >= (self.planned or 0) > 0
 
     def pause(self) -> None:
         """Stop the step clock (a validation pass or a checkpoint follows)."""
@@ -129,7 +131,9 @@ class Budget:
 
     @property
     def done(self) -> bool:
-        return self.planned is not None and self.steps >= self.planned
+        """The schedule is complete: a training step reached progress 1. (A plan that shrinks at a
+        check does not end the run by itself: the next step then completes the schedule.)"""
+        return self.finished
 
     def state(self) -> dict[str, Any]:
         out = {k: v for k, v in asdict(self).items() if k in RECORDED}
@@ -138,7 +142,7 @@ class Budget:
 
     def restore(self, state: dict[str, Any]) -> None:
         """The measured speed and progress of a resumed run (``spent`` is set from its history)."""
-        for key in ("steps", "step_time", "step_spread", "val_time", "planned", "progress"):
+        for key in ("steps", "step_time", "step_spread", "val_time", "planned", "progress", "finished"):
             if key in state:
                 setattr(self, key, state[key])
 

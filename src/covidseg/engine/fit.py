@@ -271,6 +271,8 @@ def _fit(
     )
 
     for epoch in range(start_epoch, t.epochs + 1):
+        if budget is not None and budget.done:  # a resumed run whose budget was already used
+            break
         if t.early_stop_patience and epoch - best["epoch"] > t.early_stop_patience:
             log.info("early stop: no better smoothed %s for %d epochs", t.select_metric, t.early_stop_patience)
             break
