@@ -65,9 +65,9 @@ def test_sweep_leaderboard_records_scale_and_is_sorted(sweep_dir: Path) -> None:
 
 
 def test_sweep_skips_finished_resumes_interrupted_and_refuses_another_plan(
-    sweep_dir: Path, synth_root: Path, tmp_path: Path
+    sweep_dir: Path, synth_root: Path, tmp_path: Path, monkeypatch
 ) -> None:
-    from covidseg.config import apply_overrides
+    import covidseg.engine.fit as fit_module
     from covidseg.engine.fit import fit
     from covidseg.sweep import trial_config
 
@@ -82,7 +82,18 @@ def test_sweep_skips_finished_resumes_interrupted_and_refuses_another_plan(
     shutil.rmtree(trial)
     cfg = trial_config(spec, t["settings"], str(synth_root), spec.scales["small"])
     assert cfg.train.epochs == 2
-    fit(apply_overrides(cfg, {"train.epochs": 1}), trial)
+    real, calls = fit_module.train_one_epoch, []
+
+    def interrupted(*args, **kwargs):  # Ctrl-C in the second epoch
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(fit_module, "train_one_epoch", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        fit(cfg, trial)
+    monkeypatch.setattr(fit_module, "train_one_epoch", real)
     log_before = (copy / "sweep.log").read_text()
     args = ["sweep", str(spec_path), "--data", str(synth_root), "--out", str(copy), "--scale", "small", "--no-progress"]
     assert main(args) == 0
