@@ -122,3 +122,19 @@ def copy_run(run: Path, dest: Path) -> Path:
 
     shutil.copytree(run, dest)
     return dest
+
+
+def interrupt_training(monkeypatch: pytest.MonkeyPatch, in_epoch: int = 2) -> None:
+    """Make the next training raise KeyboardInterrupt (Ctrl-C) in epoch ``in_epoch``, once."""
+    import covidseg.engine.fit as fit_module
+
+    real, calls = fit_module.train_one_epoch, []
+
+    def interrupted(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == in_epoch:
+            monkeypatch.setattr(fit_module, "train_one_epoch", real)
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(fit_module, "train_one_epoch", interrupted)

@@ -8,6 +8,7 @@ import pytest
 import torch
 import yaml
 
+from conftest import interrupt_training
 from covidseg.cli import main
 from covidseg.data.discovery import discover
 from covidseg.data.loading import load_dataset, make_loader
@@ -53,20 +54,9 @@ def test_same_seed_same_history_and_resume_matches_unbroken_run(tiny_cfg, tmp_pa
     assert [[h[k] for k in keys] for h in a.history] == [[h[k] for k in keys] for h in b.history]
 
     # A run interrupted in epoch 2 (Ctrl-C) and resumed gives the unbroken run's numbers.
-    import covidseg.engine.fit as fit_module
-
-    real, calls = fit_module.train_one_epoch, []
-
-    def interrupted(*args, **kwargs):
-        calls.append(1)
-        if len(calls) == 2:
-            raise KeyboardInterrupt
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(fit_module, "train_one_epoch", interrupted)
+    interrupt_training(monkeypatch, in_epoch=2)
     with pytest.raises(KeyboardInterrupt):
         fit(cfg, tmp_path / "c")
-    monkeypatch.setattr(fit_module, "train_one_epoch", real)
     resumed = fit(cfg, tmp_path / "c", resume=True)
     assert [h["epoch"] for h in resumed.history] == [1, 2, 3]
     for x, y in zip(a.history, resumed.history):

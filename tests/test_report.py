@@ -10,6 +10,7 @@ from urllib.parse import unquote, urlparse
 
 import pytest
 
+from conftest import interrupt_training
 from covidseg.cli import main
 from covidseg.sweep import expand, load_spec
 
@@ -67,7 +68,6 @@ def test_sweep_leaderboard_records_scale_and_is_sorted(sweep_dir: Path) -> None:
 def test_sweep_skips_finished_resumes_interrupted_and_refuses_another_plan(
     sweep_dir: Path, synth_root: Path, tmp_path: Path, monkeypatch
 ) -> None:
-    import covidseg.engine.fit as fit_module
     from covidseg.engine.fit import fit
     from covidseg.sweep import trial_config
 
@@ -82,18 +82,9 @@ def test_sweep_skips_finished_resumes_interrupted_and_refuses_another_plan(
     shutil.rmtree(trial)
     cfg = trial_config(spec, t["settings"], str(synth_root), spec.scales["small"])
     assert cfg.train.epochs == 2
-    real, calls = fit_module.train_one_epoch, []
-
-    def interrupted(*args, **kwargs):  # Ctrl-C in the second epoch
-        calls.append(1)
-        if len(calls) == 2:
-            raise KeyboardInterrupt
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(fit_module, "train_one_epoch", interrupted)
+    interrupt_training(monkeypatch, in_epoch=2)  # Ctrl-C in the second epoch
     with pytest.raises(KeyboardInterrupt):
         fit(cfg, trial)
-    monkeypatch.setattr(fit_module, "train_one_epoch", real)
     log_before = (copy / "sweep.log").read_text()
     args = ["sweep", str(spec_path), "--data", str(synth_root), "--out", str(copy), "--scale", "small", "--no-progress"]
     assert main(args) == 0

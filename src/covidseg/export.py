@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from covidseg import __version__
-from covidseg.engine.checkpoint import load_run
+from covidseg.engine.checkpoint import load_run, umask
 from covidseg.errors import CovidsegError
 from covidseg.inference.backends import onnx_backend
 from covidseg.inference.bundle import FORMAT, FORMAT_VERSION
@@ -147,8 +147,7 @@ def export_bundle(run_dir: str | Path, out_dir: str | Path, checkpoint: str = "b
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     try:
-        mask = os.umask(0)
-        os.umask(mask)
+        mask = umask()
         tmp.chmod(0o777 & ~mask)  # mkdtemp makes 0700; the bundle is as readable as any folder the user makes
         weights = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
         save_file(weights, str(tmp / "model.safetensors"), metadata={"format": FORMAT})

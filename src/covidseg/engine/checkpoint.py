@@ -35,7 +35,7 @@ def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
     os.close(fd)
     try:
         torch.save({"format": FORMAT, "format_version": FORMAT_VERSION, **state}, tmp)
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; a checkpoint is as readable as the run's other files
+        os.chmod(tmp, 0o666 & ~umask())  # mkstemp makes 0600; a checkpoint is as readable as the run's other files
         os.replace(tmp, path)
     except RuntimeError as exc:  # torch reports a failed write (a full disk, say) as a RuntimeError
         Path(tmp).unlink(missing_ok=True)
@@ -48,7 +48,8 @@ def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
         raise
 
 
-def _umask() -> int:
+def umask() -> int:
+    """The process's file-creation mask (read without changing it for long)."""
     mask = os.umask(0)
     os.umask(mask)
     return mask
