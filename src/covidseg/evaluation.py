@@ -31,7 +31,7 @@ from covidseg.inference.postprocess import read_postprocess
 from covidseg.inference.predictor import Predictor, open_run
 from covidseg.metrics import confusion_counts, dice_iou, json_safe, summarize
 from covidseg.progress import Progress
-from covidseg.scoring import Truth, load_truth, split_probabilities
+from covidseg.scoring import Truth, load_truth, network_input, split_probabilities
 from covidseg.severity import GRADES, SeverityRule, quantify
 
 log = logging.getLogger(__name__)
@@ -220,7 +220,7 @@ def _draw_panel(run_dir: Path, predictor: Predictor, ds: SegmentationDataset, tr
         s = ds.split.samples[k]
         image = read_xray(s.image) if truth.scored_at == "native" else np.asarray(ds.split.images[k])
         mask = predictor.from_probabilities(
-            predictor.probabilities(np.asarray(ds.split.images[k : k + 1], np.float32)[:, None] / 255.0)[0],
+            predictor.probabilities(network_input(ds.split.images[k : k + 1]))[0],
             truth.shape(k),
         ).mask
         ref = truth.lung[k] if predictor.targets[0] == "lung" else truth.infection[k]

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from covidseg.data.dataset import SegmentationDataset
-from covidseg.data.image_io import read_mask
+from covidseg.data.image_io import read_mask, to_unit
 from covidseg.errors import ConfigError
 from covidseg.inference.predictor import Predictor
 from covidseg.progress import Progress, silent
@@ -64,6 +64,11 @@ def load_truth(ds: SegmentationDataset, scored_at: str = "native", progress: Pro
     return Truth(infection, lung, scored_at)
 
 
+def network_input(images: np.ndarray) -> np.ndarray:
+    """(N, S, S) uint8 cached images -> the (N, 1, S, S) float32 batch ``predict`` would build."""
+    return to_unit(np.asarray(images))[:, None]
+
+
 def split_probabilities(
     predictor: Predictor,
     ds: SegmentationDataset,
@@ -76,6 +81,6 @@ def split_probabilities(
     images = ds.split.images
     starts = range(0, len(images), batch_size)
     for start in (progress or silent)(starts, desc=desc, total=len(starts)):
-        batch = np.asarray(images[start : start + batch_size]).astype(np.float32)[:, None] / 255.0
+        batch = network_input(images[start : start + batch_size])
         for j, probs in enumerate(predictor.probabilities(batch, tta_hflip)):
             yield start + j, probs
