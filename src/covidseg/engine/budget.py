@@ -26,7 +26,7 @@ import torch
 
 from covidseg.config import OptimConfig
 
-MARGIN = 0.01  # share of the budget kept free for the last writes
+MARGIN = 0.02  # share of the budget kept free: the last check can take longer than the ones measured
 RECORDED = ("seconds", "steps_per_epoch", "val_batches", "max_steps", "spent", "steps", "step_time", "step_spread",
             "val_time", "planned", "progress", "finished")  # fmt: skip
 
@@ -115,7 +115,7 @@ class Budget:
 
     def observe_val(self, seconds: float) -> None:
         """The seconds of one epoch-end check (validation, checkpoints, history, curves)."""
-        self.val_time = seconds if self.val_time is None else max(seconds, 0.5 * (self.val_time + seconds))
+        self.val_time = max(seconds, self.val_time or 0.0)  # plan every check as the slowest one seen
         self._replan()
 
     def _replan(self) -> None:
