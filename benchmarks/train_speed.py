@@ -4,6 +4,11 @@ Runs both variants in the same process, on random inputs, with warm-up steps exc
 
     python benchmarks/train_speed.py --model unet --size 256 --batch 8 --steps 10
     python benchmarks/train_speed.py --model smp-unet --encoder resnet18 --size 128
+    python benchmarks/train_speed.py --model smp-unet --encoder resnet18 --size 128 --levers
+
+It first prints the CPU's model, cores and speed flags (avx2, avx512f, avx512_bf16, amx).
+``--levers`` measures each CPU lever alone with bf16 off (channels_last, one thread, input size,
+encoder), the case of a laptop without AVX512-BF16.
 
 The optimised path is channels_last plus bf16 autocast (CPU with native bf16, or CUDA), and
 on CUDA also cudnn.benchmark. Target on a 2-core CPU with bf16: >= 3x the fp32 figure.
@@ -17,7 +22,7 @@ import time
 import torch
 
 from covidseg.config import Config, LossConfig, ModelConfig
-from covidseg.engine.device import cpu_supports_bf16
+from covidseg.engine.device import cpu_info, cpu_supports_bf16
 from covidseg.losses import build_loss
 from covidseg.models import create_model, model_spec
 
@@ -59,6 +64,27 @@ def measure(
     return steps * batch / (time.perf_counter() - t0)
 
 
+def levers(a: argparse.Namespace, device: torch.device) -> None:
+    """Each CPU lever alone against the same fp32 baseline, bf16 off (an AVX2 laptop's case)."""
+    base = measure(a.model, a.encoder, a.size, a.batch, a.steps, a.warmup, device, False, False)
+    print(f"{'fp32 baseline':<40} {base:7.2f} images/s")
+    rows = [("channels_last", dict(channels_last=True))]
+    rows += [(f"channels_last, {n} thread(s)", dict(channels_last=True, threads=n)) for n in (1,)]
+    rows += [(f"channels_last, input {s}x{s}", dict(channels_last=True, size=s)) for s in (96, 160, 192)]
+    rows += [(f"channels_last, encoder {e}", dict(channels_last=True, encoder=e)) for e in a.encoders.split(",")]
+    for label, opts in rows:
+        threads = torch.get_num_threads()
+        torch.set_num_threads(opts.get("threads", threads))
+        try:
+            ips = measure(
+                a.model, opts.get("encoder", a.encoder), opts.get("size", a.size), a.batch, a.steps, a.warmup,
+                device, opts["channels_last"], False,
+            )  # fmt: skip
+        finally:
+            torch.set_num_threads(threads)
+        print(f"{label:<40} {ips:7.2f} images/s  ({ips / base:.2f}x)")
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", default="unet")
@@ -68,14 +94,20 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=10)
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--levers", action="store_true", help="bf16 off: each CPU lever alone against fp32")
+    p.add_argument("--encoders", default="resnet18,mobilenet_v2,efficientnet-b0", help="for --levers")
     a = p.parse_args()
     device = torch.device(a.device)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
+    cpu = cpu_info()
+    print(f"CPU: {cpu['model']}, {cpu['summary']}; native bf16 (as oneDNN sees it): {cpu['native_bf16']}")
     bf16 = device.type == "cuda" or cpu_supports_bf16()
     label = f"{a.model}" + (f" ({a.encoder})" if a.model.startswith("smp-") else "")
     print(f"{label}, {a.size}x{a.size}, batch {a.batch}, {a.device}, {torch.get_num_threads()} threads")
-    print(f"native bf16: {bf16}")
+    if a.levers:
+        levers(a, device)
+        return
     base = measure(a.model, a.encoder, a.size, a.batch, a.steps, a.warmup, device, False, False)
     print(f"fp32                      {base:7.2f} images/s")
     cl = measure(a.model, a.encoder, a.size, a.batch, a.steps, a.warmup, device, True, False)

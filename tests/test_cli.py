@@ -78,7 +78,7 @@ def test_evaluate_writes_summary_and_per_image(trained_run: Path, capsys) -> Non
     rows = list(csv.DictReader((out / "per_image.csv").open()))
     assert len(rows) == 8 and list(rows[0])[:8] == ["id", "group", "tp", "fp", "fn", "tn", "dice", "iou"]
     # An infection-only model: the call and the true infected share of the lung, no predicted lung.
-    assert {"infected_share", "covid_call", "true_infection_percent", "true_severity"} <= set(rows[0])
+    assert {"image_infected_share_pct", "covid_call", "true_infected_share_pct", "true_severity"} <= set(rows[0])
     assert "lung_dice" not in rows[0] and "severity" not in rows[0]
     # Scored at each X-ray's own size (the synthetic X-rays are 96-160 pixels a side, the input 64).
     assert s["scored_at"] == "native" and s["synthetic"] is True
@@ -101,8 +101,8 @@ def test_predict_original_size_and_skips_bad_files(trained_run: Path, tmp_path: 
     assert np.asarray(Image.open(out / "b_overlay.png")).shape == (50, 70, 3)
     lines = [json.loads(x) for x in (out / "predictions.jsonl").read_text().splitlines()]
     assert [Path(x["image"]).name for x in lines] == ["a.png", "b.jpg"]
-    assert all(0.0 <= x["infected_fraction"] <= 1.0 for x in lines)
-    assert lines[0]["infected_fraction"] == pytest.approx((mask > 0).mean(), abs=1e-6)
+    assert all(0.0 <= x["image_infected_share_pct"] <= 100.0 for x in lines)
+    assert lines[0]["image_infected_share_pct"] == pytest.approx(100 * (mask > 0).mean(), abs=1e-4)
 
 
 def _error(capsys, argv: list[str]) -> str:

@@ -115,11 +115,16 @@ def test_two_output_run_reports_lung_detection_and_severity(lung_run: Path, caps
     }
     assert "predicted" in sev["groups"]["COVID-19"] and 0 <= sev["agreement"]["grade_accuracy"] <= 1
     rows = list(csv.DictReader((lung_run / "eval" / "Val" / "per_image.csv").open()))
-    assert {"lung_dice", "infection_percent", "right_percent", "severity", "true_severity", "covid_call"} <= set(
-        rows[0]
-    )
+    assert {
+        "lung_dice",
+        "infected_share_pct",
+        "right_lung_infected_share_pct",
+        "severity",
+        "true_severity",
+        "covid_call",
+    } <= set(rows[0])
     covid = [r for r in rows if r["group"] == "COVID-19"]
-    assert all(float(r["true_infection_percent"]) > 0 for r in covid)
+    assert all(float(r["true_infected_share_pct"]) > 0 for r in covid)
     out = capsys.readouterr().out
     assert "lung" in out and "detection" in out
 
@@ -163,7 +168,13 @@ def test_predict_real_world_inputs_and_skips_bad_ones(lung_run: Path, tmp_path: 
     for r in records:
         assert (r["width"], r["height"]) == (220, 150)
         assert Image.open(out / r["mask"]).size == (220, 150) and Image.open(out / r["lung"]).size == (220, 150)
-        assert {"infection_percent", "right_percent", "left_percent", "severity", "covid_call"} <= set(r)
+        assert {
+            "infected_share_pct",
+            "right_lung_infected_share_pct",
+            "left_lung_infected_share_pct",
+            "severity",
+            "covid_call",
+        } <= set(r)
 
 
 @pytest.mark.parametrize(

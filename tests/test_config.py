@@ -66,3 +66,15 @@ def test_non_finite_and_out_of_range_values_are_refused(key: str, value: object)
 
 def test_nan_stays_allowed_where_it_means_something() -> None:
     assert math.isnan(build_config("reference", overrides={"eval.empty_empty": math.nan}).eval.empty_empty)
+
+
+def test_every_preset_says_what_it_is_for(capsys) -> None:
+    from covidseg.cli import main
+    from covidseg.config import PRESET_HELP, PRESETS
+
+    assert set(PRESET_HELP) == set(PRESETS)
+    assert main(["presets", "--verbose"]) == 0
+    out = capsys.readouterr().out
+    for name in PRESETS:
+        assert f"{name}: {PRESET_HELP[name]}" in out
+    assert "train.time_budget=3600" in out  # the cpu preset keeps an hour on any CPU

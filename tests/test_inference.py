@@ -67,7 +67,8 @@ def test_evaluate_scores_exactly_the_masks_predict_writes(
         assert value == pytest.approx(written[key], abs=1e-6), key
     # Not a vacuous comparison: with tuned-like settings the masks are partial (neither empty nor
     # everything), and the lung gate has lungs to gate with.
-    shares = [float(r["infected_share"]) for r in csv.DictReader((run / "eval" / "Val" / "per_image.csv").open())]
+    per_image = csv.DictReader((run / "eval" / "Val" / "per_image.csv").open())
+    shares = [float(r["image_infected_share_pct"]) / 100 for r in per_image]
     assert settings is None or any(0 < x < 1 for x in shares)
     assert s["lung"]["per_image"]["dice"] > 0.2
 

@@ -25,8 +25,8 @@ def test_percent_per_lung_scores_and_grade() -> None:
     inf[5:14, 4:16] = 1  # 108 px = 30% of the patient's right lung
     inf[0:3, 0:40] = 1  # outside both lungs: not counted
     r = quantify(inf, lung)
-    assert r["right_percent"] == 30.0 and r["left_percent"] == 0.0
-    assert r["infection_percent"] == 15.0 and r["infected_lung_pixels"] == 108 and r["lung_pixels"] == 720
+    assert r["right_lung_infected_share_pct"] == 30.0 and r["left_lung_infected_share_pct"] == 0.0
+    assert r["infected_share_pct"] == 15.0 and r["infected_lung_pixels"] == 108 and r["lung_pixels"] == 720
     assert (r["right_score"], r["left_score"], r["severity_score"], r["severity"]) == (2, 0, 2, "mild")
     inf[5:35, 24:36] = 1  # all of the left lung
     r = quantify(inf, lung)
@@ -52,7 +52,7 @@ def test_touching_lungs_split_at_the_midline_and_no_lung() -> None:
     assert how == "midline" and right[:, 20:].sum() == 0 and left[:, :20].sum() == 0
     assert right.sum() + left.sum() == lung.sum()
     r = quantify(np.ones_like(lung), np.zeros_like(lung))
-    assert r["infection_percent"] is None and r["severity"] is None and r["lung_split"] == "none"
+    assert r["infected_share_pct"] is None and r["severity"] is None and r["lung_split"] == "none"
 
 
 def test_roc_auc_equals_pairwise_count_with_ties() -> None:

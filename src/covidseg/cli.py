@@ -7,6 +7,7 @@ import json
 import logging
 import os
 import sys
+import textwrap
 import time
 from pathlib import Path
 from typing import Any
@@ -59,6 +60,33 @@ def _parse_sets(items: list[str]) -> dict[str, Any]:
             raise CovidsegError(f"--set expects KEY=VALUE (for example train.epochs=5), got {item!r}")
         out[key.strip()] = parse_value(value.strip())
     return out
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if not 1 <= value <= 2**62:
+        raise argparse.ArgumentTypeError(f"expected a whole number of at least 1, got {text!r}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not 0 < value < 1e6:
+        raise argparse.ArgumentTypeError(f"expected a number above 0 (and below a million), got {text!r}")
+    return value
+
+
+def _port(text: str) -> int:
+    value = _positive_int(text)
+    if value > 65535:
+        raise argparse.ArgumentTypeError(f"a port is 1-65535, got {text!r}")
+    return value
 
 
 def parse_duration(text: str) -> float:
@@ -177,6 +205,7 @@ def cmd_evaluate(a: argparse.Namespace) -> int:
         _progress(a.progress),
         postprocess=a.postprocess,
         scored_at=a.scored_at,
+        bundle=a.bundle,
     )
     p, pi, pc = s["pooled"], s["per_image"], s["per_image_covid"]
     data = "SYNTHETIC " if s.get("synthetic") else ""
@@ -217,18 +246,32 @@ def cmd_evaluate(a: argparse.Namespace) -> int:
         print(
             f"  severity    grade agreement {sev['grade_accuracy']:.1%} "
             f"(within one grade {sev['grade_within_one']:.1%}), "
-            f"infected-lung % mean abs. error {sev['infection_percent_mae']:.2f} points"
+            f"infected-lung % mean abs. error {sev['infected_share_mae_points']:.2f} points"
         )
-    print(f"written to {Path(a.run_dir) / 'eval' / s['split']}")
+    print(f"written to {Path(a.run_dir) / 'eval' / (s['split'] + (f'-{Path(a.bundle).name}' if a.bundle else ''))}")
     return 0
+
+
+def _model_and_inputs(a: argparse.Namespace) -> tuple[str | None, str]:
+    """``predict INPUTS`` (the built-in or ``--model`` model) or ``predict MODEL INPUTS``."""
+    if len(a.paths) > 2:
+        raise CovidsegError("predict takes one input (a file or a folder), optionally after the model")
+    if len(a.paths) == 2:
+        if a.model is not None:
+            raise CovidsegError("name the model once: either --model or as the first argument")
+        return a.paths[0], a.paths[1]
+    return a.model, a.paths[0]
 
 
 def cmd_predict(a: argparse.Namespace) -> int:
     from covidseg.predict import Predictor, predict_paths
 
     _setup_logging(a.verbose)
-    predictor = Predictor.load(a.run_dir, a.checkpoint, a.device, a.threshold, a.postprocess, a.engine)
-    done, skipped = predict_paths(predictor, a.inputs, a.out, _progress(a.progress))
+    model, inputs = _model_and_inputs(a)
+    predictor = Predictor.load(model, a.checkpoint, a.device, a.threshold, a.postprocess, a.engine)
+    if model is None or not Path(model).exists():
+        log.info("model: built-in %s", predictor.name)
+    done, skipped = predict_paths(predictor, inputs, a.out, _progress(a.progress), a.max_pixels)
     print(
         f"predicted {done} image(s) into {a.out}" + (f"; skipped {len(skipped)} unreadable file(s)" if skipped else "")
     )
@@ -239,7 +282,7 @@ def cmd_export(a: argparse.Namespace) -> int:
     from covidseg.export import export_bundle
 
     _setup_logging(a.verbose)
-    out = export_bundle(a.run_dir, a.out, a.checkpoint)
+    out = export_bundle(a.run_dir, a.out, a.checkpoint, a.precision, not a.onnx_only)
     meta = json.loads((out / "metadata.json").read_text())
     print(
         f"bundle written to {out}: model.onnx, model.safetensors, config.json, metadata.json "
@@ -302,16 +345,66 @@ def cmd_demo(a: argparse.Namespace) -> int:
 
 
 def cmd_models(a: argparse.Namespace) -> int:
+    from covidseg.inference.builtin import builtin_names, describe
     from covidseg.models import list_models
 
+    print("built-in models (trained, ready for 'covidseg predict XRAY --out DIR' and 'covidseg serve'):")
+    for name in builtin_names():
+        d = describe(name)
+        seg = (d["val_metrics"] or {}).get("per_image_covid", {}).get("dice")
+        figure = f", Val Dice {seg:.3f} over COVID-19 images" if seg is not None else ""
+        default = " (default)" if d["default"] else ""
+        print(f"  {name}{default}: {d['title']}")
+        print(
+            f"    outputs {'+'.join(d['outputs'])}, input {d['image_size']}x{d['image_size']}, "
+            f"{d['size_bytes'] / 1e6:.1f} MB ({d['weights_precision']} weights){figure}"
+        )
+        print(f"    model card: {Path(d['path']) / 'MODEL_CARD.md'}")
+    if not builtin_names():
+        print("  none installed")
+    print("\narchitectures to train (model.name):")
     for name, desc in list_models().items():
-        print(f"{name:<24} {desc}")
+        print(f"  {name:<22} {desc}")
     if a.encoders:
         from covidseg.models.smp_models import encoder_names
 
         print("\nencoders for smp-* models (model.encoder_name):")
         print("  " + ", ".join(encoder_names()))
     return 0
+
+
+def cmd_serve(a: argparse.Namespace) -> int:
+    import uvicorn
+
+    from covidseg.inference.builtin import describe_bundle, resolve_model
+    from covidseg.inference.bundle import is_bundle
+    from covidseg.predict import Predictor
+    from covidseg.serve.app import Limits, create_app
+
+    _setup_logging(a.verbose)
+    path = resolve_model(a.model)
+    predictor = Predictor.load(path)
+    card = describe_bundle(path) if is_bundle(path) else {"name": path.name, "path": str(path), "kind": "run folder"}
+    card["covidseg_version"] = __version__
+    limits = Limits(int(a.max_upload_mb * 1024 * 1024), a.max_pixels, a.queue)
+    app = create_app(predictor, card, limits)
+    _check_listen(a.host, a.port)
+    print(f"covidseg viewer on http://{a.host}:{a.port}/ (model {predictor.name}); Ctrl-C stops it")
+    uvicorn.run(app, host=a.host, port=a.port, log_level="info" if a.verbose else "warning")
+    return 0
+
+
+def _check_listen(host: str, port: int) -> None:
+    """Fail with one line, before the server starts, when the address cannot be bound."""
+    import socket
+
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        with socket.socket(infos[0][0], socket.SOCK_STREAM) as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind(infos[0][4])
+    except OSError as exc:
+        raise CovidsegError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
 
 
 def cmd_tune(a: argparse.Namespace) -> int:
@@ -344,10 +437,15 @@ def cmd_tune(a: argparse.Namespace) -> int:
 
 
 def cmd_presets(a: argparse.Namespace) -> int:
-    from covidseg.config import PRESETS
+    from covidseg.config import PRESET_HELP, PRESETS
 
     for name, over in PRESETS.items():
-        print(f"{name:<14} " + (", ".join(f"{k}={v}" for k, v in over.items()) or "(the reference settings)"))
+        print(f"{name}: {PRESET_HELP[name]}")
+        if a.verbose:
+            settings = ", ".join(f"{k}={v}" for k, v in over.items()) or "(the reference settings)"
+            print(textwrap.fill(settings, 100, initial_indent="    ", subsequent_indent="    "))
+    if not a.verbose:
+        print("\n(--verbose lists every preset's settings)")
     return 0
 
 
@@ -398,7 +496,9 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--data", help="data folder (COVID-QU-Ex layout)")
     sp.add_argument("-o", "--out", required=True, help="run folder to create (or continue with --resume)")
     sp.add_argument(
-        "--preset", help="reference, reference-cpu or demo (default: reference on a GPU, reference-cpu on CPU)"
+        "--preset",
+        help="reference, reference-cpu, cpu (recommended without a GPU), gpu or demo; see 'covidseg presets' "
+        "(default: reference on a GPU, reference-cpu on a CPU)",
     )
     sp.add_argument("-c", "--config", help="YAML file with config sections, applied over the preset")
     sp.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
@@ -409,13 +509,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="finish within this time, e.g. 60m or 90s: the run measures its speed and lays the learning-rate "
         "schedule over the steps that fit (train.time_budget, in seconds)",
     )
-    sp.add_argument("--batch-size", type=int)
-    sp.add_argument("--image-size", type=int)
-    sp.add_argument("--lr", type=float)
+    sp.add_argument("--batch-size", type=int, help="images per step (train.batch_size)")
+    sp.add_argument("--image-size", type=int, help="network input size in pixels, a multiple of 8 (data.image_size)")
+    sp.add_argument("--lr", type=float, help="learning rate (optim.lr)")
     sp.add_argument("--model", help="a name from 'covidseg models' (default unet, the reference)")
     sp.add_argument("--encoder", help="encoder of an smp-* model (default resnet34)")
     sp.add_argument("--encoder-weights", help="pre-trained encoder weights of an smp-* model: imagenet (needs network)")
-    sp.add_argument("--seed", type=int)
+    sp.add_argument("--seed", type=int, help="seed of weights, data order and augmentation (default 0)")
     sp.add_argument("--device", help="auto, cpu, cuda or cuda:N (default auto)")
     sp.add_argument("--workers", type=int, help="DataLoader worker processes (default 0)")
     sp.add_argument("--train-limit", type=int, help="train on a group-stratified subset of N images")
@@ -455,15 +555,30 @@ def build_parser() -> argparse.ArgumentParser:
         "mask files; input: at the network's input size against shrunk masks (for comparison only)",
     )
     sp.add_argument("--cache-dir")
+    sp.add_argument("--bundle", help="score this bundle of the run (from 'covidseg export') in place of its checkpoint")
     common(sp)
     sp.set_defaults(func=cmd_evaluate)
 
     sp = sub.add_parser(
         "predict", help="segment new X-rays (PNG, JPEG, TIFF, 16-bit, DICOM): masks, overlays, infected share, severity"
     )
-    sp.add_argument("run_dir", help="a run folder, or a bundle from 'covidseg export'")
-    sp.add_argument("inputs", help="an image or DICOM file, or a folder of them")
+    sp.add_argument(
+        "paths",
+        nargs="+",
+        metavar="[MODEL] INPUTS",
+        help="an image or DICOM file, or a folder of them; before it, optionally, the model (as --model)",
+    )
     sp.add_argument("-o", "--out", required=True, help="output folder")
+    sp.add_argument(
+        "--model",
+        help="a run folder, a bundle from 'covidseg export' or a built-in model's name "
+        "(default: the built-in model; see 'covidseg models')",
+    )
+    sp.add_argument(
+        "--max-pixels",
+        type=_positive_int,
+        help="refuse images above this many pixels, checked before decoding (default 50,000,000)",
+    )
     sp.add_argument("--checkpoint", default="best", choices=("best", "last"))
     sp.add_argument("--threshold", type=float)
     sp.add_argument("--device", default="auto")
@@ -486,6 +601,15 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("run_dir")
     sp.add_argument("-o", "--out", required=True, help="bundle folder (new or empty)")
     sp.add_argument("--checkpoint", default="best", choices=("best", "last"))
+    sp.add_argument(
+        "--precision",
+        default="fp32",
+        choices=("fp32", "fp16"),
+        help="how the weights are stored; fp16 halves the files, inference stays float32 (default fp32)",
+    )
+    sp.add_argument(
+        "--onnx-only", action="store_true", help="leave out model.safetensors (the bundle then runs in onnxruntime)"
+    )
     common(sp)
     sp.set_defaults(func=cmd_export)
 
@@ -537,10 +661,22 @@ def build_parser() -> argparse.ArgumentParser:
     common(sp)
     sp.set_defaults(func=cmd_report)
 
-    sp = sub.add_parser("models", help="list the registered models")
+    sp = sub.add_parser("serve", help="a local web viewer and JSON API: drop an X-ray, see the masks and numbers")
+    sp.add_argument("model", nargs="?", help="a run folder, bundle or built-in model's name (default: built-in)")
+    sp.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
+    sp.add_argument("--port", type=_port, default=8000)
+    sp.add_argument("--max-upload-mb", type=_positive_float, default=32.0, help="largest upload (default 32 MB)")
+    sp.add_argument("--max-pixels", type=_positive_int, help="largest image, checked before decoding (default 50 MP)")
+    sp.add_argument("--queue", type=_positive_int, default=4, help="requests that may wait for the model (default 4)")
+    sp.add_argument("-v", "--verbose", action="store_true", help="log every request")
+    sp.set_defaults(func=cmd_serve)
+
+    sp = sub.add_parser("models", help="list the built-in trained models and the architectures to train")
     sp.add_argument("--encoders", action="store_true", help="also list the encoders of the smp-* models")
     sp.set_defaults(func=cmd_models)
-    sub.add_parser("presets", help="list the presets").set_defaults(func=cmd_presets)
+    sp = sub.add_parser("presets", help="list the presets: what each is for")
+    sp.add_argument("-v", "--verbose", action="store_true", help="also every preset's settings")
+    sp.set_defaults(func=cmd_presets)
     return p
 
 

@@ -85,16 +85,16 @@ def severity_summary(
 
 def _agreement(predicted: list[dict[str, Any]], truth: list[dict[str, Any]]) -> dict[str, Any] | None:
     pairs = [
-        (p["infection_percent"], t["infection_percent"], p["severity"], t["severity"])
+        (p["infected_share_pct"], t["infected_share_pct"], p["severity"], t["severity"])
         for p, t in zip(predicted, truth)
-        if None not in (p["infection_percent"], t["infection_percent"], p["severity"], t["severity"])
+        if None not in (p["infected_share_pct"], t["infected_share_pct"], p["severity"], t["severity"])
     ]
     if not pairs:
         return None
     pp, tp, pg, tg = zip(*pairs)
     return {
         "images": len(pairs),
-        "infection_percent_mae": float(np.mean(np.abs(np.subtract(pp, tp)))),
+        "infected_share_mae_points": float(np.mean(np.abs(np.subtract(pp, tp)))),
         "grade_accuracy": float(np.mean([a == b for a, b in zip(pg, tg)])),
         "grade_within_one": float(np.mean([abs(GRADES.index(a) - GRADES.index(b)) <= 1 for a, b in zip(pg, tg)])),
     }
@@ -183,7 +183,7 @@ def _per_image_rows(scored: Scored, ds: SegmentationDataset, truth: Truth, cfg: 
         rows.append(row)
     if cfg.model.target_list[0] == "infection":
         for row, share in zip(rows, scored.shares):
-            row["infected_share"] = round(float(share), 6)
+            row["image_infected_share_pct"] = round(100.0 * float(share), 4)
             row["covid_call"] = int(share > post.detect_fraction)
     if scored.lung_stats is not None:
         for row, d, j in zip(rows, *dice_iou(scored.lung_stats, ee)):
@@ -200,11 +200,17 @@ def _add_clinical(summary: dict, rows: list[dict], scored: Scored, truth: Truth,
     truth_sev = [quantify(inf, lung, rule) for inf, lung in zip(truth.infection, truth.lung)]
     summary["severity"] = severity_summary(scored.records, truth_sev, groups, rule)
     for k, row in enumerate(rows):
-        row["true_infection_percent"] = truth_sev[k]["infection_percent"]
+        row["true_infected_share_pct"] = truth_sev[k]["infected_share_pct"]
         row["true_severity"] = truth_sev[k]["severity"]
         if scored.records is not None:
             rec = scored.records[k]
-            for key in ("infection_percent", "right_percent", "left_percent", "severity_score", "severity"):
+            for key in (
+                "infected_share_pct",
+                "right_lung_infected_share_pct",
+                "left_lung_infected_share_pct",
+                "severity_score",
+                "severity",
+            ):
                 row[key] = rec[key]
 
 
@@ -248,6 +254,7 @@ def evaluate_run(
     progress: Progress | None = None,
     postprocess: bool = True,
     scored_at: str = "native",
+    bundle: str | Path | None = None,
 ) -> dict[str, Any]:
     """Evaluate ``RUN_DIR/checkpoints/<checkpoint>.pt`` on ``split`` and write the results.
 
@@ -260,6 +267,8 @@ def evaluate_run(
             when present; False: the plain threshold.
         scored_at: ``native`` (each X-ray's own size, the original masks) or ``input`` (the
             network's input size, the cached masks; for comparison only).
+        bundle: score this exported bundle of the run (onnxruntime, its stored weights and
+            settings) in place of the checkpoint; results go to ``eval/<split>-<bundle name>/``.
 
     Returns:
         The summary dict, as written to ``summary.json``.
@@ -270,6 +279,8 @@ def evaluate_run(
         raise ConfigError(f"batch size must be at least 1, got {batch_size}")
     run_dir = Path(run_dir)
     predictor, cfg, state = open_run(run_dir, checkpoint, device, threshold, postprocess)
+    if bundle is not None:
+        predictor = Predictor.load(bundle, threshold=threshold, postprocess=postprocess)
     r = open_split(cfg, split, data_root, limit, cache_dir, progress)
     truth = load_truth(r.dataset, scored_at, progress)
     scored = score_split(predictor, r.dataset, truth, batch_size or cfg.train.batch_size, progress)
@@ -294,11 +305,13 @@ def evaluate_run(
     rows = _per_image_rows(scored, r.dataset, truth, cfg, post)
     _add_clinical(summary, rows, scored, truth, groups, cfg, post)
     summary = json_safe(summary)
-    out = run_dir / "eval" / split
+    if bundle is not None:
+        summary["bundle"] = {"path": str(bundle), "engine": predictor.engine}
+    out = run_dir / "eval" / (split if bundle is None else f"{split}-{Path(bundle).name}")
     out.mkdir(parents=True, exist_ok=True)
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     write_rows(rows, out / "per_image.csv")
-    if panel:
+    if panel and bundle is None:
         _draw_panel(run_dir, predictor, r.dataset, truth, scored, panel, split, r.synthetic)
     log.info("wrote %s and %s (scored at %s size)", out / "summary.json", out / "per_image.csv", scored_at)
     return summary

@@ -55,6 +55,33 @@ def export_onnx(model: torch.nn.Module, image_size: int, path: str | Path, opset
     return Path(path)
 
 
+def store_fp16(path: str | Path) -> int:
+    """Store the float weights of an ONNX model as float16, each behind a Cast back to float32.
+
+    The graph stays valid ONNX with float32 inputs and outputs; onnxruntime folds the casts when
+    it opens the model, so inference runs in float32 from weights rounded to float16 (half the
+    file). Returns the number of weights converted.
+    """
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    model = onnx.load(str(path))
+    graph = model.graph
+    converted, casts = 0, []
+    for init in graph.initializer:
+        if init.data_type != TensorProto.FLOAT:
+            continue
+        arr = numpy_helper.to_array(init)
+        name = init.name
+        init.CopyFrom(numpy_helper.from_array(arr.astype(np.float16), f"{name}__fp16"))
+        casts.append(helper.make_node("Cast", [f"{name}__fp16"], [name], to=TensorProto.FLOAT, name=f"{name}__cast"))
+        converted += arr.size
+    graph.node[:0] = casts
+    onnx.checker.check_model(model)
+    onnx.save(model, str(path))
+    return converted
+
+
 def _val_metrics(run_dir: Path) -> dict[str, Any] | None:
     path = run_dir / "eval" / "Val" / "summary.json"
     if not path.is_file():
@@ -133,8 +160,24 @@ def _onnx_difference(model: torch.nn.Module, path: Path, size: int) -> float:
     return float(np.abs(ref - onnx_backend(path)(x)).max())
 
 
-def export_bundle(run_dir: str | Path, out_dir: str | Path, checkpoint: str = "best") -> Path:
-    """Write the bundle of ``RUN_DIR/checkpoints/<checkpoint>.pt`` into ``out_dir``; returns it."""
+PRECISIONS = ("fp32", "fp16")
+
+
+def export_bundle(
+    run_dir: str | Path,
+    out_dir: str | Path,
+    checkpoint: str = "best",
+    precision: str = "fp32",
+    safetensors: bool = True,
+) -> Path:
+    """Write the bundle of ``RUN_DIR/checkpoints/<checkpoint>.pt`` into ``out_dir``; returns it.
+
+    ``precision="fp16"`` stores the weights as float16 (half the size; inference still runs in
+    float32); ``safetensors=False`` leaves out the PyTorch weights (the bundle then runs with
+    onnxruntime only).
+    """
+    if precision not in PRECISIONS:
+        raise CovidsegError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
     from safetensors.torch import save_file
 
     run_dir, out = Path(run_dir), Path(out_dir)
@@ -149,12 +192,19 @@ def export_bundle(run_dir: str | Path, out_dir: str | Path, checkpoint: str = "b
     try:
         mask = umask()
         tmp.chmod(0o777 & ~mask)  # mkdtemp makes 0700; the bundle is as readable as any folder the user makes
-        weights = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-        save_file(weights, str(tmp / "model.safetensors"), metadata={"format": FORMAT})
+        dtype = torch.float16 if precision == "fp16" else None
+        weights = {k: _stored(v, dtype) for k, v in model.state_dict().items()}
+        if safetensors:
+            save_file(weights, str(tmp / "model.safetensors"), metadata={"format": FORMAT})
         export_onnx(model, size, tmp / "model.onnx")
+        if precision == "fp16":
+            store_fp16(tmp / "model.onnx")
         meta = _metadata(run_dir, checkpoint, state, len(cfg.model.target_list), size, _count(weights))
         meta["onnx_vs_torch_max_abs_logit_diff"] = _onnx_difference(model, tmp / "model.onnx", size)
-        (tmp / "config.json").write_text(json.dumps(_bundle_config(state, cfg, post), indent=2))
+        meta["weights_precision"] = precision
+        bundle_cfg = {**_bundle_config(state, cfg, post), "weights_precision": precision}
+        bundle_cfg["files"] = sorted(f.name for f in tmp.iterdir() if f.suffix in (".onnx", ".safetensors"))
+        (tmp / "config.json").write_text(json.dumps(bundle_cfg, indent=2))
         (tmp / "metadata.json").write_text(json.dumps(meta, indent=2))
         for f in tmp.iterdir():  # safetensors writes 0600
             f.chmod(0o666 & ~mask)
@@ -168,6 +218,11 @@ def export_bundle(run_dir: str | Path, out_dir: str | Path, checkpoint: str = "b
         "wrote bundle %s (ONNX vs PyTorch max logit difference %.2e)", out, meta["onnx_vs_torch_max_abs_logit_diff"]
     )
     return out
+
+
+def _stored(v: torch.Tensor, dtype: torch.dtype | None) -> torch.Tensor:
+    v = v.detach().contiguous().cpu()
+    return v.to(dtype) if dtype is not None and v.is_floating_point() else v
 
 
 def _count(weights: dict[str, torch.Tensor]) -> int:

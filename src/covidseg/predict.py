@@ -6,8 +6,10 @@ and writes the files.
 
 from __future__ import annotations
 
+import io
 import json
 import logging
+import os
 import re
 from collections import Counter
 from pathlib import Path
@@ -23,7 +25,7 @@ from covidseg.inference.predictor import Prediction, Predictor
 from covidseg.locking import folder_lock
 from covidseg.progress import Progress, silent
 
-__all__ = ["Prediction", "Predictor", "list_inputs", "predict_paths"]
+__all__ = ["Prediction", "Predictor", "list_inputs", "predict_paths", "prediction_record"]
 
 log = logging.getLogger(__name__)
 
@@ -72,22 +74,47 @@ def output_stems(files: list[Path], base: Path) -> dict[Path, str]:
     return out
 
 
+def prediction_record(pred: Prediction, predictor: Predictor, shape: tuple[int, int]) -> dict[str, Any]:
+    """What ``predict`` writes per image to ``predictions.jsonl`` and ``serve`` returns as JSON:
+    size, model, infected shares (percent), COVID-19 call and, with a lung output, severity."""
+    record: dict[str, Any] = {
+        "width": int(shape[1]),
+        "height": int(shape[0]),
+        "model": predictor.name,
+        "target": predictor.targets[0],
+        "image_infected_share_pct": pred.image_infected_share_pct,
+        "infected_pixels": int(pred.mask.sum()),
+        "covid_call": pred.covid_call,
+        "covid_cutoff_pct": round(100.0 * predictor.post.detect_fraction, 4),
+        "threshold": predictor.threshold,
+        "engine": predictor.engine,
+    }
+    if pred.lung is not None and predictor.targets[0] != "lung":
+        record.update(pred.severity or {})
+    return record
+
+
 def predict_paths(
-    predictor: Predictor, inputs: str | Path, out_dir: str | Path, progress: Progress | None = None
+    predictor: Predictor,
+    inputs: str | Path,
+    out_dir: str | Path,
+    progress: Progress | None = None,
+    max_pixels: int | None = None,
 ) -> tuple[int, list[tuple[str, str]]]:
     """Predict every image under ``inputs`` into ``out_dir``.
 
     Per image ``<stem>_mask.png`` (0/255, original size), ``<stem>_lung.png`` with a lung output,
-    ``<stem>_overlay.png`` (infection red, lung outline), and one line in ``predictions.jsonl``:
-    the infected share of the image, the COVID-19 call and, with a lung output, the infected
-    share of each lung and the severity grade. Unreadable files are reported and skipped; the
-    rest go on.
+    ``<stem>_overlay.png`` (infection red, lung outline), and one line in ``predictions.jsonl``
+    (:func:`prediction_record`: the infected share of the image, the COVID-19 call and, with a
+    lung output, the infected share of each lung and the severity grade; shares in percent).
+    Unreadable files, and images above ``max_pixels`` (:data:`covidseg.data.image_io.MAX_PIXELS`
+    by default), are reported and skipped; the rest go on. Every file is written under a
+    temporary name and renamed into place (``predictions.jsonl`` when all images are done), so a
+    killed run leaves whole files only; its temporary files are removed by the next run.
 
     Returns:
         (number predicted, [(file, reason) skipped]).
     """
-    from covidseg.report.plots import overlay
-
     files = list_inputs(inputs)
     base = Path(inputs) if Path(inputs).is_dir() else Path(inputs).parent
     out = Path(out_dir)
@@ -97,48 +124,65 @@ def predict_paths(
     skipped: list[tuple[str, str]] = []
     done = 0
     stems = output_stems(files, base)
-    with folder_lock(out, "predict"), (out / "predictions.jsonl").open("w") as lines:
-        for f in (progress or silent)(files, desc="predict", total=len(files)):
-            try:
-                gray = read_xray(f)
-            except DataError as exc:
-                skipped.append((str(f), str(exc)))
-                log.warning("skipped %s", exc)
-                continue
-            pred = predictor.predict(gray)
-            stem = stems[f]
-            mask_path, overlay_path = out / f"{stem}_mask.png", out / f"{stem}_overlay.png"
-            Image.fromarray(pred.mask * 255).save(mask_path)
-            rgb = overlay(gray, pred.mask)
-            record: dict[str, Any] = {
-                "image": str(f),
-                "width": gray.shape[1],
-                "height": gray.shape[0],
-                "target": predictor.targets[0],
-                "infected_fraction": round(pred.infected_fraction, 6),
-                "infected_pixels": int(pred.mask.sum()),
-                "covid_call": pred.covid_call,
-                "threshold": predictor.threshold,
-                "engine": predictor.engine,
-                "mask": mask_path.name,
-            }
-            if pred.lung is not None and predictor.targets[0] != "lung":
-                lung_path = out / f"{stem}_lung.png"
-                Image.fromarray(pred.lung * 255).save(lung_path)
-                rgb = _outline(rgb, pred.lung)
-                record["lung"] = lung_path.name
-                record.update(pred.severity or {})
-            Image.fromarray((rgb * 255).astype(np.uint8)).save(overlay_path)
-            record["overlay"] = overlay_path.name
-            lines.write(json.dumps(record) + "\n")
-            lines.flush()
-            done += 1
-    if done == 0 and skipped:
-        raise CovidsegError(f"none of the {len(files)} input file(s) could be read; see the warnings above")
+    with folder_lock(out, "predict"):
+        _remove_leftovers(out)
+        partial = out / f"{TMP_PREFIX}predictions.jsonl"
+        with partial.open("w") as lines:
+            for f in (progress or silent)(files, desc="predict", total=len(files)):
+                try:
+                    gray = read_xray(f, max_pixels)
+                except DataError as exc:
+                    skipped.append((str(f), str(exc)))
+                    log.warning("skipped %s", exc)
+                    continue
+                record = {"image": str(f), **_write_one(predictor, gray, out, stems[f])}
+                lines.write(json.dumps(record) + "\n")
+                done += 1
+        if done == 0 and skipped:
+            partial.unlink()
+            raise CovidsegError(f"none of the {len(files)} input file(s) could be read; see the warnings above")
+        os.replace(partial, out / "predictions.jsonl")
     return done, skipped
 
 
-def _outline(rgb: np.ndarray, mask: np.ndarray, color: tuple[float, float, float] = (0.2, 0.6, 1.0)) -> np.ndarray:
+def _write_one(predictor: Predictor, gray: np.ndarray, out: Path, stem: str) -> dict[str, Any]:
+    """Predict one X-ray, write its mask, lung and overlay PNGs; its record with their names."""
+    from covidseg.report.plots import overlay
+
+    pred = predictor.predict(gray)
+    record = prediction_record(pred, predictor, gray.shape)
+    record["mask"] = _save_png(out / f"{stem}_mask.png", pred.mask * 255)
+    rgb = overlay(gray, pred.mask)
+    if pred.lung is not None and predictor.targets[0] != "lung":
+        record["lung"] = _save_png(out / f"{stem}_lung.png", pred.lung * 255)
+        rgb = outline(rgb, pred.lung)
+    record["overlay"] = _save_png(out / f"{stem}_overlay.png", (rgb * 255).astype(np.uint8))
+    return record
+
+
+TMP_PREFIX = ".covidseg-tmp-"
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f"{TMP_PREFIX}{path.name}")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+
+
+def _save_png(path: Path, array: np.ndarray) -> str:
+    buf = io.BytesIO()
+    Image.fromarray(array).save(buf, format="PNG")
+    _atomic_write(path, buf.getvalue())
+    return path.name
+
+
+def _remove_leftovers(out: Path) -> None:
+    """Temporary files of a killed earlier run into the same folder (it held the lock, now free)."""
+    for f in out.glob(f"{TMP_PREFIX}*"):
+        f.unlink(missing_ok=True)
+
+
+def outline(rgb: np.ndarray, mask: np.ndarray, color: tuple[float, float, float] = (0.2, 0.6, 1.0)) -> np.ndarray:
     """Draw the border of ``mask`` into an RGB float image."""
     from scipy import ndimage
 

@@ -15,6 +15,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from covidseg.engine.device import cpu_info
+
 
 def seed_everything(seed: int, deterministic: bool = False) -> None:
     """Seed ``random``, numpy and torch; with ``deterministic`` also force deterministic kernels."""
@@ -74,6 +76,7 @@ def capture_environment(device: torch.device, seed: int, argv: list[str] | None 
         "device": str(device),
         "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or None,
         "cpu_threads": torch.get_num_threads(),
+        "cpu": cpu_info(),
         "cuda": torch.version.cuda if cuda else None,
         "cudnn": torch.backends.cudnn.version() if cuda else None,
         "git_commit": _git_commit(),

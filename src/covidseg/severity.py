@@ -103,14 +103,14 @@ def quantify(infection: np.ndarray, lung: np.ndarray, rule: SeverityRule | None 
     out: dict[str, Any] = {
         "lung_pixels": int(lung.sum()),
         "infected_lung_pixels": int((infection & lung).sum()),
-        "infection_percent": _percent(infection, lung),
-        "right_percent": _percent(infection, right),
-        "left_percent": _percent(infection, left),
+        "infected_share_pct": _percent(infection, lung),
+        "right_lung_infected_share_pct": _percent(infection, right),
+        "left_lung_infected_share_pct": _percent(infection, left),
         "lung_split": how,
     }
-    if out["right_percent"] is None or out["left_percent"] is None:
+    if out["right_lung_infected_share_pct"] is None or out["left_lung_infected_share_pct"] is None:
         out.update({"right_score": None, "left_score": None, "severity_score": None, "severity": None})
         return out
-    rs, ls = rule.lung_score(out["right_percent"]), rule.lung_score(out["left_percent"])
+    rs, ls = rule.lung_score(out["right_lung_infected_share_pct"]), rule.lung_score(out["left_lung_infected_share_pct"])
     out.update({"right_score": rs, "left_score": ls, "severity_score": rs + ls, "severity": rule.grade(rs + ls)})
     return out

@@ -21,6 +21,10 @@ from PIL import Image
 from covidseg.errors import DataError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
+# The largest image ``read_xray`` decodes unless told otherwise (``predict``/``serve --max-pixels``):
+# 50 megapixels is over twice the largest detector in use (43 x 43 cm at 0.1 mm, 18.5 MP), and
+# its header is checked before any pixel is decoded, so a decompression bomb costs nothing.
+MAX_PIXELS = 50_000_000
 DICOM_SUFFIXES = (".dcm", ".dicom")
 
 
@@ -113,7 +117,17 @@ def stretch_to_gray8(arr: np.ndarray) -> np.ndarray:
     return np.clip(np.rint((arr - lo) / (hi - lo) * 255.0), 0, 255).astype(np.uint8)
 
 
-def read_dicom_gray8(path: str | Path) -> np.ndarray:
+def check_pixels(path: str | Path, width: int, height: int, frames: int, max_pixels: int | None) -> None:
+    """Refuse an image whose header announces more than ``max_pixels`` (None: the default)."""
+    limit = MAX_PIXELS if max_pixels is None else max_pixels
+    if width * height * max(1, frames) > limit:
+        raise DataError(
+            f"{path}: {width} x {height} pixels{f' x {frames} frames' if frames > 1 else ''} is above the limit "
+            f"of {limit:,} pixels (raise it with --max-pixels if the image is genuine)"
+        )
+
+
+def read_dicom_gray8(path: str | Path, max_pixels: int | None = None) -> np.ndarray:
     """Decode a DICOM X-ray to 8-bit gray as a viewer would show it.
 
     The stored values go through the modality LUT (Rescale Slope/Intercept) and the VOI LUT or
@@ -131,12 +145,15 @@ def read_dicom_gray8(path: str | Path) -> np.ndarray:
         raise DataError(f"{path}: reading DICOM needs pydicom (pip install pydicom)") from None
     try:
         ds = pydicom.dcmread(str(path))
+        frames = int(getattr(ds, "NumberOfFrames", 1) or 1)
+        check_pixels(path, int(ds.Columns), int(ds.Rows), frames, max_pixels)
         arr = ds.pixel_array
     except FileNotFoundError:
         raise DataError(f"{path}: file not found") from None
+    except DataError:
+        raise
     except Exception as exc:  # pydicom raises many types for bad or unsupported files
         raise DataError(f"{path}: not a readable DICOM image ({type(exc).__name__}: {str(exc)[:200]})") from None
-    frames = int(getattr(ds, "NumberOfFrames", 1) or 1)
     photometric = str(getattr(ds, "PhotometricInterpretation", "MONOCHROME2")).upper()
     if frames > 1:
         arr = arr[0]
@@ -155,22 +172,26 @@ def read_dicom_gray8(path: str | Path) -> np.ndarray:
     return gray
 
 
-def read_xray(path: str | Path) -> np.ndarray:
+def read_xray(path: str | Path, max_pixels: int | None = None) -> np.ndarray:
     """Any X-ray file a user may hand to ``predict``, as 8-bit gray of its original size.
 
     PNG, JPEG, TIFF and BMP through Pillow; 16-bit and 32-bit gray images are stretched from
     their own minimum to maximum (X-ray detectors rarely fill the 16-bit range, so scaling by
-    65535 would give a near-black image); DICOM through :func:`read_dicom_gray8`.
+    65535 would give a near-black image); DICOM through :func:`read_dicom_gray8`. The header's
+    size is checked against ``max_pixels`` (default :data:`MAX_PIXELS`) before anything is decoded.
     """
     if is_dicom(path):
-        return read_dicom_gray8(path)
+        return read_dicom_gray8(path, max_pixels)
     try:
         with Image.open(path) as img:
+            check_pixels(path, img.width, img.height, 1, max_pixels)
             img.load()
             if img.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
                 return stretch_to_gray8(np.asarray(img))
             return to_gray8(img)
     except FileNotFoundError:
         raise DataError(f"{path}: file not found") from None
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
+    except Image.DecompressionBombError as exc:
+        raise DataError(f"{path}: the image is above the limit of pixels Pillow decodes ({exc})") from None
+    except (OSError, ValueError, SyntaxError) as exc:
         raise DataError(f"{path}: not a readable image ({exc})") from None

@@ -6,6 +6,8 @@ import contextlib
 import logging
 from collections.abc import Callable
 from contextlib import AbstractContextManager
+from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -30,6 +32,31 @@ def cpu_supports_bf16() -> bool:
         return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
     except (AttributeError, RuntimeError):
         return False
+
+
+SPEED_FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_tile")
+
+
+def cpu_info() -> dict[str, Any]:
+    """The CPU's model, core count and the instruction sets that decide training speed (Linux
+    ``/proc/cpuinfo``; elsewhere the model is ``platform.processor()`` and the flags are unknown)."""
+    import os
+    import platform
+
+    text = ""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        pass
+    model = next((ln.split(":", 1)[1].strip() for ln in text.splitlines() if ln.startswith("model name")), None)
+    flags = set(next((ln.split(":", 1)[1].split() for ln in text.splitlines() if ln.startswith("flags")), []))
+    have = [f for f in SPEED_FLAGS if f in flags] if text else None
+    info = {"model": model or platform.processor() or "unknown", "cores": os.cpu_count(), "flags": have}
+    info["native_bf16"] = cpu_supports_bf16()
+    info["summary"] = f"{info['cores']} cores, " + (
+        " ".join(have) if have else "no AVX2" if have == [] else "flags unknown"
+    )
+    return info
 
 
 def amp_dtype(amp: str, device: torch.device) -> torch.dtype | None:

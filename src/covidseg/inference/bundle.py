@@ -2,11 +2,14 @@
 
 A bundle holds::
 
-    BUNDLE_DIR/model.safetensors  the weights (safetensors: loading runs no code)
+    BUNDLE_DIR/model.safetensors  the weights (safetensors: loading runs no code); optional
+                                  (``covidseg export --onnx-only``)
     BUNDLE_DIR/model.onnx         the same network for onnxruntime (input ``image``
                                   (N, 1, S, S) float32 in [0, 1]; output ``logits`` (N, C, S, S))
     BUNDLE_DIR/config.json        everything needed to use it: model spec and outputs,
-                                  preprocessing, post-processing settings, severity rule
+                                  preprocessing, post-processing settings, severity rule,
+                                  ``weights_precision`` (fp32, or fp16: weights stored as float16
+                                  behind casts, inference in float32)
     BUNDLE_DIR/metadata.json      versions, shapes, source run and epoch, its Val metrics,
                                   and the largest ONNX vs PyTorch difference measured at export
 
@@ -89,6 +92,8 @@ def read_config(bundle_dir: str | Path) -> tuple[dict[str, Any], int, tuple[str,
         raise CovidsegError(f"{d} was written by a newer covidseg (bundle format {version!r})")
     if version < FORMAT_VERSION:
         raise CovidsegError(f"{d} is an older bundle (format {version}); export it again with 'covidseg export'")
+    if cfg.get("weights_precision", "fp32") not in ("fp32", "fp16"):
+        raise CovidsegError(f"{where}: weights_precision must be fp32 or fp16, got {cfg.get('weights_precision')!r}")
     post = Postprocess.from_dict(cfg.get("postprocess"), f"{where}: postprocess")
     return cfg, _image_size(cfg, where), _targets(cfg, where), post, _severity(cfg, where)
 
@@ -131,6 +136,8 @@ def _torch_model(d: Path, cfg: dict[str, Any]) -> torch.nn.Module:
 
     from covidseg.models import create_model
 
+    if not (d / "model.safetensors").is_file():
+        raise CovidsegError(f"{d} holds no PyTorch weights (model.safetensors); run it with onnxruntime (engine onnx)")
     try:
         model = create_model(cfg["model_spec"])
         model.load_state_dict(load_file(str(d / "model.safetensors")))

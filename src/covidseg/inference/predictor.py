@@ -27,6 +27,7 @@ from covidseg.engine.checkpoint import load_run
 from covidseg.engine.device import resolve_device
 from covidseg.errors import CovidsegError
 from covidseg.inference.backends import Backend, sigmoid, torch_backend
+from covidseg.inference.builtin import resolve_model
 from covidseg.inference.bundle import is_bundle, load_bundle
 from covidseg.inference.postprocess import Postprocess, finalize, load_postprocess, resolve_postprocess
 from covidseg.severity import SeverityRule, quantify
@@ -42,7 +43,13 @@ class Prediction:
 
     @property
     def infected_fraction(self) -> float:
+        """Infected pixels over all pixels of the image, 0-1 (the image-level COVID-19 call's measure)."""
         return float(self.mask.mean())
+
+    @property
+    def image_infected_share_pct(self) -> float:
+        """The same in percent, as ``predict`` and ``evaluate`` report it."""
+        return round(100.0 * self.infected_fraction, 4)
 
 
 class Predictor:
@@ -66,6 +73,7 @@ class Predictor:
         self.targets = tuple(targets)
         self.severity = severity or SeverityRule()
         self.engine = engine
+        self.name = ""  # the model's folder name, set by :meth:`load`
 
     @property
     def threshold(self) -> float:
@@ -74,19 +82,24 @@ class Predictor:
     @classmethod
     def load(
         cls,
-        path: str | Path,
+        path: str | Path | None = None,
         checkpoint: str = "best",
         device: str = "auto",
         threshold: float | None = None,
         postprocess: bool = True,
         engine: str = "auto",
     ) -> Predictor:
-        """A run folder (PyTorch) or an exported bundle (onnxruntime; ``engine="torch"`` for PyTorch)."""
+        """A run folder (PyTorch), an exported bundle (onnxruntime; ``engine="torch"`` for PyTorch),
+        or a built-in model by name (``None``: the default built-in model)."""
+        path = resolve_model(path)
         if is_bundle(path):
-            return cls.from_bundle(path, "onnx" if engine == "auto" else engine, threshold, postprocess)
-        if engine == "onnx":
+            predictor = cls.from_bundle(path, "onnx" if engine == "auto" else engine, threshold, postprocess)
+        elif engine == "onnx":
             raise CovidsegError(f"{path} is a run folder; onnxruntime needs a bundle from 'covidseg export'")
-        return cls.from_run(path, checkpoint, device, threshold, postprocess)
+        else:
+            predictor = cls.from_run(path, checkpoint, device, threshold, postprocess)
+        predictor.name = path.name
+        return predictor
 
     @classmethod
     def from_run(
@@ -118,17 +131,20 @@ class Predictor:
             prob = 0.5 * (prob + mirrored)
         return prob.astype(np.float32)
 
-    def predict(self, gray8: np.ndarray) -> Prediction:
-        """Segment one 8-bit gray image of any size (see :func:`covidseg.data.image_io.read_xray`)."""
-        gray8 = np.asarray(gray8)
+    def predict(self, image: np.ndarray | str | Path) -> Prediction:
+        """Segment one X-ray: a file path (PNG, JPEG, TIFF, BMP, DICOM) or an 8-bit gray array of
+        any size (see :func:`covidseg.data.image_io.read_xray`)."""
+        if isinstance(image, (str, Path)):
+            return self.predict_file(image)
+        gray8 = np.asarray(image)
         if gray8.ndim != 2 or gray8.dtype != np.uint8 or min(gray8.shape) < 1:
             raise CovidsegError(f"expected a 2-D uint8 gray image, got shape {gray8.shape} of {gray8.dtype}")
         probs = self.probabilities(preprocess_image(gray8, self.image_size)[None, None])[0]
         return self.from_probabilities(probs, gray8.shape)
 
-    def predict_file(self, path: str | Path) -> Prediction:
-        """Segment an X-ray file (PNG, JPEG, TIFF, BMP, DICOM)."""
-        return self.predict(read_xray(path))
+    def predict_file(self, path: str | Path, max_pixels: int | None = None) -> Prediction:
+        """Segment an X-ray file (PNG, JPEG, TIFF, BMP, DICOM) of at most ``max_pixels``."""
+        return self.predict(read_xray(path, max_pixels))
 
     def from_probabilities(self, probs: np.ndarray, shape: tuple[int, int]) -> Prediction:
         """The prediction for an image of ``shape`` (H, W) from its (C, S, S) probabilities."""

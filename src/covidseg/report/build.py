@@ -317,7 +317,7 @@ class ReportBuilder:
                 d.para(
                     f"Predicted vs true grade: {_pct(agree['grade_accuracy'])} equal, "
                     f"{_pct(agree['grade_within_one'])} within one grade; infected share of the lung off by "
-                    f"{agree['infection_percent_mae']:.2f} percentage points on average."
+                    f"{agree['infected_share_mae_points']:.2f} percentage points on average."
                 )
         self._figure(
             run / "plots" / f"predictions_{split}.png",

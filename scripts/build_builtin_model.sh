@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# Rebuilds covidseg's built-in model from COVID-QU-Ex, exactly as shipped:
+#
+#   scripts/build_builtin_model.sh DATA_DIR WORK_DIR [NAME]
+#
+# DATA_DIR: the COVID-QU-Ex folder (or its 'Infection Segmentation Data' folder) with Train and Val.
+# WORK_DIR: a new folder for the run and the bundle (about 200 MB).
+# It trains the cpu preset (60-minute time budget) on Train, scores it on Val untuned, tunes the
+# post-processing on Val (balanced Dice, cross-fitted), exports an fp16 ONNX-only bundle, scores
+# the bundle, measures predict latency and writes the model card. Then copy WORK_DIR/NAME into
+# src/covidseg/pretrained/NAME (only when it is measurably better than the shipped one: every
+# replacement stays in the repository's history).
+set -euo pipefail
+DATA=${1:?usage: scripts/build_builtin_model.sh DATA_DIR WORK_DIR [NAME]}
+WORK=${2:?usage: scripts/build_builtin_model.sh DATA_DIR WORK_DIR [NAME]}
+NAME=${3:-covidseg-v1}
+RUN="$WORK/run"
+BUNDLE="$WORK/$NAME"
+mkdir -p "$WORK"
+
+if [ ! -f "$RUN/budget.json" ] || ! grep -q '"finished": true' "$RUN/budget.json"; then
+  if [ -f "$RUN/checkpoints/last.pt" ]; then
+    covidseg train --out "$RUN" --resume
+  else
+    covidseg train --preset cpu --data "$DATA" --out "$RUN" --seed 0
+  fi
+fi
+covidseg evaluate "$RUN" --split Val --no-postprocess --panel 0
+cp "$RUN/eval/Val/summary.json" "$RUN/eval/Val/summary_untuned.json"
+covidseg tune "$RUN" --metric balanced
+covidseg evaluate "$RUN" --split Val
+rm -rf "$BUNDLE"
+covidseg export "$RUN" --out "$BUNDLE" --precision fp16 --onnx-only
+covidseg evaluate "$RUN" --split Val --bundle "$BUNDLE" --panel 0
+python "$(dirname "$0")/../benchmarks/predict_latency.py" --model "$BUNDLE" --markdown > "$WORK/speed.md"
+python -m covidseg.report.model_card "$RUN" "$BUNDLE" --name "$NAME" --speed "$WORK/speed.md"
+du -b "$BUNDLE"/*

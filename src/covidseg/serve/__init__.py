@@ -1,0 +1,1 @@
+"""The local web viewer and JSON API (``covidseg serve``): :mod:`covidseg.serve.app`."""

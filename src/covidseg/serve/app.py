@@ -1,0 +1,164 @@
+"""``covidseg serve``: a local web viewer and JSON API over one model (FastAPI + uvicorn).
+
+Routes:
+
+- ``GET /``: the viewer (one HTML page, no build step: ``static/index.html``)
+- ``POST /api/predict``: multipart form with ``file`` (PNG, JPEG, TIFF, BMP or DICOM) -> the
+  record ``covidseg predict`` writes to ``predictions.jsonl`` plus the decoded X-ray and the
+  masks as base64 PNGs at the X-ray's own size
+- ``GET /api/model``: the model card (name, outputs, files and hashes, Val figures, card text)
+- ``GET /api/examples`` and ``GET /api/examples/{name}``: the example X-rays shipped with covidseg
+- ``GET /healthz``
+
+Uploads are untrusted: the body is refused above ``max_upload_bytes`` (413) and without a
+Content-Length (411); the image header is checked against ``max_pixels`` before decoding
+(422, as are non-images and broken DICOMs). At most ``queue_size`` requests wait for the model
+at once; one more gets 503. The upload is decoded from a temporary folder that is removed
+before the response leaves.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import tempfile
+import threading
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from fastapi import FastAPI, File, HTTPException, Request, UploadFile
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse
+from PIL import Image
+
+from covidseg import __version__
+from covidseg.data.image_io import DICOM_SUFFIXES, IMAGE_SUFFIXES, read_xray
+from covidseg.errors import DataError
+from covidseg.inference.predictor import Predictor
+from covidseg.predict import prediction_record
+
+EXAMPLES = "examples"
+
+
+@dataclass(frozen=True)
+class Limits:
+    max_upload_bytes: int = 32 * 1024 * 1024
+    max_pixels: int | None = None  # None: covidseg.data.image_io.MAX_PIXELS
+    queue_size: int = 4
+
+
+class Queue:
+    """A bounded count of requests waiting for or holding the model; the model runs one at a time."""
+
+    def __init__(self, size: int) -> None:
+        self.size, self.pending = size, 0
+        self._count = threading.Lock()
+        self.model = threading.Lock()
+
+    def enter(self) -> bool:
+        with self._count:
+            if self.pending >= self.size:
+                return False
+            self.pending += 1
+            return True
+
+    def leave(self) -> None:
+        with self._count:
+            self.pending -= 1
+
+
+def _png_base64(array: np.ndarray) -> str:
+    buf = io.BytesIO()
+    Image.fromarray(array).save(buf, format="PNG")
+    return base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+def predict_upload(predictor: Predictor, data: bytes, filename: str, limits: Limits) -> dict[str, Any]:
+    """Decode an uploaded file (from a temporary folder) and predict it: the API's JSON."""
+    suffix = Path(filename).suffix.lower()
+    suffix = suffix if suffix in IMAGE_SUFFIXES + DICOM_SUFFIXES else ".upload"
+    with tempfile.TemporaryDirectory(prefix="covidseg-serve-") as tmp:
+        path = Path(tmp) / f"upload{suffix}"
+        path.write_bytes(data)
+        try:
+            gray = read_xray(path, limits.max_pixels)
+        except DataError as exc:  # the message names the upload, not the server's temporary path
+            raise DataError(str(exc).replace(str(path), "upload")) from None
+    pred = predictor.predict(gray)
+    record = prediction_record(pred, predictor, gray.shape)
+    record["filename"] = Path(filename).name[:200]
+    record["xray_png"] = _png_base64(gray)
+    record["mask_png"] = _png_base64(pred.mask * 255)
+    record["lung_png"] = _png_base64(pred.lung * 255) if pred.lung is not None else None
+    return record
+
+
+def example_files() -> dict[str, Path]:
+    root = Path(str(resources.files("covidseg"))) / EXAMPLES
+    if not root.is_dir():
+        return {}
+    return {p.name: p for p in sorted(root.iterdir()) if p.suffix.lower() in IMAGE_SUFFIXES}
+
+
+def create_app(predictor: Predictor, card: dict[str, Any], limits: Limits | None = None) -> FastAPI:
+    """The FastAPI application serving ``predictor``; ``card`` is what ``GET /api/model`` returns."""
+    limits = limits or Limits()
+    queue = Queue(limits.queue_size)
+    app = FastAPI(title="covidseg", version=__version__, docs_url=None, redoc_url=None)
+    page = (resources.files("covidseg.serve") / "static" / "index.html").read_text()
+
+    @app.middleware("http")
+    async def limit_body(request: Request, call_next):
+        if request.method == "POST":
+            length = request.headers.get("content-length")
+            if length is None:
+                return JSONResponse({"detail": "the request needs a Content-Length header"}, status_code=411)
+            if not length.isdigit() or int(length) > limits.max_upload_bytes:
+                mb = limits.max_upload_bytes / 1e6
+                return JSONResponse({"detail": f"the upload is larger than the limit of {mb:.0f} MB"}, 413)
+        return await call_next(request)
+
+    @app.get("/", response_class=HTMLResponse)
+    def index() -> str:
+        return page
+
+    @app.get("/healthz")
+    def healthz() -> dict[str, Any]:
+        return {"status": "ok", "model": predictor.name, "waiting": queue.pending}
+
+    @app.get("/api/model")
+    def model() -> dict[str, Any]:
+        return card
+
+    @app.get("/api/examples")
+    def examples() -> list[str]:
+        return list(example_files())
+
+    @app.get("/api/examples/{name}")
+    def example(name: str) -> FileResponse:
+        files = example_files()
+        if name not in files:
+            raise HTTPException(404, f"no example {name!r}")
+        return FileResponse(files[name])
+
+    @app.post("/api/predict")
+    async def api_predict(file: UploadFile = File(...)) -> dict[str, Any]:  # noqa: B008 - FastAPI's idiom
+        if not queue.enter():
+            raise HTTPException(503, "the server is busy; try again in a moment")
+        try:
+            data = await file.read()
+
+            def run() -> dict[str, Any]:
+                with queue.model:
+                    return predict_upload(predictor, data, file.filename or "upload", limits)
+
+            return await run_in_threadpool(run)
+        except DataError as exc:
+            raise HTTPException(422, str(exc)) from None
+        finally:
+            queue.leave()
+
+    return app

@@ -1,0 +1,218 @@
+"""``covidseg serve``: the JSON API through FastAPI's test client (good and bad uploads, the queue)
+and the viewer in a real headless Chromium that uploads an X-ray and sees the overlay and numbers."""
+
+from __future__ import annotations
+
+import base64
+import io
+import socket
+import struct
+import threading
+import time
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from covidseg.data.discovery import discover
+from covidseg.inference.predictor import Predictor
+from covidseg.predict import prediction_record
+
+fastapi = pytest.importorskip("fastapi", reason="serve needs fastapi (a dependency of covidseg)")
+from fastapi.testclient import TestClient  # noqa: E402
+
+from covidseg.serve.app import Limits, create_app  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def predictor(two_output_run: Path) -> Predictor:
+    return Predictor.load(two_output_run)
+
+
+@pytest.fixture(scope="module")
+def xray(synth_root: Path) -> Path:
+    return discover(synth_root).split("Val")[0].image
+
+
+def _client(predictor: Predictor, **limits) -> TestClient:
+    return TestClient(create_app(predictor, {"name": predictor.name, "card": "# test card"}, Limits(**limits)))
+
+
+def _png_bytes(array: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(array).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def _png_header_claiming(width: int, height: int) -> bytes:
+    """A PNG whose header announces ``width`` x ``height`` pixels, with a few bytes of data."""
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    chunk = b"IHDR" + ihdr
+    idat = zlib.compress(b"\0" * 64)
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + struct.pack(">I", len(ihdr)) + chunk + struct.pack(">I", zlib.crc32(chunk))
+        + struct.pack(">I", len(idat)) + b"IDAT" + idat + struct.pack(">I", zlib.crc32(b"IDAT" + idat))
+    )  # fmt: skip
+
+
+def test_predict_returns_the_predict_record_and_masks_at_the_xray_size(predictor: Predictor, xray: Path) -> None:
+    client = _client(predictor)
+    r = client.post("/api/predict", files={"file": (xray.name, xray.read_bytes(), "image/png")})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    gray = np.asarray(Image.open(xray).convert("L"))
+    expected = prediction_record(predictor.predict(xray), predictor, gray.shape)
+    assert {k: body[k] for k in expected} == expected  # the same JSON as predictions.jsonl
+    assert body["filename"] == xray.name
+    mask = np.asarray(Image.open(io.BytesIO(base64.b64decode(body["mask_png"]))))
+    lung = np.asarray(Image.open(io.BytesIO(base64.b64decode(body["lung_png"]))))
+    shown = np.asarray(Image.open(io.BytesIO(base64.b64decode(body["xray_png"]))))
+    assert mask.shape == lung.shape == shown.shape == gray.shape
+    assert np.array_equal(shown, gray)
+    assert np.array_equal(mask > 0, predictor.predict(xray).mask > 0)
+    assert body["infected_share_pct"] is not None and body["severity"] in ("none", "mild", "moderate", "severe")
+
+
+def test_model_card_health_page_and_examples(predictor: Predictor) -> None:
+    client = _client(predictor)
+    assert client.get("/healthz").json()["status"] == "ok"
+    assert client.get("/api/model").json()["card"] == "# test card"
+    page = client.get("/")
+    assert page.status_code == 200 and "covidseg viewer" in page.text and "/api/predict" in page.text
+    names = client.get("/api/examples").json()
+    assert isinstance(names, list)
+    for name in names:
+        r = client.get(f"/api/examples/{name}")
+        assert r.status_code == 200 and Image.open(io.BytesIO(r.content)).size[0] > 0
+    assert client.get("/api/examples/..%2Fserve%2Fapp.py").status_code == 404
+
+
+BAD_UPLOADS = {
+    "text": (b"hello, not an image", 422, "not a readable image"),
+    "empty": (b"", 422, "not a readable image"),
+    "truncated PNG": (None, 422, "not a readable image"),
+    "decompression bomb": (_png_header_claiming(40000, 40000), 422, "above the limit"),
+    "broken DICOM": (b"\0" * 128 + b"DICM" + b"\x02\x00\x10\x00UI\xff\xff", 422, "not a readable DICOM"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_UPLOADS))
+def test_bad_uploads_get_a_4xx_with_a_clear_message(predictor: Predictor, case: str) -> None:
+    data, status, text = BAD_UPLOADS[case]
+    if data is None:
+        data = _png_bytes(np.full((64, 64), 100, np.uint8))[:60]
+    r = _client(predictor).post("/api/predict", files={"file": ("x.png", data, "application/octet-stream")})
+    assert r.status_code == status, r.text
+    detail = r.json()["detail"]
+    assert text in detail and "covidseg-serve-" not in detail  # no server path in the message
+
+
+def test_upload_limits_and_missing_file(predictor: Predictor, xray: Path) -> None:
+    client = _client(predictor, max_upload_bytes=1000)
+    r = client.post("/api/predict", files={"file": ("x.png", b"\0" * 5000, "image/png")})
+    assert r.status_code == 413 and "limit" in r.json()["detail"]
+    assert _client(predictor).post("/api/predict", data={"other": "1"}).status_code == 422
+    small = _client(predictor, max_pixels=100)
+    r = small.post("/api/predict", files={"file": (xray.name, xray.read_bytes(), "image/png")})
+    assert r.status_code == 422 and "above the limit of 100 pixels" in r.json()["detail"]
+
+
+def test_a_full_queue_answers_503_and_the_server_goes_on(predictor: Predictor, xray: Path) -> None:
+    release = threading.Event()
+    entered = threading.Event()
+
+    class Slow:
+        def __getattr__(self, name):
+            return getattr(predictor, name)
+
+        def predict(self, image):
+            entered.set()
+            release.wait(10)
+            return predictor.predict(image)
+
+    client = _client(Slow(), queue_size=1)  # type: ignore[arg-type]
+    files = {"file": (xray.name, xray.read_bytes(), "image/png")}
+    first: dict = {}
+    t = threading.Thread(target=lambda: first.update(r=client.post("/api/predict", files=files)))
+    t.start()
+    assert entered.wait(10)
+    busy = client.post("/api/predict", files=files)
+    release.set()
+    t.join(10)
+    assert busy.status_code == 503 and "busy" in busy.json()["detail"]
+    assert first["r"].status_code == 200
+    assert client.post("/api/predict", files=files).status_code == 200
+
+
+CHROMIUM, CHROMEDRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_viewer_in_headless_chromium_uploads_and_shows_overlay_and_numbers(
+    predictor: Predictor, xray: Path, tmp_path: Path
+) -> None:
+    if not (CHROMIUM.exists() and CHROMEDRIVER.exists()):
+        pytest.skip("browser test: Debian's chromium and chromium-driver are not installed (.ci/run installs them)")
+    webdriver = pytest.importorskip("selenium.webdriver", reason="browser test: selenium is not installed")
+    uvicorn = pytest.importorskip("uvicorn")
+    from selenium.webdriver.chrome.service import Service
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    port = _free_port()
+    app = create_app(predictor, {"name": "test-model", "card": "# test card"})
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.time() + 30
+    while not server.started and time.time() < deadline:
+        time.sleep(0.05)
+    options = webdriver.ChromeOptions()
+    options.binary_location = str(CHROMIUM)
+    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--no-first-run"):
+        options.add_argument(arg)
+    driver = webdriver.Chrome(service=Service(str(CHROMEDRIVER)), options=options)
+    try:
+        driver.get(f"http://127.0.0.1:{port}/")
+        WebDriverWait(driver, 20).until(lambda d: "test-model" in d.find_element(By.ID, "model-name").text)
+        driver.find_element(By.ID, "file").send_keys(str(xray))
+        WebDriverWait(driver, 60).until(lambda d: d.execute_script("return document.body.dataset.state") == "done")
+        expected = predictor.predict(xray)
+        h, w = expected.mask.shape
+        assert driver.find_element(By.ID, "r-size").text == f"{w} x {h}"
+        share = driver.find_element(By.ID, "r-image-share").text
+        assert share == f"{expected.image_infected_share_pct:.2f} %"
+        assert driver.find_element(By.ID, "r-severity").text.split(" ")[0] == expected.severity["severity"]
+        # The overlay canvas holds exactly the predicted infection pixels, in red.
+        red = driver.execute_script(
+            "const c = document.getElementById('overlay'); const d = c.getContext('2d')"
+            ".getImageData(0, 0, c.width, c.height).data; let n = 0;"
+            "for (let i = 0; i < d.length; i += 4) if (d[i + 3] > 0 && d[i] > 200) n++; return n;"
+        )
+        assert red == int(expected.mask.sum())
+        lung_drawn = driver.execute_script(
+            "const c = document.getElementById('lung'); const d = c.getContext('2d')"
+            ".getImageData(0, 0, c.width, c.height).data; let n = 0;"
+            "for (let i = 3; i < d.length; i += 4) if (d[i] > 0) n++; return n;"
+        )
+        assert 0 < lung_drawn < int(expected.lung.sum())  # an outline: some lung pixels, not all
+        assert driver.find_element(By.ID, "download-json").get_attribute("aria-disabled") == "false"
+        # A bad upload shows its error on the page and the page keeps working.
+        bad = tmp_path / "not-an-image.png"
+        bad.write_text("not an image")
+        driver.find_element(By.ID, "file").send_keys(str(bad))
+        WebDriverWait(driver, 30).until(lambda d: d.execute_script("return document.body.dataset.state") == "error")
+        assert "422" in driver.find_element(By.ID, "status").text
+        assert "not a readable image" in driver.find_element(By.ID, "status").text
+    finally:
+        driver.quit()
+        server.should_exit = True
+        thread.join(10)
