@@ -151,6 +151,32 @@ def test_export_bundle_runs_in_onnxruntime_like_pytorch(lung_run: Path, synth_ro
     assert main(["predict", str(lung_run), str(image), "-o", str(tmp_path / "p"), "--engine", "onnx"]) == 2
 
 
+def test_fp16_onnx_only_bundle_is_half_the_size_and_scores_like_fp32(
+    lung_run: Path, synth_root: Path, tmp_path: Path, capsys
+) -> None:
+    full, half = tmp_path / "full", tmp_path / "half"
+    assert main(["export", str(lung_run), "--out", str(full), "--no-progress"]) == 0
+    argv = ["export", str(lung_run), "--out", str(half), "--precision", "fp16", "--onnx-only", "--no-progress"]
+    assert main(argv) == 0
+    assert {p.name for p in half.iterdir()} == {"model.onnx", "config.json", "metadata.json"}
+    cfg = json.loads((half / "config.json").read_text())
+    assert cfg["weights_precision"] == "fp16" and cfg["files"] == ["model.onnx"]
+    ratio = (half / "model.onnx").stat().st_size / (full / "model.onnx").stat().st_size
+    assert 0.45 < ratio < 0.6, ratio
+    image = next((synth_root / "Infection Segmentation Data" / "Val" / "COVID-19" / "images").iterdir())
+    by_fp32, by_fp16 = Predictor.load(full).predict(image), Predictor.load(half).predict(image)
+    assert np.abs(by_fp16.probability - by_fp32.probability).max() < 5e-3
+    assert (by_fp16.mask != by_fp32.mask).mean() < 1e-3
+    # No PyTorch weights in it: the torch engine says so in one line.
+    capsys.readouterr()
+    assert main(["predict", str(half), str(image), "-o", str(tmp_path / "p"), "--engine", "torch"]) == 2
+    assert "model.safetensors" in capsys.readouterr().err
+    # evaluate --bundle scores the shipped weights beside the run's own evaluation.
+    assert main(["evaluate", str(lung_run), "--bundle", str(half), "--panel", "0", "--no-progress"]) == 0
+    s = json.loads((lung_run / "eval" / "Val-half" / "summary.json").read_text())
+    assert s["bundle"]["engine"] == "onnx" and s["scored_at"] == "native" and s["images"] > 0
+
+
 def test_predict_real_world_inputs_and_skips_bad_ones(lung_run: Path, tmp_path: Path) -> None:
     inputs = tmp_path / "inputs"
     inputs.mkdir()

@@ -76,7 +76,9 @@ def store_fp16(path: str | Path) -> int:
         init.CopyFrom(numpy_helper.from_array(arr.astype(np.float16), f"{name}__fp16"))
         casts.append(helper.make_node("Cast", [f"{name}__fp16"], [name], to=TensorProto.FLOAT, name=f"{name}__cast"))
         converted += arr.size
-    graph.node[:0] = casts
+    nodes = list(graph.node)
+    del graph.node[:]
+    graph.node.extend(casts + nodes)
     onnx.checker.check_model(model)
     onnx.save(model, str(path))
     return converted

@@ -109,7 +109,7 @@ def _training(run: Path) -> str:
     cfg = (run / "config.yaml").read_text()
     hist = (run / "history.csv").read_text().strip().splitlines()
     budget = _load(run / "budget.json") if (run / "budget.json").is_file() else {}
-    cmd = " ".join(["covidseg", *env["command"][1:]])
+    cmd = " ".join(["covidseg", *_placeholders(env["command"][1:])])
     cpu = env.get("cpu", {})
     lines = [
         f"- Command: `{cmd}` (seed {env['seed']}); then `covidseg tune RUN --metric balanced`, "
@@ -129,6 +129,14 @@ def _training(run: Path) -> str:
         "</details>",
     ]
     return "\n".join(lines)
+
+
+def _placeholders(argv: list[str]) -> list[str]:
+    """The recorded command with this machine's paths as DATA and RUN."""
+    out, names = [], {"--data": "DATA", "--out": "RUN", "-o": "RUN"}
+    for prev, arg in zip([""] + argv, argv):
+        out.append(names.get(prev, arg))
+    return out
 
 
 def write_card(run: Path, bundle: Path, name: str, speed: str = "") -> Path:

@@ -1,0 +1,88 @@
+"""The built-in model: shipped as package data within its size limit, described by its card,
+used by ``predict`` with no model named, by ``covidseg.load_model()`` and by ``covidseg models``;
+on the real Val split it scores what its card says."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import covidseg
+from covidseg.cli import main
+from covidseg.data.discovery import discover
+from covidseg.data.image_io import read_mask, read_xray
+from covidseg.inference.builtin import DEFAULT, builtin_names, builtin_path, describe, sha256
+from covidseg.metrics import confusion_counts, dice_iou
+
+EXAMPLES = Path(covidseg.__file__).parent / "examples"
+LIMIT_BYTES = 25 * 1000 * 1000
+
+
+def test_the_default_model_ships_within_its_size_limit_with_a_true_card() -> None:
+    assert DEFAULT in builtin_names()
+    d = describe()
+    assert d["default"] and d["builtin"] and d["outputs"] == ["infection", "lung"]
+    assert d["size_bytes"] <= LIMIT_BYTES, d["size_bytes"]
+    assert set(d["files"]) == {"model.onnx", "config.json", "metadata.json", "MODEL_CARD.md"}
+    card = d["card"]
+    for needed in ("COVID-QU-Ex", "Command", "seed", "cross-fitted", "not for diagnosis", "failure modes", "Speed"):
+        assert needed.lower() in card.lower(), needed
+    # The card's hashes are those of the shipped files.
+    listed = dict(re.findall(r"\| `([^`]+)` \| [\d,]+ \| `([0-9a-f]{64})` \|", card))
+    assert set(listed) == {"model.onnx", "config.json", "metadata.json"}
+    for name, digest in listed.items():
+        assert sha256(builtin_path() / name) == digest, name
+
+
+def test_predict_with_no_model_uses_the_built_in_one(tmp_path: Path, capsys) -> None:
+    out = tmp_path / "out"
+    assert main(["predict", str(EXAMPLES), "--out", str(out), "--no-progress"]) == 0
+    records = {Path(r["image"]).name: r for r in map(json.loads, (out / "predictions.jsonl").read_text().splitlines())}
+    assert set(records) == {"covid-19.png", "non-covid.png", "normal.png"}
+    for name, r in records.items():
+        assert r["model"] == DEFAULT and r["engine"] == "onnx"
+        assert Image.open(out / r["mask"]).size == Image.open(EXAMPLES / name).size
+        assert r["severity"] in ("none", "mild", "moderate", "severe")
+    # The example with a large infection (51% of the lungs in its true mask) is found as such.
+    covid = records["covid-19.png"]
+    assert covid["covid_call"] is True and covid["infected_share_pct"] > 10
+
+
+def test_load_model_predicts_a_path_and_an_array_alike() -> None:
+    model = covidseg.load_model()
+    path = EXAMPLES / "covid-19.png"
+    by_path, by_array = model.predict(path), model.predict(read_xray(path))
+    assert np.array_equal(by_path.mask, by_array.mask) and np.array_equal(by_path.lung, by_array.lung)
+    assert by_path.mask.shape == (256, 256) and by_path.severity["severity"] == by_array.severity["severity"]
+    assert covidseg.load_model(DEFAULT).name == DEFAULT
+
+
+def test_models_lists_the_built_in_model_and_unknown_names_are_refused(capsys) -> None:
+    assert main(["models"]) == 0
+    out = capsys.readouterr().out
+    assert f"{DEFAULT} (default)" in out and "MODEL_CARD.md" in out and "smp-fpn" in out
+    assert main(["predict", str(EXAMPLES), "--out", "/tmp/never", "--model", "no-such-model"]) == 2
+    assert "built-in" in capsys.readouterr().err
+
+
+@pytest.mark.realdata
+def test_built_in_model_scores_on_val_what_its_card_says(real_root: Path) -> None:
+    """Per-image Dice over Val COVID-19 X-rays at their own size, as the card's shipped row."""
+    model = covidseg.load_model()
+    meta = json.loads((builtin_path() / "metadata.json").read_text())
+    card = describe()["card"]
+    shipped = re.search(r"\*\*shipped bundle[^|]*\*\* \| ([\d.]+) \| ([\d.]+) \|", card)
+    assert shipped, "the card has no shipped row"
+    samples = [s for s in discover(real_root).split("Val") if s.group == "COVID-19"]
+    dice = []
+    for s in samples:
+        pred = model.predict(s.image).mask
+        truth = read_mask(s.infection)
+        dice.append(dice_iou(confusion_counts(pred[None], truth[None]), 1.0)[0][0])
+    assert np.mean(dice) == pytest.approx(float(shipped.group(1)), abs=0.002)
+    assert meta["weights_precision"] == "fp16"
