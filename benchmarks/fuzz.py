@@ -145,8 +145,9 @@ def image_cases(tmp: Path) -> list[Case]:
     for mode in ("1", "L", "P", "RGB", "RGBA", "LA", "I", "F", "I;16"):
         out = io.BytesIO()
         img = Image.fromarray(gray).convert(mode) if mode != "I;16" else Image.fromarray(gray.astype(np.uint16) * 200)
-        img.save(out, format="TIFF" if mode in ("F",) else "PNG")
-        files[f"mode-{mode.replace(';', '')}.{'tif' if mode == 'F' else 'png'}"] = (out.getvalue(), "either")
+        tiff = mode in ("F", "I")
+        img.save(out, format="TIFF" if tiff else "PNG")
+        files[f"mode-{mode.replace(';', '')}.{'tif' if tiff else 'png'}"] = (out.getvalue(), "either")
     for shape in ((1, 1), (1, 3000), (3000, 1), (2, 2)):
         out = io.BytesIO()
         Image.fromarray(np.full(shape, 128, np.uint8)).save(out, format="PNG")
@@ -332,9 +333,11 @@ def bundle_cases(tmp: Path) -> list[Case]:
         d = tmp / "bundles" / name.replace(" ", "_").replace("/", "_")
         shutil.copytree(src, d)
         tamper(d)
-        cases.append(
-            Case("tampered bundles", name, ["predict", str(d), str(EXAMPLE), "--out", str(tmp / "bo" / d.name)])
-        )
+        argv = ["predict", str(d), str(EXAMPLE), "--out", str(tmp / "bo" / d.name)]
+        # onnxruntime needs no model_spec (only the PyTorch engine builds the network from it)
+        cases.append(Case("tampered bundles", name, argv, "either" if name == "no model_spec" else "error"))
+        if name == "no model_spec":
+            cases.append(Case("tampered bundles", f"{name}, engine torch", argv + ["--engine", "torch"]))
     assert cfg  # the shipped config parsed
     return cases
 
@@ -370,6 +373,14 @@ def run_folder_cases(tmp: Path, run: Path) -> list[Case]:
         d = tmp / "runs-tampered" / name.replace(" ", "_")
         shutil.copytree(run, d)
         tamper(d)
+        if name.startswith("config.yaml"):
+            # evaluate, predict and export read the settings stored in the checkpoint, so a damaged
+            # config.yaml may go unnoticed there; a resume reads it and must refuse or apply it.
+            for cmd in (["evaluate", str(d)], ["predict", str(d), str(EXAMPLE), "--out", str(tmp / "ro" / d.name)]):
+                cases.append(Case("tampered run folders", f"{cmd[0]}: {name}", cmd, "either"))
+            resume = ["train", "--out", str(d), "--resume", "--epochs", "2", "--time-budget", "3s"]
+            cases.append(Case("tampered run folders", f"resume: {name}", resume, "either"))
+            continue
         for cmd in (["evaluate", str(d)], ["predict", str(d), str(EXAMPLE), "--out", str(tmp / "ro" / d.name)],
                     ["export", str(d), "--out", str(tmp / "re" / d.name)]):  # fmt: skip
             cases.append(Case("tampered run folders", f"{cmd[0]}: {name}", cmd))
@@ -456,7 +467,7 @@ def data_loss_cases(tmp: Path, data: Path, run: Path) -> list[Case]:
         Case(
             "data safety",
             "resume with a changed image size",
-            ["train", "--out", str(other), "--resume", "--image-size", "32"],
+            ["train", "--out", str(other), "--resume", "--image-size", "48"],
             keep=[cfg],
         )
     )

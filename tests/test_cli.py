@@ -190,3 +190,9 @@ def test_checkpoints_and_bundles_are_as_readable_as_other_files(trained_run: Pat
     assert main(["export", str(trained_run), "--out", str(tmp_path / "b"), "--no-progress"]) == 0
     assert (tmp_path / "b").stat().st_mode & 0o777 == 0o777 & ~mask
     assert (tmp_path / "b" / "model.safetensors").stat().st_mode & 0o777 == expected
+
+
+def test_predict_with_only_a_model_and_no_input_is_refused(trained_run: Path, tmp_path: Path, capsys) -> None:
+    assert main(["predict", str(trained_run), "--out", str(tmp_path / "p")]) == 2
+    assert "give the X-ray file or folder after it" in capsys.readouterr().err
+    assert not (tmp_path / "p").exists()

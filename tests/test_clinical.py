@@ -175,6 +175,12 @@ def test_fp16_onnx_only_bundle_is_half_the_size_and_scores_like_fp32(
     assert main(["evaluate", str(lung_run), "--bundle", str(half), "--panel", "0", "--no-progress"]) == 0
     s = json.loads((lung_run / "eval" / "Val-half" / "summary.json").read_text())
     assert s["bundle"]["engine"] == "onnx" and s["scored_at"] == "native" and s["images"] > 0
+    # A bundle of another model (the built-in one: 128 px) is refused, not scored on this run's cache.
+    from covidseg.inference.builtin import builtin_path
+
+    capsys.readouterr()
+    assert main(["evaluate", str(lung_run), "--bundle", str(builtin_path()), "--no-progress"]) == 2
+    assert "does not fit the run" in capsys.readouterr().err
 
 
 def test_predict_real_world_inputs_and_skips_bad_ones(lung_run: Path, tmp_path: Path) -> None:

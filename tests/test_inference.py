@@ -91,3 +91,19 @@ def test_predictor_accepts_arrays_and_files_alike(two_output_run: Path, synth_ro
     assert np.array_equal(by_file.mask, by_array.mask) and by_file.mask.shape == read_xray(sample.image).shape
     with pytest.raises(CovidsegError, match="2-D uint8"):
         p.predict(np.zeros((3, 4, 4), np.uint8))
+
+
+@pytest.mark.parametrize("name", ["smp-fpn", "smp-unet"])
+def test_smp_networks_export_with_the_shapes_a_bundle_checks(name: str, tmp_path: Path) -> None:
+    """The exporter leaves symbolic output sizes for these networks; export writes the static ones."""
+    from covidseg.config import build_config
+    from covidseg.export import export_onnx
+    from covidseg.inference.backends import onnx_backend
+    from covidseg.inference.bundle import _check_onnx
+    from covidseg.models import create_model, model_spec
+
+    cfg = build_config("cpu", overrides={"model.name": name, "data.image_size": 64})
+    path = export_onnx(create_model(model_spec(cfg)).eval(), 64, tmp_path / "model.onnx")
+    _check_onnx(path, 64, 2)
+    x = np.random.default_rng(0).random((3, 1, 64, 64), dtype=np.float32)
+    assert onnx_backend(path)(x).shape == (3, 2, 64, 64)

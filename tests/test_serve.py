@@ -83,18 +83,20 @@ def test_model_card_health_page_and_examples(predictor: Predictor) -> None:
     page = client.get("/")
     assert page.status_code == 200 and "covidseg viewer" in page.text and "/api/predict" in page.text
     names = client.get("/api/examples").json()
-    assert isinstance(names, list)
+    assert sorted(names) == ["covid-19.png", "non-covid.png", "normal.png"]
     for name in names:
         r = client.get(f"/api/examples/{name}")
-        assert r.status_code == 200 and Image.open(io.BytesIO(r.content)).size[0] > 0
-    assert client.get("/api/examples/..%2Fserve%2Fapp.py").status_code == 404
+        assert r.status_code == 200 and Image.open(io.BytesIO(r.content)).size == (256, 256)
+    # Only the listed X-rays: the attribution beside them (a real file) is not served.
+    assert client.get("/api/examples/ATTRIBUTION.md").status_code == 404
 
 
 BAD_UPLOADS = {
     "text": (b"hello, not an image", 422, "not a readable image"),
     "empty": (b"", 422, "not a readable image"),
     "truncated PNG": (None, 422, "not a readable image"),
-    "decompression bomb": (_png_header_claiming(40000, 40000), 422, "above the limit"),
+    "header over the pixel limit": (_png_header_claiming(8000, 8000), 422, "above the limit of 50,000,000 pixels"),
+    "decompression bomb": (_png_header_claiming(40000, 40000), 422, "above the limit of 50,000,000 pixels"),
     "broken DICOM": (b"\0" * 128 + b"DICM" + b"\x02\x00\x10\x00UI\xff\xff", 422, "not a readable DICOM"),
 }
 
@@ -118,6 +120,13 @@ def test_upload_limits_and_missing_file(predictor: Predictor, xray: Path) -> Non
     small = _client(predictor, max_pixels=100)
     r = small.post("/api/predict", files={"file": (xray.name, xray.read_bytes(), "image/png")})
     assert r.status_code == 422 and "above the limit of 100 pixels" in r.json()["detail"]
+
+
+def test_only_this_machine_s_host_names_are_answered_when_asked(predictor: Predictor) -> None:
+    app = create_app(predictor, {"name": "m"}, allowed_hosts=["127.0.0.1", "localhost"])
+    client = TestClient(app, base_url="http://127.0.0.1:8000")
+    assert client.get("/healthz").status_code == 200
+    assert client.get("/healthz", headers={"host": "evil.example"}).status_code == 400  # DNS rebinding
 
 
 def test_a_full_queue_answers_503_and_the_server_goes_on(predictor: Predictor, xray: Path) -> None:

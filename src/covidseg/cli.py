@@ -82,6 +82,13 @@ def _positive_float(text: str) -> float:
     return value
 
 
+def _queue_size(text: str) -> int:
+    value = _positive_int(text)
+    if value > 32:
+        raise argparse.ArgumentTypeError(f"the queue holds 1-32 requests, got {text!r}")
+    return value
+
+
 def _port(text: str) -> int:
     value = _positive_int(text)
     if value > 65535:
@@ -254,12 +261,17 @@ def cmd_evaluate(a: argparse.Namespace) -> int:
 
 def _model_and_inputs(a: argparse.Namespace) -> tuple[str | None, str]:
     """``predict INPUTS`` (the built-in or ``--model`` model) or ``predict MODEL INPUTS``."""
+    from covidseg.inference.bundle import is_bundle
+
     if len(a.paths) > 2:
         raise CovidsegError("predict takes one input (a file or a folder), optionally after the model")
     if len(a.paths) == 2:
         if a.model is not None:
             raise CovidsegError("name the model once: either --model or as the first argument")
         return a.paths[0], a.paths[1]
+    only = Path(a.paths[0])
+    if is_bundle(only) or (only / "checkpoints").is_dir():
+        raise CovidsegError(f"{only} is a model (a bundle or run folder); give the X-ray file or folder after it")
     return a.model, a.paths[0]
 
 
@@ -284,9 +296,10 @@ def cmd_export(a: argparse.Namespace) -> int:
     _setup_logging(a.verbose)
     out = export_bundle(a.run_dir, a.out, a.checkpoint, a.precision, not a.onnx_only)
     meta = json.loads((out / "metadata.json").read_text())
+    files = ", ".join(sorted(f.name for f in out.iterdir()))
     print(
-        f"bundle written to {out}: model.onnx, model.safetensors, config.json, metadata.json "
-        f"(ONNX vs PyTorch max logit difference {meta['onnx_vs_torch_max_abs_logit_diff']:.2e})"
+        f"bundle written to {out}: {files} ({meta['weights_precision']} weights; ONNX vs PyTorch max logit "
+        f"difference {meta['onnx_vs_torch_max_abs_logit_diff']:.2e})"
     )
     return 0
 
@@ -379,15 +392,17 @@ def cmd_serve(a: argparse.Namespace) -> int:
     from covidseg.inference.builtin import describe_bundle, resolve_model
     from covidseg.inference.bundle import is_bundle
     from covidseg.predict import Predictor
-    from covidseg.serve.app import Limits, create_app
+    from covidseg.serve.app import LOOPBACK_HOSTS, Limits, create_app
 
     _setup_logging(a.verbose)
     path = resolve_model(a.model)
     predictor = Predictor.load(path)
-    card = describe_bundle(path) if is_bundle(path) else {"name": path.name, "path": str(path), "kind": "run folder"}
+    card = describe_bundle(path) if is_bundle(path) else {"name": path.name, "kind": "run folder"}
+    card.pop("path", None)  # the server's folders are not the client's business
     card["covidseg_version"] = __version__
-    limits = Limits(int(a.max_upload_mb * 1024 * 1024), a.max_pixels, a.queue)
-    app = create_app(predictor, card, limits)
+    limits = Limits(int(a.max_upload_mb * 1e6), a.max_pixels, a.queue)
+    loopback = a.host in LOOPBACK_HOSTS
+    app = create_app(predictor, card, limits, LOOPBACK_HOSTS if loopback else None)
     _check_listen(a.host, a.port)
     print(f"covidseg viewer on http://{a.host}:{a.port}/ (model {predictor.name}); Ctrl-C stops it")
     uvicorn.run(app, host=a.host, port=a.port, log_level="info" if a.verbose else "warning")
@@ -447,6 +462,19 @@ def cmd_presets(a: argparse.Namespace) -> int:
     if not a.verbose:
         print("\n(--verbose lists every preset's settings)")
     return 0
+
+
+def _checkpoint_option(sp: argparse.ArgumentParser) -> None:
+    sp.add_argument(
+        "--checkpoint",
+        default="best",
+        choices=("best", "last"),
+        help="the run's best or last checkpoint (default best)",
+    )
+
+
+def _device_option(sp: argparse.ArgumentParser) -> None:
+    sp.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default auto: CUDA when present)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -535,9 +563,9 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("run_dir")
     sp.add_argument("--data", help="data folder (default: the one the run was trained on)")
     sp.add_argument("--split", default="Val", choices=("Train", "Val", "Test"), help="default Val")
-    sp.add_argument("--checkpoint", default="best", choices=("best", "last"), help="default best")
+    _checkpoint_option(sp)
     sp.add_argument("--threshold", type=float, help="probability threshold (default: the run's, 0.5)")
-    sp.add_argument("--device", default="auto")
+    _device_option(sp)
     sp.add_argument("--batch-size", type=int)
     sp.add_argument("--limit", type=int, help="evaluate a group-stratified subset of N images")
     sp.add_argument("--panel", type=int, default=6, help="examples in the prediction panel (default 6)")
@@ -560,12 +588,14 @@ def build_parser() -> argparse.ArgumentParser:
     sp.set_defaults(func=cmd_evaluate)
 
     sp = sub.add_parser(
-        "predict", help="segment new X-rays (PNG, JPEG, TIFF, 16-bit, DICOM): masks, overlays, infected share, severity"
+        "predict",
+        help="segment new X-rays (PNG, JPEG, TIFF, 16-bit, DICOM): masks, overlays, infected share, severity",
+        usage="%(prog)s [MODEL] INPUTS -o OUT [options]",
     )
     sp.add_argument(
         "paths",
         nargs="+",
-        metavar="[MODEL] INPUTS",
+        metavar="PATH",
         help="an image or DICOM file, or a folder of them; before it, optionally, the model (as --model)",
     )
     sp.add_argument("-o", "--out", required=True, help="output folder")
@@ -579,9 +609,11 @@ def build_parser() -> argparse.ArgumentParser:
         type=_positive_int,
         help="refuse images above this many pixels, checked before decoding (default 50,000,000)",
     )
-    sp.add_argument("--checkpoint", default="best", choices=("best", "last"))
-    sp.add_argument("--threshold", type=float)
-    sp.add_argument("--device", default="auto")
+    _checkpoint_option(sp)
+    sp.add_argument(
+        "--threshold", type=float, help="probability threshold in (0, 1) (default: the model's tuned one, else 0.5)"
+    )
+    _device_option(sp)
     sp.add_argument(
         "--postprocess",
         action=argparse.BooleanOptionalAction,
@@ -600,7 +632,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp = sub.add_parser("export", help="write a deployable bundle: safetensors weights, ONNX model, config, metadata")
     sp.add_argument("run_dir")
     sp.add_argument("-o", "--out", required=True, help="bundle folder (new or empty)")
-    sp.add_argument("--checkpoint", default="best", choices=("best", "last"))
+    _checkpoint_option(sp)
     sp.add_argument(
         "--precision",
         default="fp32",
@@ -616,7 +648,9 @@ def build_parser() -> argparse.ArgumentParser:
     sp = sub.add_parser("demo", help="the main job on synthetic data: synth, train, evaluate, figures")
     sp.add_argument("-o", "--out", default="covidseg-demo", help="output folder (default ./covidseg-demo)")
     sp.add_argument("--epochs", type=int, help="override the demo's epochs")
-    sp.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    sp.add_argument(
+        "--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key of the demo preset"
+    )
     common(sp)
     sp.set_defaults(func=cmd_demo)
 
@@ -631,8 +665,8 @@ def build_parser() -> argparse.ArgumentParser:
         "balanced: the mean of per_image and per_image_covid)",
     )
     sp.add_argument("--limit", type=int, help="tune on a group-stratified subset of N Val images")
-    sp.add_argument("--checkpoint", default="best", choices=("best", "last"))
-    sp.add_argument("--device", default="auto")
+    _checkpoint_option(sp)
+    _device_option(sp)
     sp.add_argument(
         "--cross-fit",
         action=argparse.BooleanOptionalAction,
@@ -667,7 +701,12 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--port", type=_port, default=8000)
     sp.add_argument("--max-upload-mb", type=_positive_float, default=32.0, help="largest upload (default 32 MB)")
     sp.add_argument("--max-pixels", type=_positive_int, help="largest image, checked before decoding (default 50 MP)")
-    sp.add_argument("--queue", type=_positive_int, default=4, help="requests that may wait for the model (default 4)")
+    sp.add_argument(
+        "--queue",
+        type=_queue_size,
+        default=4,
+        help="requests admitted at once, the running one included (1-32, default 4)",
+    )
     sp.add_argument("-v", "--verbose", action="store_true", help="log every request")
     sp.set_defaults(func=cmd_serve)
 

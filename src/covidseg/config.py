@@ -339,7 +339,7 @@ PRESETS: dict[str, dict[str, Any]] = {
 PRESET_HELP: dict[str, str] = {
     "reference": "the published reference system exactly (256x256, 30 epochs); for a GPU (default there)",
     "reference-cpu": "the reference network at 128x128 for 10 epochs; the default on a CPU",
-    "cpu": "the best recipe for a CPU: smp U-Net with infection and lung outputs, 60-minute time budget",
+    "cpu": "the best recipe for a CPU: FPN on MobileNetV2, infection and lung outputs, 60-minute time budget",
     "gpu": "a stronger recipe for one GPU (U-Net++-ResNet34, 256x256, 40 epochs)",
     "demo": "the synthetic demo: small two-output U-Net, 150-second time budget",
 }

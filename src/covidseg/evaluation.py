@@ -26,6 +26,7 @@ from covidseg.data.dataset import SegmentationDataset
 from covidseg.data.discovery import GROUPS
 from covidseg.data.loading import discover_root, load_dataset
 from covidseg.errors import ConfigError
+from covidseg.inference.bundle import is_bundle
 from covidseg.inference.postprocess import FILENAME as POSTPROCESS_FILE
 from covidseg.inference.postprocess import read_postprocess
 from covidseg.inference.predictor import Predictor, open_run
@@ -280,7 +281,8 @@ def evaluate_run(
     run_dir = Path(run_dir)
     predictor, cfg, state = open_run(run_dir, checkpoint, device, threshold, postprocess)
     if bundle is not None:
-        predictor = Predictor.load(bundle, threshold=threshold, postprocess=postprocess)
+        predictor = _bundle_predictor(bundle, cfg, threshold, postprocess)
+        state = {**state, "epoch": json.loads((Path(bundle) / "metadata.json").read_text()).get("epoch", -1)}
     r = open_split(cfg, split, data_root, limit, cache_dir, progress)
     truth = load_truth(r.dataset, scored_at, progress)
     scored = score_split(predictor, r.dataset, truth, batch_size or cfg.train.batch_size, progress)
@@ -315,6 +317,19 @@ def evaluate_run(
         _draw_panel(run_dir, predictor, r.dataset, truth, scored, panel, split, r.synthetic)
     log.info("wrote %s and %s (scored at %s size)", out / "summary.json", out / "per_image.csv", scored_at)
     return summary
+
+
+def _bundle_predictor(bundle: str | Path, cfg: Config, threshold: float | None, postprocess: bool) -> Predictor:
+    """A bundle's predictor, refused unless it takes the run's input size and gives its outputs."""
+    if not is_bundle(bundle):
+        raise ConfigError(f"--bundle {bundle} is not a bundle from 'covidseg export'")
+    predictor = Predictor.load(bundle, threshold=threshold, postprocess=postprocess)
+    if predictor.image_size != cfg.data.image_size or predictor.targets != tuple(cfg.model.target_list):
+        raise ConfigError(
+            f"--bundle {bundle} ({predictor.image_size} px, {'+'.join(predictor.targets)}) does not fit the run "
+            f"({cfg.data.image_size} px, {cfg.model.targets}); export it from this run"
+        )
+    return predictor
 
 
 @dataclass

@@ -52,7 +52,25 @@ def export_onnx(model: torch.nn.Module, image_size: int, path: str | Path, opset
             opset_version=opset,
             dynamo=False,
         )
+    with torch.no_grad():
+        shape = tuple(int(n) for n in model(x).shape[1:])
+    _fix_output_shape(path, shape)
     return Path(path)
+
+
+def _fix_output_shape(path: str | Path, shape: tuple[int, ...]) -> None:
+    """Write the output's measured shape (batch, C, H, W) into the graph: the exporter leaves
+    symbolic names for some networks (FPN, U-Net on smp encoders), which a reader cannot check."""
+    import onnx
+
+    model = onnx.load(str(path))
+    dims = model.graph.output[0].type.tensor_type.shape.dim
+    dims[0].dim_param = "batch"
+    for d, value in zip(list(dims)[1:], shape):
+        d.Clear()
+        d.dim_value = value
+    onnx.checker.check_model(model)
+    onnx.save(model, str(path))
 
 
 def store_fp16(path: str | Path) -> int:
@@ -72,8 +90,13 @@ def store_fp16(path: str | Path) -> int:
         if init.data_type != TensorProto.FLOAT:
             continue
         arr = numpy_helper.to_array(init)
+        if arr.size < 16:  # scalars and tiny constants (an epsilon) keep their exact value
+            continue
+        half = arr.astype(np.float16)
+        if not np.isfinite(half).all():
+            raise CovidsegError(f"weight {init.name} holds values beyond float16's range; export with fp32")
         name = init.name
-        init.CopyFrom(numpy_helper.from_array(arr.astype(np.float16), f"{name}__fp16"))
+        init.CopyFrom(numpy_helper.from_array(half, f"{name}__fp16"))
         casts.append(helper.make_node("Cast", [f"{name}__fp16"], [name], to=TensorProto.FLOAT, name=f"{name}__cast"))
         converted += arr.size
     nodes = list(graph.node)
@@ -202,7 +225,9 @@ def export_bundle(
         if precision == "fp16":
             store_fp16(tmp / "model.onnx")
         meta = _metadata(run_dir, checkpoint, state, len(cfg.model.target_list), size, _count(weights))
-        meta["onnx_vs_torch_max_abs_logit_diff"] = _onnx_difference(model, tmp / "model.onnx", size)
+        meta["onnx_vs_torch_max_abs_logit_diff"] = diff = _onnx_difference(model, tmp / "model.onnx", size)
+        if not diff < (0.1 if precision == "fp16" else 1e-3):
+            raise CovidsegError(f"the exported ONNX model differs from PyTorch by {diff:.3g} in the logits")
         meta["weights_precision"] = precision
         bundle_cfg = {**_bundle_config(state, cfg, post), "weights_precision": precision}
         bundle_cfg["files"] = sorted(f.name for f in tmp.iterdir() if f.suffix in (".onnx", ".safetensors"))
@@ -216,7 +241,7 @@ def export_bundle(
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    log.info(
+    log.debug(
         "wrote bundle %s (ONNX vs PyTorch max logit difference %.2e)", out, meta["onnx_vs_torch_max_abs_logit_diff"]
     )
     return out

@@ -86,6 +86,17 @@ class Scale:
         out.update(self.set)
         return out
 
+    def check(self, where: str) -> None:
+        """Factors are numbers in (0, 1]; limits whole numbers of at least 1."""
+        for key in ("epochs_factor", "image_factor"):
+            v = getattr(self, key)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 < v <= 1:
+                raise ConfigError(f"{where}: {key} must be a number in (0, 1], got {v!r}")
+        for key in ("train_limit", "val_limit"):
+            v = getattr(self, key)
+            if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
+                raise ConfigError(f"{where}: {key} must be a whole number of at least 1, got {v!r}")
+
     def describe(self) -> str:
         parts = [f"epochs x{self.epochs_factor:g}", f"image size x{self.image_factor:g}"]
         if self.train_limit:
@@ -146,9 +157,12 @@ def load_spec(spec: str | Path) -> SweepSpec:
     preset = d.get("preset", "reference")
     if preset not in PRESETS:
         raise ConfigError(f"{path}: unknown preset {preset!r}")
-    base = flatten(d.get("base") or {})
+    base = flatten(_mapping(d.get("base") or {}, f"{path}: base"))
     grid = d.get("grid") or {}
-    trials = [flatten(t) for t in d.get("trials") or []]
+    raw_trials = d.get("trials") or []
+    if not isinstance(raw_trials, list):
+        raise ConfigError(f"{path}: trials must be a list of mappings (config key: value)")
+    trials = [flatten(_mapping(t, f"{path}: trial {i}")) for i, t in enumerate(raw_trials, 1)]
     if not isinstance(grid, dict) or any(not isinstance(v, list) or not v for v in grid.values()):
         raise ConfigError(f"{path}: grid must map config keys to non-empty lists of values")
     if not grid and not trials:
@@ -158,15 +172,22 @@ def load_spec(spec: str | Path) -> SweepSpec:
     if sort_by not in METRICS:
         raise ConfigError(f"{path}: sort_by must be one of {list(METRICS)}, got {sort_by!r}")
     scales = {}
-    for name, s in (d.get("scales") or {}).items():
-        s = dict(s or {})
-        s["set"] = flatten(s.get("set") or {})
+    for name, s in _mapping(d.get("scales") or {}, f"{path}: scales").items():
+        s = dict(_mapping(s or {}, f"{path}: scale {name}"))
+        s["set"] = flatten(_mapping(s.get("set") or {}, f"{path}: scale {name}: set"))
         _check_keys(list(s["set"]), f"{path}: scale {name}")
         try:
-            scales[name] = Scale(name=name, **s)
+            scales[name] = Scale(name=str(name), **s)
         except TypeError as exc:
             raise ConfigError(f"{path}: scale {name}: {exc}") from None
+        scales[name].check(f"{path}: scale {name}")
     return SweepSpec(d.get("name", path.stem), preset, base, grid, trials, sort_by, scales, d.get("description", ""))
+
+
+def _mapping(value: Any, where: str) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise ConfigError(f"{where} must be a mapping (key: value), got {type(value).__name__}")
+    return value
 
 
 def _short(key: str, value: Any) -> str:
@@ -197,6 +218,14 @@ def trial_config(
     if scale is not None:
         cfg = build_config(spec.preset, overrides=scale.apply(overrides, cfg))
     return cfg
+
+
+def _check_models(configs: list[Config]) -> None:
+    from covidseg.models import list_models
+
+    for cfg in configs:
+        if cfg.model.name not in list_models():
+            raise ConfigError(f"unknown model {cfg.model.name!r}; available: {', '.join(list_models())}")
 
 
 def _finished(run_dir: Path, epochs: int) -> bool:
@@ -265,6 +294,7 @@ def run_sweep(
         raise ConfigError(f"sort_by must be one of {list(METRICS)}, got {sort_by!r}")
     # Resolve every trial first, so a bad value fails before hours of training.
     configs = [trial_config(spec, t["settings"], data_root, sc, **extra) for t in trials]
+    _check_models(configs)
 
     for k, (t, cfg) in enumerate(zip(trials, configs), 1):
         run_dir = out / "trials" / t["name"]

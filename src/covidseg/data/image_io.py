@@ -25,6 +25,9 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
 # 50 megapixels is over twice the largest detector in use (43 x 43 cm at 0.1 mm, 18.5 MP), and
 # its header is checked before any pixel is decoded, so a decompression bomb costs nothing.
 MAX_PIXELS = 50_000_000
+# Pillow's own decompression-bomb check is replaced by ``check_pixels`` on every read below, so
+# that ``--max-pixels`` is the one limit (Pillow's would refuse above 179 MP whatever the flag).
+Image.MAX_IMAGE_PIXELS = None
 DICOM_SUFFIXES = (".dcm", ".dicom")
 
 
@@ -36,6 +39,7 @@ def read_gray8(path: str | Path) -> np.ndarray:
     """
     try:
         with Image.open(path) as img:
+            check_pixels(path, img.width, img.height, 1, None)
             img.load()
             return to_gray8(img)
     except FileNotFoundError:
@@ -145,7 +149,7 @@ def read_dicom_gray8(path: str | Path, max_pixels: int | None = None) -> np.ndar
         raise DataError(f"{path}: reading DICOM needs pydicom (pip install pydicom)") from None
     try:
         ds = pydicom.dcmread(str(path))
-        frames = int(getattr(ds, "NumberOfFrames", 1) or 1)
+        frames = int(getattr(ds, "NumberOfFrames", 1) or 1) * int(getattr(ds, "SamplesPerPixel", 1) or 1)
         check_pixels(path, int(ds.Columns), int(ds.Rows), frames, max_pixels)
         arr = ds.pixel_array
     except FileNotFoundError:

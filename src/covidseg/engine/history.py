@@ -7,6 +7,8 @@ import os
 from pathlib import Path
 from typing import Any
 
+from covidseg.errors import DataError
+
 COLUMNS = (
     "epoch",
     "lr",
@@ -39,7 +41,21 @@ def write_history(rows: list[dict[str, Any]], path: str | Path) -> None:
 
 
 def read_history(path: str | Path) -> list[dict[str, float]]:
-    with Path(path).open(newline="") as f:
-        return [
-            {k: float(v) if v not in ("", None) else float("nan") for k, v in row.items()} for row in csv.DictReader(f)
-        ]
+    """The rows of a ``history.csv`` as numbers (empty cells: nan).
+
+    Raises:
+        DataError: the file is not a history covidseg wrote (no ``epoch`` column, no rows, a cell
+            that is not a number), so that a damaged file gives one clear line, not a traceback.
+    """
+    try:
+        with Path(path).open(newline="", errors="replace") as f:
+            reader = csv.DictReader(f)
+            rows = [
+                {k: float(v) if v not in ("", None) else float("nan") for k, v in row.items() if k is not None}
+                for row in reader
+            ]
+    except (ValueError, TypeError, csv.Error) as exc:
+        raise DataError(f"{path} is damaged: {str(exc)[:120]}") from None
+    if not rows or "epoch" not in rows[0]:
+        raise DataError(f"{path} is damaged: no epoch rows")
+    return rows

@@ -481,5 +481,5 @@ def build_report(inputs: list[str | Path], out_dir: str | Path) -> tuple[Path, P
     md, page = out / "report.md", out / "report.html"
     md.write_text(b.doc.to_markdown())
     page.write_text(b.doc.to_html(out))
-    log.info("wrote %s and %s", md, page)
+    log.debug("wrote %s and %s", md, page)
     return md, page

@@ -47,7 +47,7 @@ EXAMPLES = "examples"
 class Limits:
     max_upload_bytes: int = 32 * 1024 * 1024
     max_pixels: int | None = None  # None: covidseg.data.image_io.MAX_PIXELS
-    queue_size: int = 4
+    queue_size: int = 4  # requests admitted at once, the one the model is running included
 
 
 class Queue:
@@ -103,23 +103,42 @@ def example_files() -> dict[str, Path]:
     return {p.name: p for p in sorted(root.iterdir()) if p.suffix.lower() in IMAGE_SUFFIXES}
 
 
-def create_app(predictor: Predictor, card: dict[str, Any], limits: Limits | None = None) -> FastAPI:
-    """The FastAPI application serving ``predictor``; ``card`` is what ``GET /api/model`` returns."""
+LOOPBACK_HOSTS = ["127.0.0.1", "localhost", "[::1]", "::1"]
+
+
+def create_app(
+    predictor: Predictor, card: dict[str, Any], limits: Limits | None = None, allowed_hosts: list[str] | None = None
+) -> FastAPI:
+    """The FastAPI application serving ``predictor``; ``card`` is what ``GET /api/model`` returns.
+    ``allowed_hosts``: the Host headers answered (others get 400, which stops DNS rebinding of a
+    server bound to this machine); None answers any."""
+    from starlette.middleware.trustedhost import TrustedHostMiddleware
+
     limits = limits or Limits()
     queue = Queue(limits.queue_size)
     app = FastAPI(title="covidseg", version=__version__, docs_url=None, redoc_url=None)
+    if allowed_hosts is not None:
+        app.add_middleware(TrustedHostMiddleware, allowed_hosts=allowed_hosts)
     page = (resources.files("covidseg.serve") / "static" / "index.html").read_text()
 
     @app.middleware("http")
     async def limit_body(request: Request, call_next):
-        if request.method == "POST":
-            length = request.headers.get("content-length")
-            if length is None:
-                return JSONResponse({"detail": "the request needs a Content-Length header"}, status_code=411)
-            if not length.isdigit() or int(length) > limits.max_upload_bytes:
-                mb = limits.max_upload_bytes / 1e6
-                return JSONResponse({"detail": f"the upload is larger than the limit of {mb:.0f} MB"}, 413)
-        return await call_next(request)
+        """Refuse a body that is too large, and a request the queue has no room for, before the
+        body is read (so a full server spools nothing)."""
+        if request.method != "POST":
+            return await call_next(request)
+        length = request.headers.get("content-length")
+        if length is None:
+            return JSONResponse({"detail": "the request needs a Content-Length header"}, status_code=411)
+        if not length.isdigit() or int(length) > limits.max_upload_bytes:
+            mb = limits.max_upload_bytes / 1e6
+            return JSONResponse({"detail": f"the upload is larger than the limit of {mb:g} MB"}, 413)
+        if not queue.enter():
+            return JSONResponse({"detail": "the server is busy; try again in a moment"}, 503)
+        try:
+            return await call_next(request)
+        finally:
+            queue.leave()
 
     @app.get("/", response_class=HTMLResponse)
     def index() -> str:
@@ -146,19 +165,15 @@ def create_app(predictor: Predictor, card: dict[str, Any], limits: Limits | None
 
     @app.post("/api/predict")
     async def api_predict(file: UploadFile = File(...)) -> dict[str, Any]:  # noqa: B008 - FastAPI's idiom
-        if not queue.enter():
-            raise HTTPException(503, "the server is busy; try again in a moment")
+        data = await file.read()
+
+        def run() -> dict[str, Any]:
+            with queue.model:
+                return predict_upload(predictor, data, file.filename or "upload", limits)
+
         try:
-            data = await file.read()
-
-            def run() -> dict[str, Any]:
-                with queue.model:
-                    return predict_upload(predictor, data, file.filename or "upload", limits)
-
             return await run_in_threadpool(run)
         except DataError as exc:
             raise HTTPException(422, str(exc)) from None
-        finally:
-            queue.leave()
 
     return app
