@@ -83,6 +83,15 @@ def test_refuses_to_overwrite_and_to_resume_nothing(tiny_cfg, tmp_path: Path) ->
         fit(tiny_cfg(), tmp_path / "new", resume=True)
 
 
+def test_resume_removes_the_temporary_files_of_a_killed_checkpoint_write(tiny_cfg, tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    fit(tiny_cfg(**{"train.epochs": 1}), run)
+    leftover = run / "checkpoints" / ".last.pt.k1ll3d"  # what save_checkpoint's temporary file is named
+    leftover.write_bytes(b"half a checkpoint")
+    fit(tiny_cfg(**{"train.epochs": 1}), run, resume=True)  # a finished run resumes to its end at once
+    assert not leftover.exists() and (run / "checkpoints" / "last.pt").is_file()
+
+
 def test_checkpoint_round_trip_gives_identical_logits(tiny_cfg, tmp_path: Path) -> None:
     """The reloaded checkpoint scores Val exactly as the in-memory model did at the end of training."""
     run = tmp_path / "run"

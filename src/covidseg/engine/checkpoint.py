@@ -27,6 +27,15 @@ FORMAT = "covidseg-checkpoint"
 FORMAT_VERSION = 1
 
 
+def remove_leftovers(folder: str | Path) -> int:
+    """Delete the temporary files of checkpoint writes that a killed run left (``.best.pt.xxxx``);
+    called under the run folder's lock, when no write can be in progress. Returns how many."""
+    leftovers = [f for f in Path(folder).glob(".*.pt.*") if f.is_file()]
+    for f in leftovers:
+        f.unlink(missing_ok=True)
+    return len(leftovers)
+
+
 def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
     """Write ``state`` to ``path`` through a temporary file and a rename: never half a file."""
     path = Path(path)

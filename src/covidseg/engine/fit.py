@@ -30,7 +30,7 @@ from covidseg.data.dataset import SegmentationDataset
 from covidseg.data.discovery import GROUPS
 from covidseg.data.loading import discover_root, load_dataset, make_loader
 from covidseg.engine.budget import Budget, ProgressSchedule
-from covidseg.engine.checkpoint import load_checkpoint, save_checkpoint
+from covidseg.engine.checkpoint import load_checkpoint, remove_leftovers, save_checkpoint
 from covidseg.engine.device import amp_dtype, autocast_factory, resolve_device
 from covidseg.engine.distributed import DistInfo, all_gather, barrier, cleanup, init_distributed
 from covidseg.engine.evaluate import EvalResult, evaluate
@@ -159,6 +159,8 @@ def fit(
     lock = folder_lock(run_dir, "train") if dinfo.is_main else nullcontext()
     try:
         with lock:
+            if dinfo.is_main and remove_leftovers(run_dir / "checkpoints"):
+                log.info("removed the temporary checkpoint files an interrupted run had left")
             result = _fit(cfg, run_dir, state, dinfo, resolve_device(device_name), progress, argv)
         # Every process waits for rank 0 to finish writing, so none tears down its
         # connections while another still uses them.
