@@ -78,6 +78,7 @@ def describe_bundle(d: Path) -> dict[str, Any]:
     files = {f.name: {"bytes": f.stat().st_size, "sha256": sha256(f)} for f in sorted(d.iterdir()) if f.is_file()}
     card = (d / CARD).read_text() if (d / CARD).is_file() else ""
     title = next((line.lstrip("# ").strip() for line in card.splitlines() if line.startswith("# ")), d.name)
+    title = title.removeprefix(f"{d.name}: ")
     return {
         "name": d.name,
         "builtin": d.parent == pretrained_root(),

@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -106,7 +107,7 @@ def figures(run: Path, bundle: Path) -> str:
 
 def _training(run: Path) -> str:
     env = _load(run / "env.json")
-    cfg = (run / "config.yaml").read_text()
+    cfg = re.sub(r"(?m)^(  root: ).*$", r"\1DATA", (run / "config.yaml").read_text())
     hist = (run / "history.csv").read_text().strip().splitlines()
     budget = _load(run / "budget.json") if (run / "budget.json").is_file() else {}
     cmd = " ".join(["covidseg", *_placeholders(env["command"][1:])])
