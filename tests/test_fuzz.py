@@ -5,6 +5,7 @@ invalid value, never a lost file; no untrusted pickle runs."""
 from __future__ import annotations
 
 import importlib.util
+import sys
 from pathlib import Path
 
 import pytest
@@ -16,6 +17,7 @@ FUZZ = Path(__file__).parents[1] / "benchmarks" / "fuzz.py"
 def test_fuzz_cases_all_end_as_they_should(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     spec = importlib.util.spec_from_file_location("covidseg_fuzz", FUZZ)
     fuzz = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, spec.name, fuzz)  # dataclasses look their module up there
     spec.loader.exec_module(fuzz)
     monkeypatch.setenv("COVIDSEG_CACHE_DIR", str(tmp_path / "cache"))
     data, run = fuzz.tiny_run(tmp_path)
