@@ -151,7 +151,7 @@ def test_a_full_queue_answers_503_and_the_server_goes_on(predictor: Predictor, x
     busy = client.post("/api/predict", files=files)
     release.set()
     t.join(10)
-    assert busy.status_code == 503 and "busy" in busy.json()["detail"]
+    assert busy.status_code == 503 and "busy" in busy.json()["detail"] and busy.headers["retry-after"] == "1"
     assert first["r"].status_code == 200
     assert client.post("/api/predict", files=files).status_code == 200
 

@@ -749,6 +749,9 @@ def _run(a: argparse.Namespace) -> int:
             raise
         print(f"covidseg: error: {exc}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # the reader went away ('covidseg models | head'): nothing to say
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - silences the flush at exit
+        return 0
     except OSError as exc:  # permission denied, a full or read-only disk, a path that is a file
         if a.debug:
             raise

@@ -134,7 +134,8 @@ def create_app(
             mb = limits.max_upload_bytes / 1e6
             return JSONResponse({"detail": f"the upload is larger than the limit of {mb:g} MB"}, 413)
         if not queue.enter():
-            return JSONResponse({"detail": "the server is busy; try again in a moment"}, 503)
+            busy = {"detail": "the server is busy; try again in a moment"}
+            return JSONResponse(busy, 503, headers={"Retry-After": "1"})
         try:
             return await call_next(request)
         finally:
