@@ -477,21 +477,19 @@ def _device_option(sp: argparse.ArgumentParser) -> None:
     sp.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default auto: CUDA when present)")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="covidseg", description="COVID-19 infection segmentation on chest X-rays.")
-    p.add_argument("--version", action="version", version=f"covidseg {__version__}")
-    p.add_argument("--debug", action="store_true", help="show the full traceback of an error")
-    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+def _common(sp: argparse.ArgumentParser) -> None:
+    """The options every long-running command takes."""
+    sp.add_argument(
+        "--progress",
+        action=argparse.BooleanOptionalAction,
+        default=sys.stderr.isatty(),
+        help="show progress bars (default: when stderr is a terminal)",
+    )
+    sp.add_argument("-v", "--verbose", action="store_true", help="debug logging")
 
-    def common(sp: argparse.ArgumentParser) -> None:
-        sp.add_argument(
-            "--progress",
-            action=argparse.BooleanOptionalAction,
-            default=sys.stderr.isatty(),
-            help="show progress bars (default: when stderr is a terminal)",
-        )
-        sp.add_argument("-v", "--verbose", action="store_true", help="debug logging")
 
+def _data_parsers(sub: Any) -> None:
+    """The parsers of data, synth, compact."""
     sp = sub.add_parser("data", help="count the images of a COVID-QU-Ex folder per split and group")
     sp.add_argument("root", help="the dataset root, its 'Infection Segmentation Data' folder, or the nested form")
     sp.add_argument("--show-skipped", type=int, default=20, metavar="N", help="list up to N skipped files (default 20)")
@@ -503,7 +501,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--val", type=int, default=32, help="Val images (default 32)")
     sp.add_argument("--test", type=int, default=32, help="Test images (default 32)")
     sp.add_argument("--seed", type=int, default=0, help="seed (default 0)")
-    common(sp)
+    _common(sp)
     sp.set_defaults(func=cmd_synth)
 
     sp = sub.add_parser(
@@ -517,9 +515,12 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--size", type=int, default=256, help="side in pixels the X-rays are resized to (default 256)")
     sp.add_argument("--quality", type=int, default=90, help="JPEG quality 1-95 (default 90)")
     sp.add_argument("--max-mib", type=float, help="exit with status 1 when the copy is larger than this")
-    common(sp)
+    _common(sp)
     sp.set_defaults(func=cmd_compact)
 
+
+def _train_parser(sub: Any) -> None:
+    """The parsers of train."""
     sp = sub.add_parser("train", help="train a model into a run folder")
     sp.add_argument("--data", help="data folder (COVID-QU-Ex layout)")
     sp.add_argument("-o", "--out", required=True, help="run folder to create (or continue with --resume)")
@@ -556,9 +557,12 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="KEY=VALUE",
         help="override any config key, e.g. --set optim.weight_decay=1e-4 (repeatable)",
     )
-    common(sp)
+    _common(sp)
     sp.set_defaults(func=cmd_train)
 
+
+def _evaluate_parser(sub: Any) -> None:
+    """The parsers of evaluate."""
     sp = sub.add_parser("evaluate", help="score a run on a split: summary.json, per_image.csv, prediction panel")
     sp.add_argument("run_dir")
     sp.add_argument("--data", help="data folder (default: the one the run was trained on)")
@@ -584,9 +588,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sp.add_argument("--cache-dir")
     sp.add_argument("--bundle", help="score this bundle of the run (from 'covidseg export') in place of its checkpoint")
-    common(sp)
+    _common(sp)
     sp.set_defaults(func=cmd_evaluate)
 
+
+def _predict_parsers(sub: Any) -> None:
+    """The parsers of predict, export."""
     sp = sub.add_parser(
         "predict",
         help="segment new X-rays (PNG, JPEG, TIFF, 16-bit, DICOM): masks, overlays, infected share, severity",
@@ -626,7 +633,7 @@ def build_parser() -> argparse.ArgumentParser:
         choices=("auto", "torch", "onnx"),
         help="auto: onnxruntime for a bundle, PyTorch for a run folder",
     )
-    common(sp)
+    _common(sp)
     sp.set_defaults(func=cmd_predict)
 
     sp = sub.add_parser("export", help="write a deployable bundle: safetensors weights, ONNX model, config, metadata")
@@ -642,16 +649,19 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument(
         "--onnx-only", action="store_true", help="leave out model.safetensors (the bundle then runs in onnxruntime)"
     )
-    common(sp)
+    _common(sp)
     sp.set_defaults(func=cmd_export)
 
+
+def _study_parsers(sub: Any) -> None:
+    """The parsers of demo, tune, sweep, report."""
     sp = sub.add_parser("demo", help="the main job on synthetic data: synth, train, evaluate, figures")
     sp.add_argument("-o", "--out", default="covidseg-demo", help="output folder (default ./covidseg-demo)")
     sp.add_argument("--epochs", type=int, help="override the demo's epochs")
     sp.add_argument(
         "--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key of the demo preset"
     )
-    common(sp)
+    _common(sp)
     sp.set_defaults(func=cmd_demo)
 
     sp = sub.add_parser("tune", help="tune flip TTA, threshold and post-processing on Val; keep what helps")
@@ -674,7 +684,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="also estimate what tuning is worth on unseen images: choose on one half of Val, score on the "
         "other, both ways (default yes)",
     )
-    common(sp)
+    _common(sp)
     sp.set_defaults(func=cmd_tune)
 
     sp = sub.add_parser("sweep", help="run a grid or list of trials; leaderboard, comparison plots; resumable")
@@ -686,15 +696,18 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--cache-dir")
     sp.add_argument("--device", help="train.device for every trial")
     sp.add_argument("--list", action="store_true", help="list the shipped specs")
-    common(sp)
+    _common(sp)
     sp.set_defaults(func=cmd_sweep)
 
     sp = sub.add_parser("report", help="Markdown and self-contained HTML report of runs and sweeps")
     sp.add_argument("inputs", nargs="+", help="run folders and/or sweep folders")
     sp.add_argument("-o", "--out", required=True, help="report folder")
-    common(sp)
+    _common(sp)
     sp.set_defaults(func=cmd_report)
 
+
+def _serve_parsers(sub: Any) -> None:
+    """The parsers of serve, models, presets."""
     sp = sub.add_parser("serve", help="a local web viewer and JSON API: drop an X-ray, see the masks and numbers")
     sp.add_argument("model", nargs="?", help="a run folder, bundle or built-in model's name (default: built-in)")
     sp.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
@@ -716,6 +729,19 @@ def build_parser() -> argparse.ArgumentParser:
     sp = sub.add_parser("presets", help="list the presets: what each is for")
     sp.add_argument("-v", "--verbose", action="store_true", help="also every preset's settings")
     sp.set_defaults(func=cmd_presets)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="covidseg", description="COVID-19 infection segmentation on chest X-rays.")
+    p.add_argument("--version", action="version", version=f"covidseg {__version__}")
+    p.add_argument("--debug", action="store_true", help="show the full traceback of an error")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _data_parsers(sub)
+    _train_parser(sub)
+    _evaluate_parser(sub)
+    _predict_parsers(sub)
+    _study_parsers(sub)
+    _serve_parsers(sub)
     return p
 
 
