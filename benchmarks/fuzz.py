@@ -40,6 +40,7 @@ from PIL import Image
 
 from covidseg.cli import main as cli
 from covidseg.config import Config, valid_keys
+from covidseg.data.synthetic import write_dicom
 from covidseg.inference.builtin import builtin_path
 
 EXAMPLE = Path(__file__).parents[1] / "src" / "covidseg" / "examples" / "covid-19.png"
@@ -100,27 +101,6 @@ def _png_claiming(width: int, height: int) -> bytes:
     )
 
 
-def _dicom(path: Path, stored: np.ndarray, **tags) -> Path:
-    from pydicom.dataset import Dataset, FileMetaDataset
-    from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
-
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = Dataset()
-    ds.file_meta = meta
-    ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
-    ds.Rows, ds.Columns = stored.shape
-    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
-    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
-    for key, value in tags.items():
-        setattr(ds, key, value)
-    ds.PixelData = stored.astype(np.uint16).tobytes()
-    ds.save_as(path, enforce_file_format=True)
-    return path
-
-
 def image_cases(tmp: Path) -> list[Case]:
     d = tmp / "images"
     d.mkdir()
@@ -166,7 +146,7 @@ def image_cases(tmp: Path) -> list[Case]:
         "frames-lie.dcm": ({"NumberOfFrames": 1000}, "error"),
     }
     for name, (tags, _) in dicoms.items():
-        _dicom(d / name, stored, **tags)
+        write_dicom(d / name, stored, **tags)
     (d / "truncated.dcm").write_bytes((d / "ok.dcm").read_bytes()[:300])
     (d / "marker-only.dcm").write_bytes(b"\0" * 128 + b"DICM")
     (d / "dir.png").mkdir()

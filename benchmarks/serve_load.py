@@ -12,7 +12,6 @@ the server's resident memory before and after:
 from __future__ import annotations
 
 import argparse
-import os
 import socket
 import subprocess
 import sys
@@ -23,6 +22,8 @@ from pathlib import Path
 
 import httpx
 import numpy as np
+
+from covidseg.engine.device import cpu_info
 
 
 def _free_port() -> int:
@@ -36,14 +37,6 @@ def _rss_mb(pid: int) -> float:
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) / 1024
     return float("nan")
-
-
-def _cpu() -> str:
-    info = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").is_file() else ""
-    model = next((ln.split(":", 1)[1].strip() for ln in info.splitlines() if ln.startswith("model name")), "unknown")
-    flags = set(next((ln.split(":", 1)[1].split() for ln in info.splitlines() if ln.startswith("flags")), []))
-    have = [f for f in ("avx2", "avx512f", "avx512_bf16", "amx_tile") if f in flags]
-    return f"{model}, {os.cpu_count()} cores, {' '.join(have) or 'no avx2'}"
 
 
 def main() -> None:
@@ -103,7 +96,8 @@ def main() -> None:
         server.wait(30)
     lat = np.asarray(latencies) * 1000
     errors = sum(n for code, n in codes.items() if code not in (200, 503))
-    print(f"CPU: {_cpu()}")
+    cpu = cpu_info()
+    print(f"CPU: {cpu['model']}, {cpu['summary']}")
     print(f"image {a.image}, {a.clients} clients, {a.seconds:g} s, queue {a.queue}")
     print(f"answered  {codes[200]} ok ({codes[200] / wall:.2f} requests/s), {codes[503]} busy (503)")
     if lat.size:

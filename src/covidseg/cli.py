@@ -62,14 +62,19 @@ def _parse_sets(items: list[str]) -> dict[str, Any]:
     return out
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if not 1 <= value <= 2**62:
-        raise argparse.ArgumentTypeError(f"expected a whole number of at least 1, got {text!r}")
-    return value
+def _whole_number(low: int, high: int, what: str):
+    """An argparse type: a whole number in ``low``..``high``."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{what} must be a whole number, got {text!r}") from None
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"{what} must be {low}-{high:,}, got {text!r}")
+        return value
+
+    return parse
 
 
 def _positive_float(text: str) -> float:
@@ -79,20 +84,6 @@ def _positive_float(text: str) -> float:
         raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
     if not 0 < value < 1e6:
         raise argparse.ArgumentTypeError(f"expected a number above 0 (and below a million), got {text!r}")
-    return value
-
-
-def _queue_size(text: str) -> int:
-    value = _positive_int(text)
-    if value > 32:
-        raise argparse.ArgumentTypeError(f"the queue holds 1-32 requests, got {text!r}")
-    return value
-
-
-def _port(text: str) -> int:
-    value = _positive_int(text)
-    if value > 65535:
-        raise argparse.ArgumentTypeError(f"a port is 1-65535, got {text!r}")
     return value
 
 
@@ -613,7 +604,7 @@ def _predict_parsers(sub: Any) -> None:
     )
     sp.add_argument(
         "--max-pixels",
-        type=_positive_int,
+        type=_whole_number(1, 2**62, "--max-pixels"),
         help="refuse images above this many pixels, checked before decoding (default 50,000,000)",
     )
     _checkpoint_option(sp)
@@ -711,12 +702,16 @@ def _serve_parsers(sub: Any) -> None:
     sp = sub.add_parser("serve", help="a local web viewer and JSON API: drop an X-ray, see the masks and numbers")
     sp.add_argument("model", nargs="?", help="a run folder, bundle or built-in model's name (default: built-in)")
     sp.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
-    sp.add_argument("--port", type=_port, default=8000)
+    sp.add_argument("--port", type=_whole_number(1, 65535, "a port"), default=8000)
     sp.add_argument("--max-upload-mb", type=_positive_float, default=32.0, help="largest upload (default 32 MB)")
-    sp.add_argument("--max-pixels", type=_positive_int, help="largest image, checked before decoding (default 50 MP)")
+    sp.add_argument(
+        "--max-pixels",
+        type=_whole_number(1, 2**62, "--max-pixels"),
+        help="largest image, checked before decoding (default 50 MP)",
+    )
     sp.add_argument(
         "--queue",
-        type=_queue_size,
+        type=_whole_number(1, 32, "the queue"),
         default=4,
         help="requests admitted at once, the running one included (1-32, default 4)",
     )

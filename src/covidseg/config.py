@@ -10,7 +10,6 @@ from __future__ import annotations
 import ast
 import dataclasses
 import math
-import os
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,6 +17,7 @@ from typing import Any
 
 import yaml
 
+from covidseg.atomic import write_atomic
 from covidseg.errors import ConfigError
 
 
@@ -469,7 +469,4 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
 
 def save_yaml(cfg: Config, path: str | Path) -> None:
     """Write the config through a temporary file and a rename: never half a file."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
-    os.replace(tmp, path)
+    write_atomic(path, yaml.safe_dump(cfg.to_dict(), sort_keys=False))

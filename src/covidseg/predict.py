@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from covidseg.atomic import TMP_PREFIX, remove_leftovers, write_atomic
 from covidseg.data.discovery import INFECTION, LUNG
 from covidseg.data.image_io import DICOM_SUFFIXES, IMAGE_SUFFIXES, is_dicom, read_xray
 from covidseg.errors import CovidsegError, DataError
@@ -25,7 +26,7 @@ from covidseg.inference.predictor import Prediction, Predictor
 from covidseg.locking import folder_lock
 from covidseg.progress import Progress, silent
 
-__all__ = ["Prediction", "Predictor", "list_inputs", "predict_paths", "prediction_record"]
+__all__ = ["Prediction", "Predictor", "list_inputs", "png_bytes", "predict_paths", "prediction_record"]
 
 log = logging.getLogger(__name__)
 
@@ -125,7 +126,7 @@ def predict_paths(
     done = 0
     stems = output_stems(files, base)
     with folder_lock(out, "predict"):
-        _remove_leftovers(out)
+        remove_leftovers(out)
         partial = out / f"{TMP_PREFIX}predictions.jsonl"
         with partial.open("w") as lines:
             for f in (progress or silent)(files, desc="predict", total=len(files)):
@@ -160,26 +161,16 @@ def _write_one(predictor: Predictor, gray: np.ndarray, out: Path, stem: str) -> 
     return record
 
 
-TMP_PREFIX = ".covidseg-tmp-"
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f"{TMP_PREFIX}{path.name}")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
+def png_bytes(array: np.ndarray) -> bytes:
+    """An (H, W) or (H, W, 3) uint8 array as PNG file bytes."""
+    buf = io.BytesIO()
+    Image.fromarray(array).save(buf, format="PNG")
+    return buf.getvalue()
 
 
 def _save_png(path: Path, array: np.ndarray) -> str:
-    buf = io.BytesIO()
-    Image.fromarray(array).save(buf, format="PNG")
-    _atomic_write(path, buf.getvalue())
+    write_atomic(path, png_bytes(array))
     return path.name
-
-
-def _remove_leftovers(out: Path) -> None:
-    """Temporary files of a killed earlier run into the same folder (it held the lock, now free)."""
-    for f in out.glob(f"{TMP_PREFIX}*"):
-        f.unlink(missing_ok=True)
 
 
 def outline(rgb: np.ndarray, mask: np.ndarray, color: tuple[float, float, float] = (0.2, 0.6, 1.0)) -> np.ndarray:

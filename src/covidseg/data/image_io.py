@@ -195,7 +195,5 @@ def read_xray(path: str | Path, max_pixels: int | None = None) -> np.ndarray:
             return to_gray8(img)
     except FileNotFoundError:
         raise DataError(f"{path}: file not found") from None
-    except Image.DecompressionBombError as exc:
-        raise DataError(f"{path}: the image is above the limit of pixels Pillow decodes ({exc})") from None
-    except (OSError, ValueError, SyntaxError) as exc:
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
         raise DataError(f"{path}: not a readable image ({exc})") from None

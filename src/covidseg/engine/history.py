@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import csv
-import os
+import io
 from pathlib import Path
 from typing import Any
 
+from covidseg.atomic import write_atomic
 from covidseg.errors import DataError
 
 COLUMNS = (
@@ -30,14 +31,12 @@ COLUMNS = (
 
 
 def write_history(rows: list[dict[str, Any]], path: str | Path) -> None:
-    path = Path(path)
-    tmp = path.with_suffix(".csv.tmp")
-    with tmp.open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=COLUMNS, extrasaction="ignore")
-        writer.writeheader()
-        for row in rows:
-            writer.writerow({k: ("" if row.get(k) is None else row.get(k)) for k in COLUMNS})
-    os.replace(tmp, path)
+    text = io.StringIO(newline="")
+    writer = csv.DictWriter(text, fieldnames=COLUMNS, extrasaction="ignore")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({k: ("" if row.get(k) is None else row.get(k)) for k in COLUMNS})
+    write_atomic(path, text.getvalue())
 
 
 def read_history(path: str | Path) -> list[dict[str, float]]:

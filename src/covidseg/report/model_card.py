@@ -13,13 +13,13 @@ evaluations it reads are ``RUN/eval/Val/summary_untuned.json`` (``evaluate --no-
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import re
 from pathlib import Path
 from typing import Any
 
 from covidseg.errors import CovidsegError
+from covidseg.inference.builtin import sha256
 
 TITLE = "COVID-19 infection and lung segmentation on frontal chest X-rays"
 
@@ -28,10 +28,6 @@ def _load(path: Path) -> dict[str, Any]:
     if not path.is_file():
         raise CovidsegError(f"{path} is missing; see the recipe at the top of covidseg/report/model_card.py")
     return json.loads(path.read_text())
-
-
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def _row(label: str, s: dict[str, Any]) -> str:
@@ -204,7 +200,7 @@ comparable with the figures above.
 | file | bytes | SHA-256 |
 |---|---:|---|
 """
-        + "\n".join(f"| `{f.name}` | {f.stat().st_size:,} | `{_sha256(f)}` |" for f in files)
+        + "\n".join(f"| `{f.name}` | {f.stat().st_size:,} | `{sha256(f)}` |" for f in files)
         + "\n"
     )
     out = bundle / "MODEL_CARD.md"

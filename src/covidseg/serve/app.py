@@ -20,7 +20,6 @@ before the response leaves.
 from __future__ import annotations
 
 import base64
-import io
 import tempfile
 import threading
 from dataclasses import dataclass
@@ -32,13 +31,12 @@ import numpy as np
 from fastapi import FastAPI, File, HTTPException, Request, UploadFile
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse
-from PIL import Image
 
 from covidseg import __version__
 from covidseg.data.image_io import DICOM_SUFFIXES, IMAGE_SUFFIXES, read_xray
 from covidseg.errors import DataError
 from covidseg.inference.predictor import Predictor
-from covidseg.predict import prediction_record
+from covidseg.predict import png_bytes, prediction_record
 
 EXAMPLES = "examples"
 
@@ -71,9 +69,7 @@ class Queue:
 
 
 def _png_base64(array: np.ndarray) -> str:
-    buf = io.BytesIO()
-    Image.fromarray(array).save(buf, format="PNG")
-    return base64.b64encode(buf.getvalue()).decode("ascii")
+    return base64.b64encode(png_bytes(array)).decode("ascii")
 
 
 def predict_upload(predictor: Predictor, data: bytes, filename: str, limits: Limits) -> dict[str, Any]:
