@@ -6,8 +6,9 @@
 # DATA_DIR: the COVID-QU-Ex folder (or its 'Infection Segmentation Data' folder) with Train and Val.
 # WORK_DIR: a new folder for the run and the bundle (about 200 MB).
 # It trains the cpu preset (60-minute time budget) on Train, scores it on Val untuned, tunes the
-# post-processing on Val (balanced Dice, cross-fitted), exports an fp16 ONNX-only bundle, scores
-# the bundle, measures predict latency and writes the model card. Then copy WORK_DIR/NAME into
+# post-processing on Val (balanced Dice, cross-fitted), fits the input check and calibration
+# (Train/Val), exports an fp16 ONNX-only bundle, scores the bundle, measures predict latency and
+# the input check on out-of-distribution images, and writes the model card. Then copy WORK_DIR/NAME into
 # src/covidseg/pretrained/NAME (only when it is measurably better than the shipped one: every
 # replacement stays in the repository's history).
 set -euo pipefail
@@ -29,9 +30,11 @@ covidseg evaluate "$RUN" --split Val --no-postprocess --panel 0
 cp "$RUN/eval/Val/summary.json" "$RUN/eval/Val/summary_untuned.json"
 covidseg tune "$RUN" --metric balanced
 covidseg evaluate "$RUN" --split Val
+covidseg calibrate "$RUN"
 rm -rf "$BUNDLE"
 covidseg export "$RUN" --out "$BUNDLE" --precision fp16 --onnx-only
 covidseg evaluate "$RUN" --split Val --bundle "$BUNDLE" --panel 0
 python "$(dirname "$0")/../benchmarks/predict_latency.py" --model "$BUNDLE" --markdown > "$WORK/speed.md"
-python -m covidseg.report.model_card "$RUN" "$BUNDLE" --name "$NAME" --speed "$WORK/speed.md"
+python "$(dirname "$0")/../benchmarks/ood.py" --data "$DATA" --model "$BUNDLE" --markdown > "$WORK/ood.md"
+python -m covidseg.report.model_card "$RUN" "$BUNDLE" --name "$NAME" --speed "$WORK/speed.md" --ood "$WORK/ood.md"
 du -b "$BUNDLE"/*

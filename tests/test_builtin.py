@@ -28,13 +28,15 @@ def test_the_default_model_ships_within_its_size_limit_with_a_true_card() -> Non
     d = describe()
     assert d["default"] and d["builtin"] and d["outputs"] == ["infection", "lung"]
     assert d["size_bytes"] <= LIMIT_BYTES, d["size_bytes"]
-    assert set(d["files"]) == {"model.onnx", "config.json", "metadata.json", "MODEL_CARD.md"}
+    shipped = {"model.onnx", "config.json", "metadata.json", "calibration.json", "input_check.npz"}
+    assert set(d["files"]) == shipped | {"MODEL_CARD.md"}
     card = d["card"]
-    for needed in ("COVID-QU-Ex", "Command", "seed", "cross-fitted", "not for diagnosis", "failure modes", "Speed"):
+    needed_words = ("COVID-QU-Ex", "Command", "seed", "cross-fitted", "not for diagnosis", "failure modes", "Speed")
+    for needed in needed_words + ("input check", "ECE", "ROC AUC"):
         assert needed.lower() in card.lower(), needed
     # The card's hashes are those of the shipped files.
     listed = dict(re.findall(r"\| `([^`]+)` \| [\d,]+ \| `([0-9a-f]{64})` \|", card))
-    assert set(listed) == {"model.onnx", "config.json", "metadata.json"}
+    assert set(listed) == shipped
     for name, digest in listed.items():
         assert sha256(builtin_path() / name) == digest, name
 
@@ -60,6 +62,21 @@ def test_load_model_predicts_a_path_and_an_array_alike() -> None:
     assert np.array_equal(by_path.mask, by_array.mask) and np.array_equal(by_path.lung, by_array.lung)
     assert by_path.mask.shape == (256, 256) and by_path.severity["severity"] == by_array.severity["severity"]
     assert covidseg.load_model(DEFAULT).name == DEFAULT
+
+
+def test_built_in_model_passes_its_examples_and_flags_what_is_not_a_chest_x_ray() -> None:
+    model = covidseg.load_model()
+    for name in ("covid-19.png", "non-covid.png", "normal.png"):
+        pred = model.predict(EXAMPLES / name)
+        assert pred.input_check["verdict"] == "ok", (name, pred.input_check)
+        assert 0 <= pred.covid_probability <= 1
+    covid, normal = model.predict(EXAMPLES / "covid-19.png"), model.predict(EXAMPLES / "normal.png")
+    assert covid.covid_probability > 0.5 > normal.covid_probability
+    xray = read_xray(EXAMPLES / "normal.png")
+    noise = np.random.default_rng(0).integers(0, 256, (256, 256), dtype=np.uint8)
+    for image in (noise, np.full((256, 256), 128, np.uint8), np.rot90(xray).copy()):
+        check = model.predict(image).input_check
+        assert check["verdict"] != "ok", check
 
 
 def test_models_lists_the_built_in_model_and_unknown_names_are_refused(capsys) -> None:

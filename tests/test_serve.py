@@ -4,6 +4,7 @@ and the viewer in a real headless Chromium that uploads an X-ray and sees the ov
 from __future__ import annotations
 
 import base64
+import contextlib
 import io
 import socket
 import struct
@@ -165,9 +166,9 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_viewer_in_headless_chromium_uploads_and_shows_overlay_and_numbers(
-    predictor: Predictor, xray: Path, tmp_path: Path
-) -> None:
+@contextlib.contextmanager
+def _viewer(predictor: Predictor, name: str):
+    """A real server on the loopback and a headless Chromium on its page (skips without them)."""
     if not (CHROMIUM.exists() and CHROMEDRIVER.exists()):
         pytest.skip("browser test: Debian's chromium and chromium-driver are not installed (.ci/run installs them)")
     webdriver = pytest.importorskip("selenium.webdriver", reason="browser test: selenium is not installed")
@@ -177,7 +178,7 @@ def test_viewer_in_headless_chromium_uploads_and_shows_overlay_and_numbers(
     from selenium.webdriver.support.ui import WebDriverWait
 
     port = _free_port()
-    app = create_app(predictor, {"name": "test-model", "card": "# test card"})
+    app = create_app(predictor, {"name": name, "card": "# test card"})
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
@@ -191,9 +192,29 @@ def test_viewer_in_headless_chromium_uploads_and_shows_overlay_and_numbers(
     driver = webdriver.Chrome(service=Service(str(CHROMEDRIVER)), options=options)
     try:
         driver.get(f"http://127.0.0.1:{port}/")
-        WebDriverWait(driver, 20).until(lambda d: "test-model" in d.find_element(By.ID, "model-name").text)
-        driver.find_element(By.ID, "file").send_keys(str(xray))
-        WebDriverWait(driver, 60).until(lambda d: d.execute_script("return document.body.dataset.state") == "done")
+        WebDriverWait(driver, 20).until(lambda d: name in d.find_element(By.ID, "model-name").text)
+        yield driver
+    finally:
+        driver.quit()
+        server.should_exit = True
+        thread.join(10)
+
+
+def _upload(driver, path: Path, state: str = "done") -> None:
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    driver.find_element(By.ID, "file").send_keys(str(path))
+    WebDriverWait(driver, 60).until(lambda d: d.execute_script("return document.body.dataset.state") == state)
+
+
+def test_viewer_in_headless_chromium_uploads_and_shows_overlay_and_numbers(
+    predictor: Predictor, xray: Path, tmp_path: Path
+) -> None:
+    from selenium.webdriver.common.by import By
+
+    with _viewer(predictor, "test-model") as driver:
+        _upload(driver, xray)
         expected = predictor.predict(xray)
         h, w = expected.mask.shape
         assert driver.find_element(By.ID, "r-size").text == f"{w} x {h}"
@@ -214,14 +235,32 @@ def test_viewer_in_headless_chromium_uploads_and_shows_overlay_and_numbers(
         )
         assert 0 < lung_drawn < int(expected.lung.sum())  # an outline: some lung pixels, not all
         assert driver.find_element(By.ID, "download-json").get_attribute("aria-disabled") == "false"
+        assert driver.find_element(By.ID, "r-check").text.startswith("n/a")  # this model was never calibrated
         # A bad upload shows its error on the page and the page keeps working.
         bad = tmp_path / "not-an-image.png"
         bad.write_text("not an image")
-        driver.find_element(By.ID, "file").send_keys(str(bad))
-        WebDriverWait(driver, 30).until(lambda d: d.execute_script("return document.body.dataset.state") == "error")
+        _upload(driver, bad, "error")
         assert "422" in driver.find_element(By.ID, "status").text
         assert "not a readable image" in driver.find_element(By.ID, "status").text
-    finally:
-        driver.quit()
-        server.should_exit = True
-        thread.join(10)
+
+
+def test_viewer_warns_when_the_input_is_not_a_chest_x_ray(tmp_path: Path) -> None:
+    from selenium.webdriver.common.by import By
+
+    import covidseg
+
+    model = covidseg.load_model()
+    example = Path(covidseg.__file__).parent / "examples" / "covid-19.png"
+    noise = tmp_path / "noise.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (256, 256), dtype=np.uint8)).save(noise)
+    with _viewer(model, model.name) as driver:
+        _upload(driver, example)
+        assert not driver.find_element(By.ID, "check").is_displayed()
+        assert driver.find_element(By.ID, "r-check").text.startswith("ok")
+        assert driver.find_element(By.ID, "r-prob").text.endswith("%")
+        heat = "const c = document.getElementById('heat'); const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data; let n = 0; for (let i = 3; i < d.length; i += 4) if (d[i] > 128) n++; return n;"  # noqa: E501
+        assert driver.execute_script(heat) > 0  # the calibrated probability map is drawn
+        _upload(driver, noise)
+        warning = driver.find_element(By.ID, "check")
+        assert warning.is_displayed() and "do not trust" in warning.text
+        assert driver.find_element(By.ID, "r-check").text.split(" ")[0] in ("unusual", "not_a_frontal_cxr")

@@ -278,6 +278,11 @@ def cmd_predict(a: argparse.Namespace) -> int:
     print(
         f"predicted {done} image(s) into {a.out}" + (f"; skipped {len(skipped)} unreadable file(s)" if skipped else "")
     )
+    records = [json.loads(line) for line in (Path(a.out) / "predictions.jsonl").read_text().splitlines()]
+    flagged = [r for r in records if (r.get("input_check") or {}).get("verdict", "ok") != "ok"]
+    if flagged:
+        print(f"the input check flagged {len(flagged)} image(s) as unusual or not a frontal chest X-ray "
+              "(masks written, overlays framed; see input_check in predictions.jsonl)")  # fmt: skip
     return 0
 
 
@@ -439,6 +444,25 @@ def cmd_tune(a: argparse.Namespace) -> int:
     for r in rows:
         print("  ".join(str(v).ljust(w) if i < 3 else str(v).rjust(w) for i, (v, w) in enumerate(zip(r, widths))))
     print(f"settings written to {Path(a.run_dir) / 'postprocess.json'}; evaluate and predict now apply them")
+    return 0
+
+
+def cmd_calibrate(a: argparse.Namespace) -> int:
+    from covidseg.calibrate import calibrate_run
+
+    _setup_logging(a.verbose)
+    r = calibrate_run(a.run_dir, a.data, "Val", a.checkpoint, a.device, None, a.limit, None, _progress(a.progress))
+    fit, cf = r["fit"], r["cross_fit"]
+    print(f"calibrated on {r['fitted_on']['images']} {r['fitted_on']['split']} images ({r['fitted_on']['data']})")
+    print(f"  infection pixels in the lungs: ECE {fit['pixel_ece_before']:.4f} -> {fit['pixel_ece_after']:.4f} "
+          f"(cross-fitted {cf['pixel_ece_after']:.4f}); threshold {r['threshold']:.4g} is "
+          f"{r['threshold_calibrated']:.4g} calibrated")  # fmt: skip
+    print(f"  COVID-19 probability: ECE {fit['image']['ece']:.4f}, Brier {fit['image']['brier']:.4f} "
+          f"(cross-fitted {cf['image']['ece']:.4f}, {cf['image']['brier']:.4f})")  # fmt: skip
+    if "input_check" in r:
+        print(f"  input check: {100 * fit['input_check_flagged_share']:.1f}% of the images flagged "
+              f"(cross-fitted {100 * cf['input_check_flagged_share']:.1f}%)")  # fmt: skip
+    print(f"written to {Path(a.run_dir) / 'calibration.json'}; predict, serve and export now apply it")
     return 0
 
 
@@ -677,6 +701,20 @@ def _study_parsers(sub: Any) -> None:
     )
     _common(sp)
     sp.set_defaults(func=cmd_tune)
+
+    sp = sub.add_parser(
+        "calibrate",
+        help="fit the input check on Train and calibrated probabilities on Val (after tune; masks unchanged)",
+    )
+    sp.add_argument("run_dir")
+    sp.add_argument("--data", help="data folder (default: the one the run was trained on)")
+    sp.add_argument(
+        "--limit", type=_whole_number(1, 10**7, "--limit"), help="use a group-stratified subset of N images per split"
+    )
+    _checkpoint_option(sp)
+    _device_option(sp)
+    _common(sp)
+    sp.set_defaults(func=cmd_calibrate)
 
     sp = sub.add_parser("sweep", help="run a grid or list of trials; leaderboard, comparison plots; resumable")
     sp.add_argument("spec", nargs="?", help="a sweep YAML file or a shipped spec name (see --list)")

@@ -218,7 +218,7 @@ def _add_clinical(summary: dict, rows: list[dict], scored: Scored, truth: Truth,
 def _draw_panel(run_dir: Path, predictor: Predictor, ds: SegmentationDataset, truth: Truth, scored: Scored, n: int,
                 split: str, synthetic: bool) -> None:  # fmt: skip
     from covidseg.data.image_io import read_xray
-    from covidseg.report.plots import plot_predictions
+    from covidseg.figures import plot_predictions
 
     dice, _ = dice_iou(scored.stats)
     show = panel_indices(ds.groups, dice, n)

@@ -77,7 +77,9 @@ def output_stems(files: list[Path], base: Path) -> dict[Path, str]:
 
 def prediction_record(pred: Prediction, predictor: Predictor, shape: tuple[int, int]) -> dict[str, Any]:
     """What ``predict`` writes per image to ``predictions.jsonl`` and ``serve`` returns as JSON:
-    size, model, infected shares (percent), COVID-19 call and, with a lung output, severity."""
+    size, model, infected shares (percent), COVID-19 call and, with a lung output, severity; for
+    calibrated models the COVID-19 probability and the threshold in calibrated units; and
+    ``input_check`` (score, verdict, reason; None for models that were never calibrated)."""
     record: dict[str, Any] = {
         "width": int(shape[1]),
         "height": int(shape[0]),
@@ -92,6 +94,10 @@ def prediction_record(pred: Prediction, predictor: Predictor, shape: tuple[int, 
     }
     if pred.lung is not None and predictor.targets[0] != "lung":
         record.update(pred.severity or {})
+    if predictor.calibration is not None and predictor.targets[0] == "infection":
+        record["covid_probability"] = None if pred.covid_probability is None else round(pred.covid_probability, 4)
+        record["threshold_calibrated"] = round(predictor.calibration.threshold(predictor.threshold), 4)
+    record["input_check"] = pred.input_check
     return record
 
 
@@ -108,6 +114,8 @@ def predict_paths(
     ``<stem>_overlay.png`` (infection red, lung outline), and one line in ``predictions.jsonl``
     (:func:`prediction_record`: the infected share of the image, the COVID-19 call and, with a
     lung output, the infected share of each lung and the severity grade; shares in percent).
+    An image the input check flags keeps its masks; its overlay gets a coloured frame and the
+    log a warning.
     Unreadable files, and images above ``max_pixels`` (:data:`covidseg.data.image_io.MAX_PIXELS`
     by default), are reported and skipped; the rest go on. Every file is written under a
     temporary name and renamed into place (``predictions.jsonl`` when all images are done), so a
@@ -148,7 +156,7 @@ def predict_paths(
 
 def _write_one(predictor: Predictor, gray: np.ndarray, out: Path, stem: str) -> dict[str, Any]:
     """Predict one X-ray, write its mask, lung and overlay PNGs; its record with their names."""
-    from covidseg.report.plots import overlay
+    from covidseg.figures import overlay
 
     pred = predictor.predict(gray)
     record = prediction_record(pred, predictor, gray.shape)
@@ -157,8 +165,24 @@ def _write_one(predictor: Predictor, gray: np.ndarray, out: Path, stem: str) -> 
     if pred.lung is not None and predictor.targets[0] != "lung":
         record["lung"] = _save_png(out / f"{stem}_lung.png", pred.lung * 255)
         rgb = outline(rgb, pred.lung)
+    check = record["input_check"]
+    if check is not None and check["verdict"] != "ok":
+        log.warning("%s: input check says %s: %s", stem, check["verdict"], check["reason"])
+        rgb = frame(rgb, FLAG_RGB[check["verdict"]])
     record["overlay"] = _save_png(out / f"{stem}_overlay.png", (rgb * 255).astype(np.uint8))
     return record
+
+
+FLAG_RGB = {"unusual": (1.0, 0.65, 0.0), "not_a_frontal_cxr": (1.0, 0.0, 1.0)}
+
+
+def frame(rgb: np.ndarray, color: tuple[float, float, float]) -> np.ndarray:
+    """A coloured border (2% of the longer side) round an RGB float image: the overlay of an
+    image the input check flagged (orange: unusual; magenta: not a frontal chest X-ray)."""
+    out = rgb.copy()
+    w = max(2, round(0.02 * max(rgb.shape[:2])))
+    out[:w], out[-w:], out[:, :w], out[:, -w:] = color, color, color, color
+    return out
 
 
 def png_bytes(array: np.ndarray) -> bytes:

@@ -48,6 +48,9 @@ from covidseg.transforms import build_train_transform
 
 log = logging.getLogger(__name__)
 
+# what env.json records as the precision the run trained in
+PRECISION_NAMES = {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}
+
 
 @dataclass
 class RunResult:
@@ -86,6 +89,13 @@ def _budget(cfg: Config, dinfo: DistInfo, steps_per_epoch: int, val_images: int,
         "time budget %.0f s: the schedule is laid over the steps that fit (at most %d epochs)", t.time_budget, t.epochs
     )
     return Budget(t.time_budget, steps_per_epoch, val_batches, t.epochs * steps_per_epoch, started=started)
+
+
+def _empty_share(val_ds: Any, target: str) -> float:
+    """The share of Val images whose first target is empty: the per-image Dice (empty/empty = 1)
+    that predicting nothing anywhere scores."""
+    masks = val_ds.split.lung if target == "lung" else val_ds.split.infection
+    return float(np.mean([not np.asarray(m).any() for m in masks]))
 
 
 def _figure_note(discovery: Any) -> str:
@@ -186,11 +196,13 @@ def _fit(
         logging.getLogger("covidseg").setLevel(logging.WARNING)
     t, d = cfg.train, cfg.data
     seed_everything(t.seed, t.deterministic)
+    dtype = amp_dtype(t.amp, device)
     if main:
         run_dir.mkdir(parents=True, exist_ok=True)
         save_yaml(cfg, run_dir / "config.yaml")
         env = capture_environment(device, t.seed, argv)
         env["world_size"] = dinfo.world_size
+        env["precision"] = PRECISION_NAMES[dtype]
         env_name = "env.json" if state is None else f"env-resume-{int(state['epoch']) + 1}.json"
         (run_dir / env_name).write_text(json.dumps(env, indent=2))
 
@@ -218,7 +230,6 @@ def _fit(
         scheduler: Any = ProgressSchedule(optimizer, cfg.optim, budget, t.epochs)
     else:
         scheduler = build_scheduler(cfg.optim, optimizer, t.epochs, steps_per_epoch)
-    dtype = amp_dtype(t.amp, device)
     autocast = autocast_factory(device, dtype)
     scaler = torch.amp.GradScaler("cuda") if dtype == torch.float16 else None
     if device.type == "cuda":
@@ -242,7 +253,7 @@ def _fit(
         start_epoch = int(state["epoch"]) + 1
         log.info("resuming %s at epoch %d of %d", run_dir, start_epoch, t.epochs)
     elif main:
-        from covidseg.report.plots import plot_samples
+        from covidseg.figures import plot_samples
 
         plot_samples(_sample_rows(train_ds), run_dir / "plots" / "samples.png", _figure_note(discovery))
 
@@ -355,9 +366,14 @@ def _fit(
             best = {"metric": t.select_metric, "value": row[t.select_metric], "epoch": epoch, "smoothed": smoothed}
         if main:
             _save_epoch(run_dir, net, spec, cfg, optimizer, scaler, scheduler, epoch, best, history, improved)
-            from covidseg.report.plots import plot_curves
+            from covidseg.figures import plot_curves
 
-            plot_curves(history, run_dir / "plots" / "curves.png", _figure_note(discovery))
+            plot_curves(
+                history,
+                run_dir / "plots" / "curves.png",
+                _figure_note(discovery),
+                _empty_share(val_ds, cfg.model.target_list[0]),
+            )
         log.info(
             "epoch %d/%d  train loss %.4f acc %.4f | val loss %.4f acc %.4f dice %.4f iou %.4f dice/img %.4f | %.0fs%s",
             epoch,

@@ -27,7 +27,7 @@ from typing import Any
 import torch
 
 from covidseg.errors import CovidsegError
-from covidseg.inference.backends import Backend, onnx_backend, torch_backend
+from covidseg.inference.backends import FeatureBackend, onnx_backend, torch_backend
 from covidseg.inference.postprocess import Postprocess
 from covidseg.severity import SeverityRule
 
@@ -48,7 +48,7 @@ def is_bundle(path: str | Path) -> bool:
 
 @dataclass
 class Bundle:
-    backend: Backend
+    backend: FeatureBackend
     image_size: int
     post: Postprocess
     targets: tuple[str, ...]
@@ -122,9 +122,9 @@ def load_bundle(bundle_dir: str | Path, engine: str = "onnx") -> Bundle:
     cfg, size, targets, post, rule = read_config(d)
     if engine == "onnx":
         _check_onnx(d / "model.onnx", size, len(targets))
-        backend = onnx_backend(d / "model.onnx")
+        backend = onnx_backend(d / "model.onnx", features=True)
     elif engine == "torch":
-        backend = torch_backend(_torch_model(d, cfg), torch.device("cpu"))
+        backend = torch_backend(_torch_model(d, cfg), torch.device("cpu"), features=True)
     else:
         raise CovidsegError(f"engine must be onnx or torch, got {engine!r}")
     return Bundle(backend, size, post, targets, rule, cfg)

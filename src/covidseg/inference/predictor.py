@@ -9,7 +9,10 @@ from its safetensors weights with ``engine="torch"``).
 
 With a lung output the prediction also holds the lung mask, the infected share of each lung
 and the severity grade (:mod:`covidseg.severity`); every infection model gives the image-level
-COVID-19 call (:mod:`covidseg.detection`).
+COVID-19 call (:mod:`covidseg.detection`). A run or bundle calibrated by ``covidseg calibrate``
+adds the input check (:mod:`covidseg.inference.input_check`), calibrated infection probabilities
+and the COVID-19 probability (:mod:`covidseg.inference.calibration`); masks are the same with or
+without them.
 """
 
 from __future__ import annotations
@@ -26,9 +29,12 @@ from covidseg.data.image_io import preprocess_image, read_xray
 from covidseg.engine.checkpoint import load_run
 from covidseg.engine.device import resolve_device
 from covidseg.errors import CovidsegError
-from covidseg.inference.backends import Backend, sigmoid, torch_backend
+from covidseg.inference.backends import FeatureBackend, sigmoid, torch_backend
 from covidseg.inference.builtin import resolve_model
 from covidseg.inference.bundle import is_bundle, load_bundle
+from covidseg.inference.calibration import Calibration, read_calibration
+from covidseg.inference.input_check import FILENAME as CHECK_FILE
+from covidseg.inference.input_check import InputCheck, lung_figures
 from covidseg.inference.postprocess import Postprocess, finalize, load_postprocess, resolve_postprocess
 from covidseg.severity import SeverityRule, quantify
 
@@ -36,10 +42,13 @@ from covidseg.severity import SeverityRule, quantify
 @dataclass
 class Prediction:
     mask: np.ndarray  # (H, W) uint8 {0, 1} at the input's size: the first target (infection, or lung)
-    probability: np.ndarray  # (H, W) float32 in [0, 1] at the input's size
+    probability: np.ndarray  # (H, W) float32 in [0, 1] at the input's size (calibrated when the model is)
     lung: np.ndarray | None = None  # (H, W) uint8 lung mask, for models with a lung output
     severity: dict[str, Any] | None = None  # :func:`covidseg.severity.quantify` of mask and lung
     covid_call: bool | None = None  # image-level COVID-19 call (infection models)
+    peak: float | None = None  # highest uncalibrated infection probability (inside the lungs when known)
+    covid_probability: float | None = None  # calibrated P(COVID-19), for calibrated models
+    input_check: dict[str, Any] | None = None  # :meth:`InputCheck.assess`, for calibrated models
 
     @property
     def infected_fraction(self) -> float:
@@ -57,7 +66,7 @@ class Predictor:
 
     def __init__(
         self,
-        backend: Backend | torch.nn.Module,
+        backend: FeatureBackend | torch.nn.Module,
         image_size: int,
         post: Postprocess | float,
         device: torch.device | None = None,
@@ -66,7 +75,7 @@ class Predictor:
         engine: str = "torch",
     ) -> None:
         if isinstance(backend, torch.nn.Module):
-            backend = torch_backend(backend, device or torch.device("cpu"))
+            backend = torch_backend(backend, device or torch.device("cpu"), features=True)
         self.backend = backend
         self.image_size = image_size
         self.post = post if isinstance(post, Postprocess) else Postprocess(threshold=float(post))
@@ -74,6 +83,17 @@ class Predictor:
         self.severity = severity or SeverityRule()
         self.engine = engine
         self.name = ""  # the model's folder name, set by :meth:`load`
+        self.calibration: Calibration | None = None
+        self.check: InputCheck | None = None
+
+    def attach_calibration(self, folder: str | Path) -> None:
+        """Use the calibration and input check that ``covidseg calibrate`` stored in ``folder``."""
+        found = read_calibration(folder)
+        if found is None:
+            return
+        self.calibration, record = found
+        if (Path(folder) / CHECK_FILE).is_file():
+            self.check = InputCheck.load(Path(folder) / CHECK_FILE, record.get("input_check"))
 
     @property
     def threshold(self) -> float:
@@ -99,6 +119,8 @@ class Predictor:
         else:
             predictor = cls.from_run(path, checkpoint, device, threshold, postprocess)
         predictor.name = path.name
+        if postprocess:
+            predictor.attach_calibration(path)
         return predictor
 
     @classmethod
@@ -121,15 +143,25 @@ class Predictor:
         post = resolve_postprocess(b.post if postprocess else None, 0.5, threshold)
         return cls(b.backend, b.image_size, post, None, b.targets, b.severity, engine)
 
-    def probabilities(self, images: np.ndarray, tta_hflip: bool | None = None) -> np.ndarray:
+    def run(self, images: np.ndarray, tta_hflip: bool | None = None) -> tuple[np.ndarray, np.ndarray | None]:
         """(N, 1, S, S) float32 images in [0, 1] -> (N, C, S, S) float32 probabilities,
-        flip-averaged when the settings keep flip TTA (or ``tta_hflip`` says so)."""
+        flip-averaged when the settings keep flip TTA (or ``tta_hflip`` says so), and the (N, D)
+        pooled encoder features of the unflipped pass (None without an encoder module)."""
         flip = self.post.tta_hflip if tta_hflip is None else tta_hflip
-        prob = sigmoid(self.backend(images))
+        logits, features = self.backend(images)
+        prob = sigmoid(logits)
         if flip:
-            mirrored = sigmoid(self.backend(np.ascontiguousarray(images[..., ::-1])))[..., ::-1]
+            mirrored = sigmoid(self.backend(np.ascontiguousarray(images[..., ::-1]))[0])[..., ::-1]
             prob = 0.5 * (prob + mirrored)
-        return prob.astype(np.float32)
+        return prob.astype(np.float32), features
+
+    def probabilities(self, images: np.ndarray, tta_hflip: bool | None = None) -> np.ndarray:
+        """The probabilities of :meth:`run` alone."""
+        return self.run(images, tta_hflip)[0]
+
+    def lung_figures(self, probs: np.ndarray) -> dict[str, float] | None:
+        """The input check's lung figures from one image's (C, S, S) probabilities (lung output only)."""
+        return lung_figures(probs[self.targets.index("lung")]) if "lung" in self.targets else None
 
     def predict(self, image: np.ndarray | str | Path) -> Prediction:
         """Segment one X-ray: a file path (PNG, JPEG, TIFF, BMP, DICOM) or an 8-bit gray array of
@@ -139,8 +171,11 @@ class Predictor:
         gray8 = np.asarray(image)
         if gray8.ndim != 2 or gray8.dtype != np.uint8 or min(gray8.shape) < 1:
             raise CovidsegError(f"expected a 2-D uint8 gray image, got shape {gray8.shape} of {gray8.dtype}")
-        probs = self.probabilities(preprocess_image(gray8, self.image_size)[None, None])[0]
-        return self.from_probabilities(probs, gray8.shape)
+        probs, features = self.run(preprocess_image(gray8, self.image_size)[None, None])
+        pred = self.from_probabilities(probs[0], gray8.shape)
+        if self.check is not None:
+            pred.input_check = self.check.assess(None if features is None else features[0], self.lung_figures(probs[0]))
+        return pred
 
     def predict_file(self, path: str | Path, max_pixels: int | None = None) -> Prediction:
         """Segment an X-ray file (PNG, JPEG, TIFF, BMP, DICOM) of at most ``max_pixels``."""
@@ -152,7 +187,12 @@ class Predictor:
         if self.targets[0] == "lung":
             return Prediction(m.mask, m.probability, m.lung)
         severity = quantify(m.mask, m.lung, self.severity) if m.lung is not None else None
-        return Prediction(m.mask, m.probability, m.lung, severity, self.post.detected(m.mask))
+        peak = float(Postprocess.peak(m.probability, m.lung))
+        pred = Prediction(m.mask, m.probability, m.lung, severity, self.post.detected(m.mask), peak)
+        if self.calibration is not None:
+            pred.probability = self.calibration.pixels(m.probability)
+            pred.covid_probability = self.calibration.image_probability(pred.infected_fraction, peak)
+        return pred
 
 
 def open_run(
@@ -169,4 +209,7 @@ def open_run(
     saved = load_postprocess(run_dir) if postprocess else None
     post = resolve_postprocess(saved, cfg.eval.threshold, threshold)
     rule = SeverityRule.from_text(cfg.eval.severity_extent, cfg.eval.severity_grades)
-    return Predictor(model, cfg.data.image_size, post, dev, cfg.model.target_list, rule, "torch"), cfg, state
+    predictor = Predictor(model, cfg.data.image_size, post, dev, cfg.model.target_list, rule, "torch")
+    if postprocess:
+        predictor.attach_calibration(run_dir)
+    return predictor, cfg, state

@@ -24,9 +24,9 @@ import yaml
 
 from covidseg.config import Config
 from covidseg.data.discovery import GROUPS
+from covidseg.document import Document, slug
 from covidseg.errors import CovidsegError
 from covidseg.metrics import lookup
-from covidseg.report.document import Document, slug
 
 log = logging.getLogger(__name__)
 
@@ -85,7 +85,22 @@ def describe_scoring(s: dict[str, Any]) -> str:
     return "at the network's input size (an older summary; evaluate again to score at native size)"
 
 
-def describe_method(cfg: Config) -> str:
+def trained_precision(run: Path, cfg: Config) -> str:
+    """The precision the run trained in (``env.json``; for runs before it was recorded, derived
+    from the CPU flags it recorded), not the one its config asked for."""
+    try:
+        env = json.loads((run / "env.json").read_text())
+    except (OSError, ValueError):
+        return f"{cfg.train.amp} (asked; env.json unreadable)"
+    if env.get("precision"):
+        return env["precision"]
+    amp, device = cfg.train.amp, env.get("device", "cpu")
+    if amp == "off" or (device == "cpu" and (amp == "auto" or not (env.get("cpu") or {}).get("native_bf16"))):
+        return "fp32"
+    return amp
+
+
+def describe_method(cfg: Config, precision: str | None = None) -> str:
     """The resolved config in words."""
     d, m, lo, a, o, t = cfg.data, cfg.model, cfg.loss, cfg.augment, cfg.optim, cfg.train
     if m.name == "unet":
@@ -113,11 +128,16 @@ def describe_method(cfg: Config) -> str:
         f"masks are resized with nearest neighbour and binarised at > 127. The network is {net}, with one output "
         f"channel per target ({outputs}). Loss: {loss}. Optimiser: {o.name} with learning rate {o.lr:g} and "
         f"{sched[o.schedule]}, weight decay {o.weight_decay:g}; batch {t.batch_size}, {t.epochs} epochs, {aug}; "
-        f"precision {t.amp}. The best epoch is chosen by {t.select_metric}"
+        f"precision {precision or t.amp}. The best epoch is chosen by {t.select_metric}"
         + (f" smoothed by an EMA of {t.select_smoothing:g}" if t.select_smoothing else "")
         + f"; a pixel is infection when its probability exceeds {cfg.eval.threshold:g} unless tuned."
         + limits
     )
+
+
+def _run_name(run: Path) -> str:
+    """The run folder's name, with its parent's where the folder is just called ``run``."""
+    return f"{run.resolve().parent.name}/{run.name}" if run.name == "run" else run.name
 
 
 class ReportBuilder:
@@ -173,12 +193,12 @@ class ReportBuilder:
 
         cfg = load_run_config(run)
         d = self.doc
-        d.heading(title or f"Run {run.name}", level)
+        d.heading(title or f"Run {_run_name(run)}", level)
         sub = level + 1
         d.heading(f"{run.name}: data set", sub)
         self._data_section(run, cfg)
         d.heading(f"{run.name}: method", sub)
-        d.para(describe_method(cfg) + f" Preset: `{cfg.preset}`.")
+        d.para(describe_method(cfg, trained_precision(run, cfg)) + f" Preset: `{cfg.preset}`.")
         d.code(yaml.safe_dump(cfg.to_dict(), sort_keys=False), "yaml")
         d.heading(f"{run.name}: training", sub)
         hist_path = run / "history.csv"
@@ -326,7 +346,7 @@ class ReportBuilder:
         )
 
     def add_sweep(self, sweep: Path) -> None:
-        from covidseg.sweep import leaderboard_rows, sort_rows
+        from covidseg.leaderboard import leaderboard_rows, sort_rows
 
         plan = json.loads((sweep / "sweep.json").read_text())
         d = self.doc

@@ -1,10 +1,11 @@
 """A bundle's model card (``MODEL_CARD.md``) from the run folder it was exported from.
 
-``python -m covidseg.report.model_card RUN BUNDLE --name NAME [--speed FILE]`` writes
+``python -m covidseg.report.model_card RUN BUNDLE --name NAME [--speed FILE] [--ood FILE]`` writes
 ``BUNDLE/MODEL_CARD.md``: data and split, the training command, seed, CPU and time, the file
 hashes, every Val figure the run's evaluations hold (native resolution; untuned, tuned in-sample,
 tuned cross-fitted; the bundle's stored precision against fp32), lung, detection and severity
-figures, speed, intended use and known failure modes. The figures are read, never typed: the
+figures, the input check and calibration (``BUNDLE/calibration.json``), speed, intended use and
+known failure modes. The figures are read, never typed: the
 evaluations it reads are ``RUN/eval/Val/summary_untuned.json`` (``evaluate --no-postprocess``),
 ``RUN/eval/Val/summary.json`` (tuned), ``RUN/postprocess.json`` (cross-fitting) and
 ``RUN/eval/Val-<bundle>/summary.json`` (``evaluate --bundle``).
@@ -136,7 +137,40 @@ def _placeholders(argv: list[str]) -> list[str]:
     return out
 
 
-def write_card(run: Path, bundle: Path, name: str, speed: str = "") -> Path:
+def trust(bundle: Path, ood: str = "") -> str:
+    """The input check and calibration section, from the bundle's calibration.json (and the
+    out-of-distribution table of ``benchmarks/ood.py``)."""
+    path = bundle / "calibration.json"
+    if not path.is_file():
+        return "Not calibrated: no input check, no calibrated probabilities (`covidseg calibrate`)."
+    r = json.loads(path.read_text())
+    fit, cf = r["fit"], r["cross_fit"]
+    n = r["fitted_on"]["images"]
+    lines = [
+        f"Fitted by `covidseg calibrate` (input check on Train, calibrations on {r['fitted_on']['split']}, "
+        f"{n} images); cross-fitted: fit on one half of Val, measured on the other, both ways.",
+        "",
+        "| | in-sample | cross-fitted |",
+        "|---|---:|---:|",
+        f"| infection pixels in the predicted lungs, ECE before | {fit['pixel_ece_before']:.4f} | |",
+        f"| infection pixels in the predicted lungs, ECE after Platt scaling | {fit['pixel_ece_after']:.4f} | "
+        f"{cf['pixel_ece_after']:.4f} |",
+        f"| COVID-19 probability, ECE (10 bins) | {fit['image']['ece']:.4f} | {cf['image']['ece']:.4f} |",
+        f"| COVID-19 probability, Brier score | {fit['image']['brier']:.4f} | {cf['image']['brier']:.4f} |",
+    ]
+    if fit.get("input_check_flagged_share") is not None:
+        lines.append(
+            f"| Val X-rays the input check flags | {100 * fit['input_check_flagged_share']:.1f}% | "
+            f"{100 * cf['input_check_flagged_share']:.1f}% |"
+        )
+    lines += ["", f"The tuned threshold {r['threshold']:.4g} is {r['threshold_calibrated']:.4g} in calibrated units;"
+              " the masks are the same with and without calibration."]  # fmt: skip
+    if ood:
+        lines += ["", ood.strip()]
+    return "\n".join(lines)
+
+
+def write_card(run: Path, bundle: Path, name: str, speed: str = "", ood: str = "") -> Path:
     cfg = json.loads((bundle / "config.json").read_text())
     meta = json.loads((bundle / "metadata.json").read_text())
     files = sorted(f for f in bundle.iterdir() if f.is_file() and f.name != "MODEL_CARD.md")
@@ -177,6 +211,10 @@ Published reference (Tahir et al. 2021, Test split, their own networks at 256x25
 IoU 83.05% / Dice 88.21%, lung IoU 96.11% / Dice 97.99%, under their own definition; not directly
 comparable with the figures above.
 
+## Input check and calibration
+
+{trust(bundle, ood)}
+
 ## Speed
 
 {speed or "Not measured."}
@@ -187,13 +225,15 @@ comparable with the figures above.
   training your own model. Not a medical device; not for diagnosis or triage.
 - Trained on one public dataset of 256x256 PNGs from a few sources; X-rays from other hospitals,
   devices or processing will score lower, by an unknown amount.
-- The model does not check that its input is a chest X-ray: a lateral view, a CT slice, a child's
-  X-ray or a photograph gets masks and numbers all the same.
+- The input check (above) flags inputs unlike the training X-rays, but it was measured only on
+  the families listed; a lateral view, a child's X-ray or an X-ray from another hospital may pass
+  it, and a flagged image still gets masks (marked). Masks of a flagged image mean little.
 - Other lung diseases (Non-COVID in the data: pneumonia and others) are often marked as
   infection: see the specificity on Non-COVID above.
 - Small or faint infections are missed more often than large ones; the infected share and the
   severity grade inherit the mask's errors.
-- The COVID-19 call is a cutoff on the infected share, not a calibrated probability.
+- The COVID-19 call is a cutoff on the infected share; the COVID-19 probability beside it is
+  calibrated on Val X-rays of this dataset and means less on others.
 
 ## Files
 
@@ -214,9 +254,11 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("bundle")
     p.add_argument("--name", required=True)
     p.add_argument("--speed", help="a text file with the speed section (Markdown)")
+    p.add_argument("--ood", help="a text file with the input check's table (benchmarks/ood.py --markdown)")
     a = p.parse_args(argv)
     speed = Path(a.speed).read_text() if a.speed else ""
-    print(write_card(Path(a.run), Path(a.bundle), a.name, speed))
+    ood = Path(a.ood).read_text() if a.ood else ""
+    print(write_card(Path(a.run), Path(a.bundle), a.name, speed, ood))
 
 
 if __name__ == "__main__":

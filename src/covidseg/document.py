@@ -3,6 +3,8 @@
 Blocks are headings, paragraphs (with inline ``code``, **bold** and [links](href)), tables,
 figures, code blocks and lists. Figures are files beside the document: Markdown links them,
 HTML embeds them as data URIs, so the page opens from disk with no server and no other file.
+Inline Markdown (in paragraphs, list items, table cells and captions) is rendered to HTML by
+markdown-it-py (CommonMark, raw HTML escaped).
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import base64
 import html
 import re
 from dataclasses import dataclass, field
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -111,18 +114,15 @@ def _cell(value: Any) -> str:
 
 
 def inline(text: str) -> str:
-    """Escape ``text`` for HTML and turn ``code``, **bold** and [text](href) into markup."""
-    parts = re.split(r"(`[^`]+`)", str(text).replace("\\|", "|"))
-    out = []
-    for part in parts:
-        if part.startswith("`") and part.endswith("`") and len(part) > 1:
-            out.append(f"<code>{html.escape(part[1:-1])}</code>")
-            continue
-        s = html.escape(part, quote=False)
-        s = re.sub(r"\*\*(.+?)\*\*", r"<strong>\1</strong>", s)
-        s = re.sub(r"\[([^\]]+)\]\(([^)\s]+)\)", lambda m: f'<a href="{html.escape(m[2], quote=True)}">{m[1]}</a>', s)
-        out.append(s)
-    return "".join(out)
+    """Inline Markdown (``code``, **bold**, [text](href), ``\\|``) as HTML, raw HTML escaped."""
+    return _markdown().renderInline(str(text))
+
+
+@lru_cache(maxsize=1)
+def _markdown() -> Any:
+    from markdown_it import MarkdownIt
+
+    return MarkdownIt("commonmark", {"html": False})
 
 
 _PAGE = """<!DOCTYPE html>

@@ -1,7 +1,9 @@
-"""Figures: sample X-rays with masks, training curves, prediction panels.
+"""Figures of one run: sample X-rays with masks, training curves, prediction panels,
+reliability diagrams; and the overlay ``predict`` draws.
 
-Matplotlib's non-interactive Agg backend is selected here, on first use, never at import time
-of the package.
+A low layer: it draws what it is given and reads no run folder, so training, evaluation,
+calibration, ``predict`` and the report all use it. Matplotlib's non-interactive Agg backend is
+selected here, on first use, never at import time of the package.
 """
 
 from __future__ import annotations
@@ -82,21 +84,31 @@ def plot_samples(rows: dict[str, list[tuple[np.ndarray, np.ndarray, str]]], path
     return _save(fig, path)
 
 
-def plot_curves(history: Sequence[dict[str, float]], path: str | Path, note: str = "") -> Path:
-    """Train and val loss, and train and val pixel accuracy, per epoch."""
+def plot_curves(
+    history: Sequence[dict[str, float]], path: str | Path, note: str = "", empty_share: float | None = None
+) -> Path:
+    """Train and Val loss, and Val Dice (pooled and per image), per epoch.
+
+    ``empty_share``: the share of Val images with an empty mask, which is the per-image Dice of
+    predicting nothing (empty/empty = 1); drawn as the all-background baseline (pooled: 0).
+    """
     plt = _pyplot()
     epochs = [h["epoch"] for h in history]
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.6), layout="constrained")
-    for ax, key, label in ((ax1, "loss", "BCE loss"), (ax2, "pixel_accuracy", "pixel accuracy")):
-        for split, style in (("train", "-o"), ("val", "-s")):
-            values = [h.get(f"{split}_{key}", math.nan) for h in history]
-            ax.plot(epochs, values, style, markersize=3, label=split)
-        ax.set_xlabel("epoch")
-        ax.set_ylabel(label)
+    for split, style in (("train", "-o"), ("val", "-s")):
+        ax1.plot(epochs, [h.get(f"{split}_loss", math.nan) for h in history], style, markersize=3, label=split)
+    for key, style, label in (
+        ("val_dice_per_image", "-s", "per image (empty/empty = 1)"),
+        ("val_dice", "-o", "pooled"),
+    ):
+        ax2.plot(epochs, [h.get(key, math.nan) for h in history], style, markersize=3, label=label)
+    if empty_share is not None:
+        ax2.axhline(empty_share, color="0.5", ls="--", lw=1, label=f"predict nothing, per image ({empty_share:.2f})")
+    ax1.set(xlabel="epoch", ylabel="loss", title="Loss per epoch")
+    ax2.set(xlabel="epoch", ylabel="Val Dice", title="Val Dice per epoch (network input size)", ylim=(0, 1))
+    for ax in (ax1, ax2):
         ax.grid(alpha=0.3)
-        ax.legend()
-    ax1.set_title("Loss per epoch")
-    ax2.set_title("Pixel accuracy per epoch")
+        ax.legend(fontsize=8)
     if note:
         fig.suptitle(note.strip(), fontsize=11)
     return _save(fig, path)
@@ -126,6 +138,30 @@ def plot_predictions(
             ax.axis("off")
     if title:
         fig.suptitle(title, fontsize=11)
+    return _save(fig, path)
+
+
+def plot_reliability(
+    pixel_curves: Sequence[tuple[str, dict[str, Any]]],
+    image_curves: Sequence[tuple[str, dict[str, Any]]],
+    path: str | Path,
+    title: str = "",
+) -> Path:
+    """Reliability diagrams: mean predicted probability against the observed rate per bin, for
+    pixels (left) and images (right), each curve labelled with its expected calibration error."""
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, 2, figsize=(9, 4.2), layout="constrained")
+    for ax, curves, what in ((axes[0], pixel_curves, "infection pixels"), (axes[1], image_curves, "X-rays")):
+        ax.plot([0, 1], [0, 1], color="0.6", lw=0.8, ls="--", label="perfect calibration")
+        for label, table in curves:
+            pts = [(p, o) for p, o in zip(table["mean_probability"], table["observed"]) if p is not None]
+            if pts:
+                xs, ys = zip(*pts)
+                ax.plot(xs, ys, marker="o", ms=3, label=f"{label} (ECE {table['ece']:.3f})")
+        ax.set(xlim=(0, 1), ylim=(0, 1), xlabel="predicted probability", ylabel="observed rate", title=what)
+        ax.legend(fontsize=8, loc="upper left")
+    if title:
+        fig.suptitle(title, fontsize=10)
     return _save(fig, path)
 
 
@@ -160,21 +196,19 @@ def plot_sweep_metric(
     return _save(fig, path)
 
 
-def plot_sweep_curves(sweep_dir: str | Path, path: str | Path) -> Path | None:
-    """Val per-image Dice and val loss per epoch of every trial, overlaid."""
-    from covidseg.engine.history import read_history
-
-    runs = sorted(p for p in (Path(sweep_dir) / "trials").glob("*") if (p / "history.csv").is_file())
+def plot_sweep_curves(histories: dict[str, Sequence[dict[str, float]]], path: str | Path) -> Path | None:
+    """Val per-image Dice and val loss per epoch of every trial (name -> history rows), overlaid."""
+    runs = sorted(histories)
     if not runs:
         return None
     plt = _pyplot()
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4), layout="constrained")
     cmap = plt.get_cmap("viridis")
     for k, run in enumerate(runs):
-        hist = read_history(run / "history.csv")
+        hist = histories[run]
         epochs = [h["epoch"] for h in hist]
         color = cmap(k / max(len(runs) - 1, 1))
-        ax1.plot(epochs, [h["val_dice_per_image"] for h in hist], color=color, lw=1, alpha=0.8, label=run.name)
+        ax1.plot(epochs, [h["val_dice_per_image"] for h in hist], color=color, lw=1, alpha=0.8, label=run)
         ax2.plot(epochs, [h["val_loss"] for h in hist], color=color, lw=1, alpha=0.8)
     ax1.set(xlabel="epoch", ylabel="Val per-image Dice", title=f"Val per-image Dice, {len(runs)} trials")
     ax2.set(xlabel="epoch", ylabel="Val loss", title="Val loss")

@@ -1,0 +1,225 @@
+"""Is this a frontal chest X-ray? A check that runs with every prediction.
+
+Two pieces of evidence, both from the forward pass that segments:
+
+1. **Feature distance.** The pooled deepest encoder features (:mod:`covidseg.inference.features`)
+   are compared with those of the Train X-rays: the Mahalanobis distance under a
+   probabilistic-PCA covariance (the top ``k`` principal directions with their own variances,
+   every other direction with the mean variance left over; Tipping & Bishop 1999), divided by
+   the square root of the feature count. The ``score`` is that distance over the cut-off, so
+   1.0 is the cut-off.
+2. **Lung plausibility** (models with a lung output): from the lung probabilities at the
+   network's size: how much of the image the lungs cover, how many lung fields there are, the
+   balance of the two, whether they sit side by side, and whether they are wider at the base
+   than at the apex. Each is compared with its range on Train (1st-99th percentile), widened on
+   both sides by ``lung_margin`` times the range's width.
+
+Verdicts: ``not_a_frontal_cxr`` when the score exceeds ``far`` / ``cutoff`` or fewer than two
+lung fields are found; ``unusual`` when the score exceeds 1 or a lung figure lies outside its
+widened range; ``ok`` otherwise. ``covidseg calibrate`` sets the cut-offs on Val so that at least
+99% of its X-rays are ``ok``: ``lung_margin`` lets 99.5% of them through on the lung figures,
+``cutoff`` then takes what is left of the 1%; ``far`` is the larger of 1.5 x ``cutoff`` and the
+largest Val distance. The stored arrays (``input_check.npz``) are read with ``allow_pickle=False`` and
+checked before use.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from scipy import ndimage
+
+from covidseg.errors import CovidsegError
+
+FILENAME = "input_check.npz"
+COMPONENTS = 64
+FIELD_SHARE = 0.01  # a lung field covers at least 1% of the image
+LUNG_FIGURES = ("lung_area", "balance", "side_by_side", "apex_share")
+RANGE_QUANTILES = (0.01, 0.99)
+LUNG_KEEP = 0.995
+VERDICTS = ("ok", "unusual", "not_a_frontal_cxr")
+
+
+def lung_figures(prob: np.ndarray) -> dict[str, float]:
+    """Plausibility figures of one (S, S) lung probability map (threshold 0.5)."""
+    mask = prob > 0.5
+    labels, n = ndimage.label(mask, structure=np.ones((3, 3), bool))
+    sizes = np.bincount(labels.ravel(), minlength=n + 1)[1:]
+    big = np.argsort(sizes)[::-1][:2]
+    fields = int((sizes >= FIELD_SHARE * mask.size).sum())
+    out = {"lung_area": float(mask.mean()), "fields": float(fields), "balance": 0.0, "side_by_side": 0.0}
+    if len(big) == 2 and sizes[big[1]] > 0:
+        out["balance"] = float(sizes[big[1]] / sizes[big[0]])
+        (y0, x0), (y1, x1) = ndimage.center_of_mass(mask, labels, [big[0] + 1, big[1] + 1])
+        dx, dy = abs(x1 - x0), abs(y1 - y0)
+        out["side_by_side"] = float(dx / max(dx + dy, 1e-9))
+    rows = np.flatnonzero(mask.any(axis=1))
+    if len(rows):
+        top, bottom = rows[0], rows[-1] + 1
+        middle = (top + bottom) // 2
+        out["apex_share"] = float(mask[top:middle].sum() / max(mask[top:bottom].sum(), 1))
+    else:
+        out["apex_share"] = 0.0
+    return out
+
+
+@dataclass
+class InputCheck:
+    """The fitted check: feature statistics of Train, lung ranges of Train, cut-offs set on Val."""
+
+    mean: np.ndarray  # (D,)
+    components: np.ndarray  # (k, D), orthonormal rows
+    variances: np.ndarray  # (k,)
+    noise: float  # the variance of every other direction
+    cutoff: float = np.inf
+    far: float = np.inf
+    lung_ranges: dict[str, tuple[float, float]] | None = None
+    lung_margin: float = 0.0
+
+    @classmethod
+    def fit(cls, features: np.ndarray, k: int = COMPONENTS) -> InputCheck:
+        """Feature statistics from (N, D) Train features (cut-offs and lung ranges set later)."""
+        x = np.asarray(features, np.float64)
+        mean = x.mean(axis=0)
+        _, s, vt = np.linalg.svd(x - mean, full_matrices=False)
+        eig = s**2 / max(len(x) - 1, 1)
+        k = min(k, len(eig) - 1, x.shape[1] - 1)
+        noise = float(max(eig[k:].sum() / (x.shape[1] - k), 1e-12))
+        return cls(
+            mean.astype(np.float32), vt[:k].astype(np.float32), np.maximum(eig[:k], noise).astype(np.float32), noise
+        )
+
+    def distance(self, features: np.ndarray) -> np.ndarray:
+        """(N, D) features -> (N,) Mahalanobis distances under the fitted covariance, over sqrt(D)."""
+        x = np.asarray(features, np.float64) - self.mean
+        z = x @ self.components.T.astype(np.float64)
+        d2 = (z**2 / self.variances).sum(axis=1) + ((x**2).sum(axis=1) - (z**2).sum(axis=1)) / self.noise
+        return np.sqrt(np.maximum(d2, 0) / x.shape[1])
+
+    def lung_reasons(self, figures: dict[str, float] | None) -> tuple[list[str], list[str]]:
+        """(reasons for not_a_frontal_cxr, reasons for unusual) from one image's lung figures."""
+        if figures is None or self.lung_ranges is None:
+            return [], []
+        if figures["fields"] < 2:
+            n = int(figures["fields"])
+            return [f"{'no lung field' if n == 0 else 'one lung field'} found (two expected)"], []
+        unusual = []
+        for name, (lo, hi) in self.lung_ranges.items():
+            v, pad = figures[name], self.lung_margin * (hi - lo)
+            if not lo - pad <= v <= hi + pad:
+                unusual.append(f"{_LABELS[name]} {v:.2f} outside the usual {lo - pad:.2f}-{hi + pad:.2f}")
+        return [], unusual
+
+    def lung_excess(self, figures: dict[str, float] | None) -> float:
+        """How far the furthest lung figure lies outside its Train range, in range widths (0 inside)."""
+        if figures is None or self.lung_ranges is None or figures["fields"] < 2:
+            return 0.0
+        out = 0.0
+        for name, (lo, hi) in self.lung_ranges.items():
+            out = max(out, (lo - figures[name]) / max(hi - lo, 1e-9), (figures[name] - hi) / max(hi - lo, 1e-9))
+        return out
+
+    def assess(self, features: np.ndarray | None, figures: dict[str, float] | None) -> dict[str, Any]:
+        """The ``input_check`` record of one image: score, verdict, reason."""
+        far, unusual = self.lung_reasons(figures)
+        score = None
+        if features is not None:
+            d = float(self.distance(features[None])[0])
+            score = d / self.cutoff
+            if d > self.far:
+                far.insert(0, f"image features far from any training X-ray (score {score:.2f}; cut-off 1)")
+            elif score > 1:
+                unusual.insert(0, f"image features unlike the training X-rays (score {score:.2f}; cut-off 1)")
+        verdict = "not_a_frontal_cxr" if far else "unusual" if unusual else "ok"
+        reasons = far + unusual
+        return {
+            "score": None if score is None else round(score, 4),
+            "verdict": verdict,
+            "reason": "; ".join(reasons) if reasons else "features and lungs as in the training X-rays",
+        }
+
+    def flags(self, distances: np.ndarray, figures: list[dict[str, float] | None]) -> np.ndarray:
+        """(N,) verdict index (0 ok, 1 unusual, 2 not_a_frontal_cxr) for precomputed distances."""
+        out = np.zeros(len(distances), int)
+        for i, (d, fig) in enumerate(zip(distances, figures)):
+            far, unusual = self.lung_reasons(fig)
+            out[i] = 2 if far or d > self.far else 1 if unusual or d > self.cutoff else 0
+        return out
+
+    def set_lung_ranges(self, figures: list[dict[str, float]]) -> None:
+        lo, hi = RANGE_QUANTILES
+        self.lung_ranges = {
+            name: (
+                float(np.quantile([f[name] for f in figures], lo)),
+                float(np.quantile([f[name] for f in figures], hi)),
+            )
+            for name in LUNG_FIGURES
+        }
+
+    def set_cutoffs(self, distances: np.ndarray, figures: list[dict[str, float] | None], keep: float = 0.99) -> None:
+        """The smallest cut-offs that leave at least ``keep`` of these (Val) X-rays ``ok``."""
+        self.cutoff, self.far = np.inf, np.inf
+        if self.lung_ranges is not None:
+            excess = [self.lung_excess(f) for f in figures]
+            self.lung_margin = float(np.quantile(excess, LUNG_KEEP)) if excess else 0.0
+        lung_flagged = self.flags(np.zeros(len(distances)), figures) > 0
+        allowed = int(np.floor((1 - keep) * len(distances))) - int(lung_flagged.sum())
+        ranked = np.sort(np.asarray(distances)[~lung_flagged])[::-1]
+        self.cutoff = float(ranked[max(allowed, 0)]) if len(ranked) else 1.0
+        self.far = float(max(1.5 * self.cutoff, np.max(distances)))
+
+    def save(self, path: Path) -> dict[str, Any]:
+        """Write the arrays to ``path`` (npz); return the small settings for ``calibration.json``."""
+        np.savez_compressed(
+            path, mean=self.mean, components=self.components.astype(np.float16), variances=self.variances
+        )
+        return {
+            "noise": self.noise,
+            "cutoff": self.cutoff,
+            "far": self.far,
+            "lung_ranges": self.lung_ranges,
+            "lung_margin": self.lung_margin,
+        }
+
+    @classmethod
+    def load(cls, path: Path, settings: Any) -> InputCheck:
+        """The check from ``input_check.npz`` and its settings, validated (untrusted files)."""
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                mean, comp, var = (np.asarray(z[k], np.float32) for k in ("mean", "components", "variances"))
+        except (OSError, ValueError, KeyError) as exc:
+            raise CovidsegError(f"{path} is damaged ({str(exc)[:120]}); run 'covidseg calibrate' again") from None
+        ok = mean.ndim == 1 and comp.ndim == 2 and comp.shape[1] == mean.size and var.shape == (comp.shape[0],)
+        if not ok or not all(np.isfinite(a).all() for a in (mean, comp, var)) or (var <= 0).any():
+            raise CovidsegError(f"{path}: arrays of the wrong shape or with non-finite values")
+        if not isinstance(settings, dict):
+            raise CovidsegError(f"{path}: calibration.json holds no 'input_check' settings")
+        numbers = [settings.get(k) for k in ("noise", "cutoff", "far")]
+        if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and 0 < v < np.inf for v in numbers):
+            raise CovidsegError(f"{path}: noise, cutoff and far must be positive finite numbers, got {numbers}")
+        ranges, margin = settings.get("lung_ranges"), settings.get("lung_margin", 0.0)
+        if ranges is not None:
+            ranges = _ranges(ranges, path)
+        if isinstance(margin, bool) or not isinstance(margin, (int, float)) or not 0 <= margin < np.inf:
+            raise CovidsegError(f"{path}: lung_margin must be a finite number >= 0, got {margin!r}")
+        return cls(mean, comp, var, float(numbers[0]), float(numbers[1]), float(numbers[2]), ranges, float(margin))
+
+
+def _ranges(ranges: Any, path: Path) -> dict[str, tuple[float, float]]:
+    ok = isinstance(ranges, dict) and set(ranges) == set(LUNG_FIGURES)
+    ok = ok and all(isinstance(v, list) and len(v) == 2 for v in ranges.values())
+    ok = ok and all(isinstance(x, (int, float)) and np.isfinite(x) for v in ranges.values() for x in v)
+    if not ok:
+        raise CovidsegError(f"{path}: lung_ranges must give [low, high] numbers for {list(LUNG_FIGURES)}")
+    return {k: (float(v[0]), float(v[1])) for k, v in ranges.items()}
+
+
+_LABELS = {
+    "lung_area": "lung area (share of the image)",
+    "balance": "smaller/larger lung",
+    "side_by_side": "side-by-side placement of the lungs",
+    "apex_share": "share of lung in the upper half",
+}

@@ -1,0 +1,126 @@
+"""The input check and calibrated probabilities (``covidseg calibrate``)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import copy_run
+from covidseg.cli import main
+from covidseg.data.discovery import discover
+from covidseg.data.image_io import read_xray
+from covidseg.errors import CovidsegError
+from covidseg.inference.calibration import Calibration, LogitHistogram, fit_platt, pixel_reliability
+from covidseg.inference.input_check import InputCheck, lung_figures
+from covidseg.inference.predictor import Predictor
+
+
+def test_platt_scaling_fixes_overconfident_pixels_and_keeps_the_masks() -> None:
+    rng = np.random.default_rng(0)
+    p = rng.random(200_000)
+    truth = rng.random(p.size) < p**3  # the model says p; the truth is rarer
+    hist = LogitHistogram.of(p, truth)
+    a, b = fit_platt(hist)
+    before, after = pixel_reliability(hist)["ece"], pixel_reliability(hist, a, b)["ece"]
+    assert before > 0.1 and after < 0.02
+    cal = Calibration(a, b)
+    for t in (0.2, 0.45, 0.8):
+        assert np.array_equal(p > t, cal.pixels(p) > cal.threshold(t))
+
+
+def test_input_check_distance_grows_off_the_training_features(tmp_path: Path) -> None:
+    rng = np.random.default_rng(1)
+    train = rng.normal(size=(400, 32)) @ rng.normal(size=(32, 32))
+    check = InputCheck.fit(train, k=8)
+    near = check.distance(train[:50])
+    far = check.distance(train[:50] + 20 * rng.normal(size=(50, 32)))
+    assert far.min() > np.quantile(near, 0.9)
+    check.set_cutoffs(near, [None] * 50)
+    assert np.mean(check.flags(near, [None] * 50) > 0) <= 0.01
+    settings = check.save(tmp_path / "input_check.npz")
+    again = InputCheck.load(tmp_path / "input_check.npz", json.loads(json.dumps(settings)))
+    assert np.allclose(again.distance(train[:5]), check.distance(train[:5]), rtol=1e-2)
+
+
+def test_damaged_input_check_files_are_refused(tmp_path: Path) -> None:
+    path = tmp_path / "input_check.npz"
+    np.savez(path, mean=np.zeros(4), components=np.full((2, 4), np.nan), variances=np.ones(2))
+    with pytest.raises(CovidsegError, match="non-finite"):
+        InputCheck.load(path, {"noise": 1.0, "cutoff": 1.0, "far": 2.0})
+    path.write_bytes(b"not an npz")
+    with pytest.raises(CovidsegError, match="damaged"):
+        InputCheck.load(path, {"noise": 1.0, "cutoff": 1.0, "far": 2.0})
+    np.savez(path, mean=np.zeros(4), components=np.eye(4)[:2], variances=np.ones(2))
+    with pytest.raises(CovidsegError, match="positive finite"):
+        InputCheck.load(path, {"noise": -1, "cutoff": 1.0, "far": 2.0})
+
+
+def test_lung_figures_see_two_fields_side_by_side_and_notice_rotation() -> None:
+    lungs = np.zeros((64, 64), np.float32)
+    lungs[10:50, 8:28] = 1
+    lungs[10:50, 36:56] = 1
+    lungs[10:20, 8:28] = 0.0  # narrower apex: more lung in the lower half
+    upright, turned = lung_figures(lungs), lung_figures(np.rot90(lungs))
+    assert upright["fields"] == 2 and upright["side_by_side"] > 0.8 and upright["apex_share"] < 0.5
+    assert turned["side_by_side"] < 0.2
+    assert lung_figures(np.zeros((64, 64)))["fields"] == 0
+
+
+@pytest.fixture(scope="module")
+def calibrated_run(two_output_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    run = copy_run(two_output_run, tmp_path_factory.mktemp("cal") / "run")
+    assert main(["calibrate", str(run)]) == 0
+    return run
+
+
+def test_calibrate_writes_the_check_and_calibration_and_keeps_masks(
+    calibrated_run: Path, two_output_run: Path, synth_root: Path
+) -> None:
+    record = json.loads((calibrated_run / "calibration.json").read_text())
+    assert "synthetic" in record["fitted_on"]["data"]
+    assert sum(record["cross_fit"]["halves"]) == record["fitted_on"]["images"]
+    assert (calibrated_run / "input_check.npz").is_file() and (calibrated_run / "plots" / "reliability.png").is_file()
+    plain, calibrated = Predictor.load(two_output_run), Predictor.load(calibrated_run)
+    assert plain.check is None and calibrated.check is not None
+    for s in discover(synth_root).split("Val")[:4]:
+        gray = read_xray(s.image)
+        a, b = plain.predict(gray), calibrated.predict(gray)
+        assert np.array_equal(a.mask, b.mask) and np.array_equal(a.lung, b.lung)
+        assert a.input_check is None and b.input_check["verdict"] in ("ok", "unusual", "not_a_frontal_cxr")
+        assert 0 <= b.covid_probability <= 1
+        t = calibrated.calibration.threshold(calibrated.threshold)
+        assert np.array_equal(b.mask.astype(bool) & b.lung.astype(bool), (b.probability > t) & b.lung.astype(bool))
+
+
+def test_a_photograph_and_noise_are_flagged(calibrated_run: Path) -> None:
+    import matplotlib.cbook
+
+    predictor = Predictor.load(calibrated_run)
+    with matplotlib.cbook.get_sample_data("grace_hopper.jpg") as f:
+        from PIL import Image
+
+        photo = np.asarray(Image.open(f).convert("L"))
+    noise = np.random.default_rng(0).integers(0, 256, (300, 300), dtype=np.uint8)
+    for image in (photo, noise):
+        check = predictor.predict(image).input_check
+        assert check["verdict"] != "ok" and check["reason"]
+
+
+def test_bundle_and_predict_carry_the_check(calibrated_run: Path, tmp_path: Path, synth_root: Path) -> None:
+    bundle = tmp_path / "bundle"
+    assert main(["export", str(calibrated_run), "--out", str(bundle)]) == 0
+    config = json.loads((bundle / "config.json").read_text())
+    assert {"calibration.json", "input_check.npz"} <= set(config["files"])
+    xray = discover(synth_root).split("Val")[0].image
+    run_pred, onnx_pred = Predictor.load(calibrated_run).predict(xray), Predictor.load(bundle).predict(xray)
+    assert onnx_pred.input_check["verdict"] == run_pred.input_check["verdict"]
+    assert onnx_pred.input_check["score"] == pytest.approx(run_pred.input_check["score"], rel=1e-3)
+    assert onnx_pred.covid_probability == pytest.approx(run_pred.covid_probability, abs=1e-3)
+    out = tmp_path / "out"
+    assert main(["predict", str(bundle), str(xray), "--out", str(out)]) == 0
+    record = json.loads((out / "predictions.jsonl").read_text().splitlines()[0])
+    assert record["input_check"]["verdict"] in ("ok", "unusual", "not_a_frontal_cxr")
+    assert 0 < record["threshold_calibrated"] < 1 and 0 <= record["covid_probability"] <= 1
