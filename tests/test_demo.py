@@ -17,6 +17,7 @@ def test_demo_runs_end_to_end_and_draws_every_figure(tmp_path: Path) -> None:
     # Two outputs, as the cpu preset: lung masks and severity grades on the demo's model too.
     assert "lung" in r.summary and r.summary["severity"]["agreement"]["images"] > 0
     assert (run / "budget.json").is_file()  # the demo trains under its time budget
+    assert "epoch 1/1" in (run / "train.log").read_text()  # the run folder keeps its log, whoever trained it
     # A second demo into the same folder keeps the finished run instead of failing.
     again = run_demo(tmp_path, small, SynthSpec(train=16, val=8, test=8, min_side=96, max_side=160))
     assert again.run.epochs_run == 1

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -11,6 +12,8 @@ from covidseg.data.synthetic import SynthSpec, write_synthetic
 from covidseg.engine.fit import RunResult, fit
 from covidseg.evaluation import evaluate_run
 from covidseg.progress import Progress
+
+log = logging.getLogger(__name__)
 
 # Enough images for the demo preset to reach pooled Dice > 0.9 on synthetic Val in about 2-3 minutes on 2 cores.
 DEMO_SYNTH = SynthSpec(train=160, val=48, test=48)
@@ -33,7 +36,10 @@ def run_demo(
     """Write the synthetic set to ``OUT/data``, train the ``demo`` preset into ``OUT/run`` and
     evaluate it on the synthetic Val split, drawing every figure."""
     out = Path(out_dir).expanduser().resolve()
-    data = write_synthetic(out / "data", synth or DEMO_SYNTH, progress)
+    spec = synth or DEMO_SYNTH
+    log.info("writing a SYNTHETIC set (%d Train, %d Val, %d Test phantoms) to %s", spec.train, spec.val, spec.test,
+             out / "data")  # fmt: skip
+    data = write_synthetic(out / "data", spec, progress)
     cfg = build_config(
         "demo", overrides={"data.root": str(out / "data"), "data.cache_dir": str(out / "cache"), **(overrides or {})}
     )

@@ -17,39 +17,29 @@ import json
 import logging
 import math
 import time
-from contextlib import nullcontext
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
-from covidseg.config import Config, flatten, from_dict, load_yaml, save_yaml
-from covidseg.data.dataset import SegmentationDataset
-from covidseg.data.discovery import GROUPS
-from covidseg.data.loading import discover_root, load_dataset, make_loader
-from covidseg.engine.budget import Budget, ProgressSchedule
+from covidseg.config import Config, flatten, from_dict, load_yaml
+from covidseg.data.loading import make_loader
 from covidseg.engine.checkpoint import load_checkpoint, remove_leftovers, save_checkpoint
-from covidseg.engine.device import amp_dtype, autocast_factory, resolve_device
+from covidseg.engine.device import resolve_device
 from covidseg.engine.distributed import DistInfo, all_gather, barrier, cleanup, init_distributed
 from covidseg.engine.evaluate import EvalResult, evaluate
 from covidseg.engine.history import write_history
-from covidseg.engine.optim import build_optimizer, build_scheduler
+from covidseg.engine.session import Training, draw_curves, epoch_row, log_epoch, prepare
 from covidseg.engine.train import train_one_epoch
 from covidseg.errors import CovidsegError
 from covidseg.locking import folder_lock
-from covidseg.losses import build_loss
-from covidseg.metrics import dice_iou, nan_mean, pooled
-from covidseg.models import create_model, model_spec
 from covidseg.progress import Progress
-from covidseg.repro import capture_environment, epoch_generator, seed_everything
-from covidseg.transforms import build_train_transform
+from covidseg.repro import epoch_generator
 
 log = logging.getLogger(__name__)
-
-# what env.json records as the precision the run trained in
-PRECISION_NAMES = {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}
 
 
 @dataclass
@@ -77,41 +67,6 @@ def _smooth(history: list[dict[str, Any]], metric: str, alpha: float) -> float:
     return value
 
 
-def _budget(cfg: Config, dinfo: DistInfo, steps_per_epoch: int, val_images: int, started: float) -> Budget | None:
-    """The time budget of a run that has one (``train.time_budget``), counted from ``started``."""
-    t = cfg.train
-    if t.time_budget is None:
-        return None
-    if dinfo.enabled:
-        raise CovidsegError("train.time_budget is not supported with several processes yet; train with --epochs")
-    val_batches = math.ceil(val_images / t.batch_size)
-    log.info(
-        "time budget %.0f s: the schedule is laid over the steps that fit (at most %d epochs)", t.time_budget, t.epochs
-    )
-    return Budget(t.time_budget, steps_per_epoch, val_batches, t.epochs * steps_per_epoch, started=started)
-
-
-def _empty_share(val_ds: Any, target: str) -> float:
-    """The share of Val images whose first target is empty: the per-image Dice (empty/empty = 1)
-    that predicting nothing anywhere scores."""
-    masks = val_ds.split.lung if target == "lung" else val_ds.split.infection
-    return float(np.mean([not np.asarray(m).any() for m in masks]))
-
-
-def _figure_note(discovery: Any) -> str:
-    """Figure titles name synthetic data as such."""
-    return "SYNTHETIC data (covidseg synth), not X-rays: " if discovery.synthetic else ""
-
-
-def _sample_rows(ds: SegmentationDataset, per_group: int = 4) -> dict[str, list]:
-    rows: dict[str, list] = {}
-    for g_idx, g in enumerate(GROUPS):
-        idx = np.flatnonzero(ds.groups == g_idx)[:per_group]
-        if len(idx):
-            rows[g] = [(ds.split.images[i], ds.split.infection[i], ds.split.samples[i].image.name) for i in idx]
-    return rows
-
-
 def load_run_config(run_dir: str | Path) -> Config:
     """The config saved in a run folder."""
     path = Path(run_dir) / "config.yaml"
@@ -135,6 +90,27 @@ def check_resume(saved: Config, given: Config) -> None:
             f"--resume continues the run as it was configured, but {diffs} differ; only "
             f"{', '.join(RESUME_MAY_CHANGE)} may change. Start a new run with another --out to change the rest"
         )
+
+
+@contextmanager
+def run_log(path: Path) -> Iterator[None]:
+    """Copy covidseg's log records (INFO and up) into ``path`` (appended) while the block runs:
+    every run folder keeps its ``train.log``, whoever started the training."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handler = logging.FileHandler(path)
+    handler.setLevel(logging.INFO)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logger = logging.getLogger("covidseg")
+    level = logger.level
+    if logger.getEffectiveLevel() > logging.INFO:
+        logger.setLevel(logging.INFO)
+    logger.addHandler(handler)
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+        handler.close()
 
 
 def fit(
@@ -168,7 +144,7 @@ def fit(
     dinfo, device_name = init_distributed(cfg.train.device)
     lock = folder_lock(run_dir, "train") if dinfo.is_main else nullcontext()
     try:
-        with lock:
+        with lock, run_log(run_dir / "train.log") if dinfo.is_main else nullcontext():
             if dinfo.is_main and remove_leftovers(run_dir / "checkpoints"):
                 log.info("removed the temporary checkpoint files an interrupted run had left")
             result = _fit(cfg, run_dir, state, dinfo, resolve_device(device_name), progress, argv)
@@ -189,258 +165,91 @@ def _fit(
     progress: Progress | None,
     argv: list[str] | None,
 ) -> RunResult:
-    started = time.perf_counter()
-    main = dinfo.is_main
-    if not main:
-        progress = None
-        logging.getLogger("covidseg").setLevel(logging.WARNING)
-    t, d = cfg.train, cfg.data
-    seed_everything(t.seed, t.deterministic)
-    dtype = amp_dtype(t.amp, device)
-    if main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        save_yaml(cfg, run_dir / "config.yaml")
-        env = capture_environment(device, t.seed, argv)
-        env["world_size"] = dinfo.world_size
-        env["precision"] = PRECISION_NAMES[dtype]
-        env_name = "env.json" if state is None else f"env-resume-{int(state['epoch']) + 1}.json"
-        (run_dir / env_name).write_text(json.dumps(env, indent=2))
-
-    discovery = discover_root(d.root)
-    # Rank 0 decodes and caches first; the others then read its cache.
-    if not main:
-        barrier(dinfo)
-    transform = build_train_transform(cfg.augment)
-    train_ds = load_dataset(discovery, "Train", d.image_size, d.cache_dir, d.train_limit, t.seed, progress, transform)
-    val_ds = load_dataset(discovery, "Val", d.image_size, d.cache_dir, d.val_limit, t.seed, progress)
-    if main:
-        barrier(dinfo)
-        splits = {"Train": [s.id for s in train_ds.split.samples], "Val": [s.id for s in val_ds.split.samples]}
-        (run_dir / "splits.json").write_text(json.dumps(splits, indent=0))
-
-    spec = model_spec(cfg, with_weights=False)
-    # Pre-trained encoder weights are fetched once, for a new run; a resumed run has its own.
-    net = create_model(model_spec(cfg, with_weights=state is None)).to(device)
-    if t.channels_last:
-        net = net.to(memory_format=torch.channels_last)
-    optimizer = build_optimizer(cfg.optim, net.parameters())
-    steps_per_epoch = math.ceil(math.ceil(len(train_ds) / dinfo.world_size) / t.batch_size)
-    budget = _budget(cfg, dinfo, steps_per_epoch, len(val_ds), started)
-    if budget is not None:
-        scheduler: Any = ProgressSchedule(optimizer, cfg.optim, budget, t.epochs)
-    else:
-        scheduler = build_scheduler(cfg.optim, optimizer, t.epochs, steps_per_epoch)
-    autocast = autocast_factory(device, dtype)
-    scaler = torch.amp.GradScaler("cuda") if dtype == torch.float16 else None
-    if device.type == "cuda":
-        torch.backends.cudnn.benchmark = not t.deterministic
-    loss_fn = build_loss(cfg.loss)
-
-    history: list[dict[str, Any]] = []
-    best: dict[str, Any] = {"metric": t.select_metric, "value": None, "epoch": 0, "smoothed": None}
-    start_epoch = 1
-    if state is not None:
-        net.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        if scaler is not None and state.get("scaler"):
-            scaler.load_state_dict(state["scaler"])
-        if scheduler is not None and state.get("scheduler"):
-            scheduler.load_state_dict(state["scheduler"])
-        history = list(state.get("history", []))
-        if budget is not None:
-            budget.spent = sum(h["seconds"] for h in history)  # the time already spent counts
-        best = dict(state["best"])
-        start_epoch = int(state["epoch"]) + 1
-        log.info("resuming %s at epoch %d of %d", run_dir, start_epoch, t.epochs)
-    elif main:
-        from covidseg.figures import plot_samples
-
-        plot_samples(_sample_rows(train_ds), run_dir / "plots" / "samples.png", _figure_note(discovery))
-
-    model: torch.nn.Module = net
-    train_sampler = None
-    val_part: Any = val_ds
-    if dinfo.enabled:
-        from torch.nn.parallel import DistributedDataParallel
-        from torch.utils.data import DistributedSampler, Subset
-
-        model = DistributedDataParallel(net, device_ids=[device.index] if device.type == "cuda" else None)
-        train_sampler = DistributedSampler(train_ds, dinfo.world_size, dinfo.rank, shuffle=True, seed=t.seed)
-        val_part = Subset(val_ds, list(range(dinfo.rank, len(val_ds), dinfo.world_size)))
-    pin = device.type == "cuda"
-    val_loader = make_loader(val_part, t.batch_size, False, d.num_workers, pin_memory=pin)
-    log.info(
-        "training %s on %s%s (%s) for %d epochs: %d train / %d val images, batch %d%s, lr %g",
-        spec["name"],
-        device,
-        f" x {dinfo.world_size} processes" if dinfo.enabled else "",
-        "fp32" if dtype is None else str(dtype).replace("torch.", ""),
-        t.epochs,
-        len(train_ds),
-        len(val_ds),
-        t.batch_size,
-        " per process" if dinfo.enabled else "",
-        cfg.optim.lr,
-    )
-
-    for epoch in range(start_epoch, t.epochs + 1):
-        if budget is not None and budget.done:  # a resumed run whose budget was already used
+    tr = prepare(cfg, run_dir, state, dinfo, device, progress, argv, time.perf_counter())
+    t = cfg.train
+    for epoch in range(tr.start_epoch, t.epochs + 1):
+        if tr.budget is not None and tr.budget.done:  # a resumed run whose budget was already used
             break
-        if t.early_stop_patience and epoch - best["epoch"] > t.early_stop_patience:
+        if t.early_stop_patience and epoch - tr.best["epoch"] > t.early_stop_patience:
             log.info("early stop: no better smoothed %s for %d epochs", t.select_metric, t.early_stop_patience)
             break
-        t0 = time.perf_counter()
-        train_ds.set_seed(t.seed * 1_000_003 + epoch * 1009 + dinfo.rank)  # augmentation draws, without workers
-        if train_sampler is not None:
-            train_sampler.set_epoch(epoch)
-        train_loader = make_loader(
-            train_ds,
-            t.batch_size,
-            True,
-            d.num_workers,
-            generator=epoch_generator(t.seed, epoch),
-            pin_memory=pin,
-            sampler=train_sampler,
-        )
-        lr = optimizer.param_groups[0]["lr"]
-        tr = train_one_epoch(
-            model,
-            train_loader,
-            loss_fn,
-            optimizer,
-            device,
-            autocast,
-            scaler,
-            progress,
-            desc=f"epoch {epoch}/{t.epochs}",
-            scheduler=scheduler,
-            grad_clip=cfg.optim.grad_clip,
-            channels_last=t.channels_last,
-            targets=cfg.model.target_list,
-            stop=(lambda: budget.done) if budget is not None else None,
-        )
-        if budget is not None:
-            budget.pause()
-        t_val = time.perf_counter()
-        ev = evaluate(
-            net,
-            val_loader,
-            device,
-            cfg.eval.threshold,
-            autocast,
-            progress=progress,
-            desc="val",
-            channels_last=t.channels_last,
-            targets=cfg.model.target_list,
-        )
-        trs, evs = all_gather(dinfo, tr), all_gather(dinfo, ev)
-        ev = EvalResult.merge(evs) if dinfo.enabled else ev
-        images, pixels = sum(x["images"] for x in trs), sum(x["pixels"] for x in trs)
-        pool = pooled(ev.stats, cfg.eval.empty_empty)
-        dice, iou = dice_iou(ev.stats, cfg.eval.empty_empty)
-        covid = val_ds.groups[ev.indices] == GROUPS.index("COVID-19")
-        row = {
-            "epoch": epoch,
-            "lr": lr,
-            "train_loss": sum(x["loss"] * x["images"] for x in trs) / max(images, 1),
-            "train_pixel_accuracy": sum(x["pixel_accuracy"] * x["pixels"] for x in trs) / max(pixels, 1),
-            "val_loss": ev.loss,
-            "val_pixel_accuracy": pool["pixel_accuracy"],
-            "val_dice": pool["dice"],
-            "val_iou": pool["iou"],
-            "val_dice_per_image": float(np.nanmean(dice)),
-            "val_iou_per_image": float(np.nanmean(iou)),
-            "val_dice_per_image_covid": nan_mean(dice[covid]),
-        }
-        if ev.lung_stats is not None:
-            row["val_lung_dice"] = pooled(ev.lung_stats, cfg.eval.empty_empty)["dice"]
-            row["val_lung_dice_per_image"] = float(np.nanmean(dice_iou(ev.lung_stats, cfg.eval.empty_empty)[0]))
-        row["seconds"] = round(time.perf_counter() - t0, 2)
-        row["steps"] = budget.steps if budget is not None else epoch * steps_per_epoch
-        row["planned_steps"] = budget.planned if budget is not None else t.epochs * steps_per_epoch
-        history.append(row)
-        smoothed = _smooth(history, t.select_metric, t.select_smoothing)
-        row[f"{t.select_metric}_smoothed"] = smoothed
-        improved = _better(t.select_metric, smoothed, best.get("smoothed", best["value"]))
-        if improved:
-            best = {"metric": t.select_metric, "value": row[t.select_metric], "epoch": epoch, "smoothed": smoothed}
-        if main:
-            _save_epoch(run_dir, net, spec, cfg, optimizer, scaler, scheduler, epoch, best, history, improved)
-            from covidseg.figures import plot_curves
-
-            plot_curves(
-                history,
-                run_dir / "plots" / "curves.png",
-                _figure_note(discovery),
-                _empty_share(val_ds, cfg.model.target_list[0]),
-            )
-        log.info(
-            "epoch %d/%d  train loss %.4f acc %.4f | val loss %.4f acc %.4f dice %.4f iou %.4f dice/img %.4f | %.0fs%s",
-            epoch,
-            t.epochs,
-            row["train_loss"],
-            row["train_pixel_accuracy"],
-            row["val_loss"],
-            row["val_pixel_accuracy"],
-            row["val_dice"],
-            row["val_iou"],
-            row["val_dice_per_image"],
-            row["seconds"],
-            (f"  lung dice {row['val_lung_dice']:.4f}" if "val_lung_dice" in row else "")
-            + ("  *best*" if improved else ""),
-        )
-        if budget is not None:  # the check: validation, checkpoints, history and curves
-            budget.observe_val(time.perf_counter() - t_val)
-            if main:
-                (run_dir / "budget.json").write_text(json.dumps(budget.state(), indent=2))
-        if budget is not None and budget.done:
+        _run_epoch(tr, epoch)
+        if tr.budget is not None and tr.budget.done:
             log.info(
                 "time budget %.0f s: schedule complete after %d steps (%d epochs, the last %s) in %.0f s",
-                budget.seconds,
-                budget.steps,
-                epoch,
-                "whole" if budget.steps % steps_per_epoch == 0 else "partial",
-                budget.elapsed(),
-            )
+                tr.budget.seconds, tr.budget.steps, epoch,
+                "whole" if tr.budget.steps % tr.steps_per_epoch == 0 else "partial", tr.budget.elapsed(),
+            )  # fmt: skip
             break
-
+    value = tr.best["value"]
     return RunResult(
-        run_dir,
-        int(best["epoch"]),
-        float(best["value"] if best["value"] is not None else math.nan),
-        t.select_metric,
-        len(history),
-        history,
-    )
+        run_dir, int(tr.best["epoch"]), float(value if value is not None else math.nan), t.select_metric,
+        len(tr.history), tr.history,
+    )  # fmt: skip
 
 
-def _save_epoch(
-    run_dir: Path,
-    net: torch.nn.Module,
-    spec: dict[str, Any],
-    cfg: Config,
-    optimizer: torch.optim.Optimizer,
-    scaler: torch.amp.GradScaler | None,
-    scheduler: Any,
-    epoch: int,
-    best: dict[str, Any],
-    history: list[dict[str, Any]],
-    improved: bool,
-) -> None:
+def _run_epoch(tr: Training, epoch: int) -> None:
+    """Train one epoch, check it on Val, keep the history, checkpoints and curves."""
+    t, d = tr.cfg.train, tr.cfg.data
+    t0 = time.perf_counter()
+    tr.train_ds.set_seed(t.seed * 1_000_003 + epoch * 1009 + tr.dinfo.rank)  # augmentation draws, without workers
+    if tr.train_sampler is not None:
+        tr.train_sampler.set_epoch(epoch)
+    train_loader = make_loader(
+        tr.train_ds, t.batch_size, True, d.num_workers, generator=epoch_generator(t.seed, epoch),
+        pin_memory=tr.device.type == "cuda", sampler=tr.train_sampler,
+    )  # fmt: skip
+    lr = tr.optimizer.param_groups[0]["lr"]
+    budget = tr.budget
+    result = train_one_epoch(
+        tr.model, train_loader, tr.loss_fn, tr.optimizer, tr.device, tr.autocast, tr.scaler, tr.progress,
+        desc=f"epoch {epoch}/{t.epochs}", scheduler=tr.scheduler, grad_clip=tr.cfg.optim.grad_clip,
+        channels_last=t.channels_last, targets=tr.cfg.model.target_list,
+        stop=(lambda: budget.done) if budget is not None else None,
+    )  # fmt: skip
+    if budget is not None:
+        budget.pause()
+    t_val = time.perf_counter()
+    ev = evaluate(
+        tr.net, tr.val_loader, tr.device, tr.cfg.eval.threshold, tr.autocast, progress=tr.progress, desc="val",
+        channels_last=t.channels_last, targets=tr.cfg.model.target_list,
+    )  # fmt: skip
+    evs = all_gather(tr.dinfo, ev)
+    row = epoch_row(tr, epoch, lr, all_gather(tr.dinfo, result), EvalResult.merge(evs) if tr.dinfo.enabled else ev)
+    row["seconds"] = round(time.perf_counter() - t0, 2)
+    row["steps"] = budget.steps if budget is not None else epoch * tr.steps_per_epoch
+    row["planned_steps"] = budget.planned if budget is not None else t.epochs * tr.steps_per_epoch
+    tr.history.append(row)
+    smoothed = _smooth(tr.history, t.select_metric, t.select_smoothing)
+    row[f"{t.select_metric}_smoothed"] = smoothed
+    improved = _better(t.select_metric, smoothed, tr.best.get("smoothed", tr.best["value"]))
+    if improved:
+        tr.best = {"metric": t.select_metric, "value": row[t.select_metric], "epoch": epoch, "smoothed": smoothed}
+    if tr.dinfo.is_main:
+        _save_epoch(tr, epoch, improved)
+        draw_curves(tr)
+    log_epoch(tr, row, improved)
+    if budget is not None:  # the check: validation, checkpoints, history and curves
+        budget.observe_val(time.perf_counter() - t_val)
+        if tr.dinfo.is_main:
+            (tr.run_dir / "budget.json").write_text(json.dumps(budget.state(), indent=2))
+
+
+def _save_epoch(tr: Training, epoch: int, improved: bool) -> None:
     """Checkpoints and history after an epoch."""
     ckpt = {
-        "model": net.state_dict(),
-        "model_spec": spec,
-        "config": cfg.to_dict(),
-        "optimizer": optimizer.state_dict(),
-        "scaler": scaler.state_dict() if scaler is not None else None,
-        "scheduler": scheduler.state_dict() if scheduler is not None else None,
+        "model": tr.net.state_dict(),
+        "model_spec": tr.spec,
+        "config": tr.cfg.to_dict(),
+        "optimizer": tr.optimizer.state_dict(),
+        "scaler": tr.scaler.state_dict() if tr.scaler is not None else None,
+        "scheduler": tr.scheduler.state_dict() if tr.scheduler is not None else None,
         "epoch": epoch,
-        "best": best,
-        "history": history,
+        "best": tr.best,
+        "history": tr.history,
     }
     # best.pt first: if the process dies between the writes, last.pt still points one epoch back.
     if improved:
-        save_checkpoint(run_dir / "checkpoints" / "best.pt", ckpt)
-    save_checkpoint(run_dir / "checkpoints" / "last.pt", ckpt)
-    write_history(history, run_dir / "history.csv")
+        save_checkpoint(tr.run_dir / "checkpoints" / "best.pt", ckpt)
+    save_checkpoint(tr.run_dir / "checkpoints" / "last.pt", ckpt)
+    write_history(tr.history, tr.run_dir / "history.csv")

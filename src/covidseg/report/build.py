@@ -211,7 +211,8 @@ class ReportBuilder:
                 f"{best['val_dice_per_image']:.4f} at epoch {int(best['epoch'])}; Val pooled Dice then "
                 f"{best['val_dice']:.4f}."
             )
-        self._figure(run / "plots" / "curves.png", f"{run.name}-curves", "Loss and pixel accuracy per epoch")
+        caption = "Loss and Val Dice per epoch (dashed: what predicting nothing scores per image)"
+        self._figure(run / "plots" / "curves.png", f"{run.name}-curves", caption)
         summaries = {s: _load_json(run / "eval" / s / "summary.json") for s in ("Val", "Test")}
         summaries = {k: v for k, v in summaries.items() if v}
         if not summaries:
