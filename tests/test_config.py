@@ -70,7 +70,7 @@ def test_nan_stays_allowed_where_it_means_something() -> None:
 
 def test_every_preset_says_what_it_is_for(capsys) -> None:
     from covidseg.cli import main
-    from covidseg.config import PRESET_HELP, PRESETS
+    from covidseg.presets import PRESET_HELP, PRESETS
 
     assert set(PRESET_HELP) == set(PRESETS)
     assert main(["presets", "--verbose"]) == 0

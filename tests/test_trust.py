@@ -124,3 +124,12 @@ def test_bundle_and_predict_carry_the_check(calibrated_run: Path, tmp_path: Path
     record = json.loads((out / "predictions.jsonl").read_text().splitlines()[0])
     assert record["input_check"]["verdict"] in ("ok", "unusual", "not_a_frontal_cxr")
     assert 0 < record["threshold_calibrated"] < 1 and 0 <= record["covid_probability"] <= 1
+
+
+def test_the_report_shows_the_calibration_and_its_reliability_diagram(calibrated_run: Path, tmp_path: Path) -> None:
+    from covidseg.report.build import build_report
+
+    md, page = build_report([calibrated_run], tmp_path / "report")
+    text = md.read_text()
+    assert "ECE after Platt scaling" in text and "Reliability diagrams" in text and "SYNTHETIC" in text
+    assert "data:image/png;base64," in page.read_text()

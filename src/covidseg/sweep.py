@@ -41,9 +41,10 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from covidseg.config import PRESETS, Config, build_config, flatten, load_yaml, valid_keys
+from covidseg.config import Config, build_config, flatten, load_yaml, valid_keys
 from covidseg.errors import ConfigError, CovidsegError
 from covidseg.leaderboard import METRICS, leaderboard_rows, write_leaderboard
+from covidseg.presets import PRESETS
 from covidseg.progress import Progress
 
 log = logging.getLogger(__name__)

@@ -82,7 +82,7 @@ def _check_listen(host: str, port: int) -> None:
 
 
 def cmd_presets(a: argparse.Namespace) -> int:
-    from covidseg.config import PRESET_HELP, PRESETS
+    from covidseg.presets import PRESET_HELP, PRESETS
 
     for name, over in PRESETS.items():
         print(f"{name}: {PRESET_HELP[name]}")

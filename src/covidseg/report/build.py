@@ -27,6 +27,19 @@ from covidseg.data.discovery import GROUPS
 from covidseg.document import Document, slug
 from covidseg.errors import CovidsegError
 from covidseg.metrics import lookup
+from covidseg.report.describe import (
+    INFECTION_COLUMNS,
+    cross_fitted_row,
+    data_label,
+    describe_method,
+    describe_postprocess,
+    describe_scoring,
+    load_json,
+    num,
+    pct,
+    run_name,
+    trained_precision,
+)
 
 log = logging.getLogger(__name__)
 
@@ -44,100 +57,7 @@ PUBLISHED_NOTES = [
     "shown only as a reminder that the definition moves the number, not for comparison.",
 ]
 
-# Column -> (summary.json path): each column holds one definition.
-INFECTION_COLUMNS = [
-    ("Dice, per image, COVID-19 images", ("per_image_covid", "dice")),
-    ("IoU, per image, COVID-19 images", ("per_image_covid", "iou")),
-    ("Dice, per image, all images (empty/empty = 1)", ("per_image", "dice")),
-    ("IoU, per image, all images (empty/empty = 1)", ("per_image", "iou")),
-    ("Dice, pooled pixels", ("pooled", "dice")),
-    ("IoU, pooled pixels", ("pooled", "iou")),
-    ("pixel accuracy, pooled", ("pooled", "pixel_accuracy")),
-]
 NOT_STATED = ["Dice, definition not stated", "IoU, definition not stated", "pixel accuracy, definition not stated"]
-
-
-def _pct(x: float | None) -> str:
-    return "" if x is None else f"{100 * x:.1f}%"
-
-
-def _num(x: float | None) -> str:
-    return "n/a" if x is None else f"{x:.4f}"
-
-
-def _load_json(path: Path) -> dict[str, Any] | None:
-    return json.loads(path.read_text()) if path.is_file() else None
-
-
-def data_label(s: dict[str, Any], split: str) -> str:
-    """What a summary was measured on, naming synthetic data as such."""
-    kind = "SYNTHETIC (covidseg synth, not X-rays)" if s.get("synthetic") else "COVID-QU-Ex"
-    return f"{kind} {split} ({s['images']} images)"
-
-
-def describe_scoring(s: dict[str, Any]) -> str:
-    """Where a summary was scored, in words."""
-    if s.get("scored_at") == "native":
-        sizes = ", ".join(f"{k}: {v}" for k, v in (s.get("sizes") or {}).items())
-        return f"masks as `predict` writes them, at each X-ray's own size ({sizes}), against the original mask files"
-    if s.get("scored_at") == "input":
-        return f"at the network's input size ({s.get('image_size')}x{s.get('image_size')}), against shrunk masks"
-    return "at the network's input size (an older summary; evaluate again to score at native size)"
-
-
-def trained_precision(run: Path, cfg: Config) -> str:
-    """The precision the run trained in (``env.json``; for runs before it was recorded, derived
-    from the CPU flags it recorded), not the one its config asked for."""
-    try:
-        env = json.loads((run / "env.json").read_text())
-    except (OSError, ValueError):
-        return f"{cfg.train.amp} (asked; env.json unreadable)"
-    if env.get("precision"):
-        return env["precision"]
-    amp, device = cfg.train.amp, env.get("device", "cpu")
-    if amp == "off" or (device == "cpu" and (amp == "auto" or not (env.get("cpu") or {}).get("native_bf16"))):
-        return "fp32"
-    return amp
-
-
-def describe_method(cfg: Config, precision: str | None = None) -> str:
-    """The resolved config in words."""
-    d, m, lo, a, o, t = cfg.data, cfg.model, cfg.loss, cfg.augment, cfg.optim, cfg.train
-    if m.name == "unet":
-        c = m.base_channels
-        net = f"the reference U-Net (encoder {c}/{2 * c}/{4 * c} filters, bottleneck {8 * c}, skip concatenation)"
-    else:
-        weights = "ImageNet-pretrained" if m.encoder_weights else "randomly initialised"
-        net = f"segmentation-models-pytorch {m.name.removeprefix('smp-')} with a {weights} {m.encoder_name} encoder"
-    outputs = " and ".join(m.target_list)
-    loss = {
-        "bce": "binary cross-entropy",
-        "dice": "soft Dice" + (" per image" if lo.dice_per_image else " over the batch"),
-        "bce_dice": f"{lo.bce_weight:g} x BCE + {1 - lo.bce_weight:g} x soft Dice"
-        + (" per image" if lo.dice_per_image else ""),
-        "focal": f"focal loss (gamma {lo.focal_gamma:g})",
-        "tversky": f"Tversky loss (alpha {lo.tversky_alpha:g}, beta {lo.tversky_beta:g})",
-    }[lo.name]
-    aug = "no augmentation" if a.name == "none" else f"'{a.name}' augmentation (strength {a.strength:g})"
-    sched = {"constant": "a constant learning rate", "cosine": "cosine decay with warm-up", "onecycle": "one-cycle"}
-    limits = ""
-    if d.train_limit or d.val_limit:
-        limits = f" Subsets: at most {d.train_limit or 'all'} Train and {d.val_limit or 'all'} Val images."
-    return (
-        f"Images are converted to gray, resized to {d.image_size}x{d.image_size} (bilinear) and scaled to [0, 1]; "
-        f"masks are resized with nearest neighbour and binarised at > 127. The network is {net}, with one output "
-        f"channel per target ({outputs}). Loss: {loss}. Optimiser: {o.name} with learning rate {o.lr:g} and "
-        f"{sched[o.schedule]}, weight decay {o.weight_decay:g}; batch {t.batch_size}, {t.epochs} epochs, {aug}; "
-        f"precision {precision or t.amp}. The best epoch is chosen by {t.select_metric}"
-        + (f" smoothed by an EMA of {t.select_smoothing:g}" if t.select_smoothing else "")
-        + f"; a pixel is infection when its probability exceeds {cfg.eval.threshold:g} unless tuned."
-        + limits
-    )
-
-
-def _run_name(run: Path) -> str:
-    """The run folder's name, with its parent's where the folder is just called ``run``."""
-    return f"{run.resolve().parent.name}/{run.name}" if run.name == "run" else run.name
 
 
 class ReportBuilder:
@@ -173,7 +93,7 @@ class ReportBuilder:
             except CovidsegError:
                 counts = {}
         if not counts:
-            splits = _load_json(run / "splits.json") or {}
+            splits = load_json(run / "splits.json") or {}
             for split, ids in splits.items():
                 counts[split] = {g: sum(f"/{g}/" in f"/{i}/" for i in ids) for g in GROUPS}
             source = "from the run's splits.json (the images it trained and validated on)"
@@ -189,11 +109,10 @@ class ReportBuilder:
 
     def add_run(self, run: Path, title: str | None = None, level: int = 2) -> None:
         from covidseg.engine.fit import load_run_config
-        from covidseg.engine.history import read_history
 
         cfg = load_run_config(run)
         d = self.doc
-        d.heading(title or f"Run {_run_name(run)}", level)
+        d.heading(title or f"Run {run_name(run)}", level)
         sub = level + 1
         d.heading(f"{run.name}: data set", sub)
         self._data_section(run, cfg)
@@ -201,6 +120,37 @@ class ReportBuilder:
         d.para(describe_method(cfg, trained_precision(run, cfg)) + f" Preset: `{cfg.preset}`.")
         d.code(yaml.safe_dump(cfg.to_dict(), sort_keys=False), "yaml")
         d.heading(f"{run.name}: training", sub)
+        self._training_section(run)
+        summaries = {s: load_json(run / "eval" / s / "summary.json") for s in ("Val", "Test")}
+        summaries = {k: v for k, v in summaries.items() if v}
+        if not summaries:
+            d.para(f"Not evaluated yet: run `covidseg evaluate {run}` for the metrics.")
+            self._trust_section(run)
+            return
+        d.heading(f"{run.name}: metrics", sub)
+        d.para(
+            "Each column is one definition (see the README): per image = mean of each image's score; an image "
+            "whose truth and prediction are both empty scores 1 under 'all images'; pooled = one confusion "
+            "matrix over every pixel of the split."
+        )
+        self._metrics_table(run, summaries)
+        val = summaries.get("Val") or next(iter(summaries.values()))
+        self._group_tables(val)
+        d.para(describe_postprocess(val))
+        self._lung_section(run, val)
+        self._detection_section(run, val)
+        self._severity_section(val)
+        self._trust_section(run)
+        self._figure(
+            run / "plots" / f"predictions_{val['split']}.png",
+            f"{run.name}-predictions-{val['split']}",
+            f"{val['split']} predictions: X-ray, true mask, predicted overlay (truth outline in green)",
+        )
+
+    def _training_section(self, run: Path) -> None:
+        from covidseg.engine.history import read_history
+
+        d = self.doc
         hist_path = run / "history.csv"
         if hist_path.is_file():
             hist = read_history(hist_path)
@@ -213,17 +163,9 @@ class ReportBuilder:
             )
         caption = "Loss and Val Dice per epoch (dashed: what predicting nothing scores per image)"
         self._figure(run / "plots" / "curves.png", f"{run.name}-curves", caption)
-        summaries = {s: _load_json(run / "eval" / s / "summary.json") for s in ("Val", "Test")}
-        summaries = {k: v for k, v in summaries.items() if v}
-        if not summaries:
-            d.para(f"Not evaluated yet: run `covidseg evaluate {run}` for the metrics.")
-            return
-        d.heading(f"{run.name}: metrics", sub)
-        d.para(
-            "Each column is one definition (see the README): per image = mean of each image's score; an image "
-            "whose truth and prediction are both empty scores 1 under 'all images'; pooled = one confusion "
-            "matrix over every pixel of the split."
-        )
+
+    def _metrics_table(self, run: Path, summaries: dict[str, dict[str, Any]]) -> None:
+        d = self.doc
         header = ["data", "threshold"] + [c for c, _ in INFECTION_COLUMNS] + ["negatives with FP"]
         rows = []
         for split, s in summaries.items():
@@ -231,11 +173,11 @@ class ReportBuilder:
             rows.append(
                 [data_label(s, split), s["threshold"]]
                 + [lookup(s, p) for _, p in INFECTION_COLUMNS]
-                + [_pct(s.get("negatives_with_false_positives"))]
+                + [pct(s.get("negatives_with_false_positives"))]
             )
             cf = lookup(s, ("tuning", "cross_fit", "cross_fitted"))
             if cf and lookup(s, ("tuning", "same_split")):
-                rows.append(_cross_fitted_row(s, split, cf))
+                rows.append(cross_fitted_row(s, split, cf))
         d.table(header, rows)
         for split, s in summaries.items():
             if s.get("synthetic"):
@@ -246,7 +188,9 @@ class ReportBuilder:
                 + [lookup(s, p) for _, p in INFECTION_COLUMNS]
                 + [""] * 3
             )
-        val = summaries.get("Val") or next(iter(summaries.values()))
+
+    def _group_tables(self, val: dict[str, Any]) -> None:
+        d = self.doc
         split = val["split"]
         groups = val.get("groups", {})
         d.para(f"Per group on {split} (per-image means; pooled Dice over the group's pixels):")
@@ -259,7 +203,7 @@ class ReportBuilder:
                     v["dice"],
                     v["iou"],
                     lookup(v, ("pooled", "dice")),
-                    _pct(v.get("negatives_with_false_positives")),
+                    pct(v.get("negatives_with_false_positives")),
                 ]
                 for g, v in groups.items()
             ],
@@ -269,14 +213,12 @@ class ReportBuilder:
             d.para(
                 "False positives on images without infection: "
                 + "; ".join(
-                    f"{_pct(v)} of {g} images have at least one predicted infection pixel" for g, v in fp.items()
+                    f"{pct(v)} of {g} images have at least one predicted infection pixel" for g, v in fp.items()
                 )
                 + "."
             )
-        d.para(describe_postprocess(val))
-        self._run_extras(run, val)
 
-    def _run_extras(self, run: Path, s: dict[str, Any]) -> None:
+    def _lung_section(self, run: Path, s: dict[str, Any]) -> None:
         d = self.doc
         split = s["split"]
         if "lung" in s:
@@ -298,25 +240,31 @@ class ReportBuilder:
                     [f"covidseg `{run.name}`", data_label(s, split), lookup(lung, ("per_image", "dice")),
                      lookup(lung, ("per_image", "iou")), lung["pooled"]["dice"], lung["pooled"]["iou"], "", ""]
                 )  # fmt: skip
+
+    def _detection_section(self, run: Path, s: dict[str, Any]) -> None:
+        d, split = self.doc, s["split"]
         det = s.get("detection")
         if det:
             d.para(
                 f"COVID-19 detection on {split} (an image is called COVID-19 when its infection mask covers more "
-                f"than {100 * det['cutoff']:.3f}% of it): sensitivity {_pct(det['sensitivity'])}, specificity "
-                f"{_pct(det['specificity'])}, ROC AUC {_num(det['roc_auc'])}."
+                f"than {100 * det['cutoff']:.3f}% of it): sensitivity {pct(det['sensitivity'])}, specificity "
+                f"{pct(det['specificity'])}, ROC AUC {num(det['roc_auc'])}."
             )
             d.table(
                 ["group", "images", "sensitivity", "specificity", "ROC AUC vs COVID-19"],
                 [
-                    [g, v["images"], _pct(v.get("sensitivity")), _pct(v.get("specificity")), v.get("roc_auc_vs_covid")]
+                    [g, v["images"], pct(v.get("sensitivity")), pct(v.get("specificity")), v.get("roc_auc_vs_covid")]
                     for g, v in det["groups"].items()
                 ],
             )
             if not s.get("synthetic"):
                 self.detection_rows.append(
-                    [f"covidseg `{run.name}`", data_label(s, split), _pct(det["sensitivity"]),
-                     _pct(det["specificity"]), det["roc_auc"], "", ""]
+                    [f"covidseg `{run.name}`", data_label(s, split), pct(det["sensitivity"]),
+                     pct(det["specificity"]), det["roc_auc"], "", ""]
                 )  # fmt: skip
+
+    def _severity_section(self, s: dict[str, Any]) -> None:
+        d = self.doc
         sev = s.get("severity")
         if sev:
             rule = sev["rule"]
@@ -336,15 +284,39 @@ class ReportBuilder:
             agree = sev.get("agreement")
             if agree:
                 d.para(
-                    f"Predicted vs true grade: {_pct(agree['grade_accuracy'])} equal, "
-                    f"{_pct(agree['grade_within_one'])} within one grade; infected share of the lung off by "
+                    f"Predicted vs true grade: {pct(agree['grade_accuracy'])} equal, "
+                    f"{pct(agree['grade_within_one'])} within one grade; infected share of the lung off by "
                     f"{agree['infected_share_mae_points']:.2f} percentage points on average."
                 )
-        self._figure(
-            run / "plots" / f"predictions_{split}.png",
-            f"{run.name}-predictions-{split}",
-            f"{split} predictions: X-ray, true mask, predicted overlay (truth outline in green)",
+
+    def _trust_section(self, run: Path) -> None:
+        """The input check and calibration (``covidseg calibrate``), with the reliability diagrams."""
+        r = load_json(run / "calibration.json")
+        if r is None:
+            return
+        d, fit, cf = self.doc, r["fit"], r["cross_fit"]
+        kind = "SYNTHETIC " if "synthetic" in r["fitted_on"]["data"] else ""
+        d.para(
+            f"Calibration, fitted on {kind}{r['fitted_on']['split']} ({r['fitted_on']['images']} images; cross-fitted: "
+            "fit on one half, measured on the other, both ways). Expected calibration error (ECE) of the infection "
+            "probabilities inside the predicted lungs, and of the COVID-19 probability:"
         )
+        check = fit.get("input_check_flagged_share")
+        d.table(
+            ["", "in-sample", "cross-fitted"],
+            [
+                ["pixels in the lungs, ECE before", fit["pixel_ece_before"], ""],
+                ["pixels in the lungs, ECE after Platt scaling", fit["pixel_ece_after"], cf["pixel_ece_after"]],
+                ["COVID-19 probability, ECE", fit["image"]["ece"], cf["image"]["ece"]],
+                ["COVID-19 probability, Brier score", fit["image"]["brier"], cf["image"]["brier"]],
+            ]
+            + (
+                [["images the input check flags", pct(check), pct(cf.get("input_check_flagged_share"))]]
+                if check is not None
+                else []
+            ),
+        )
+        self._figure(run / "plots" / "reliability.png", f"{run.name}-reliability", "Reliability diagrams")
 
     def add_sweep(self, sweep: Path) -> None:
         from covidseg.leaderboard import leaderboard_rows, sort_rows
@@ -395,7 +367,7 @@ class ReportBuilder:
             self._figure(
                 trial / "plots" / "predictions_Val.png", f"{sweep.name}-best-predictions", "Best trial: Val predictions"
             )
-            s = _load_json(trial / "eval" / "Val" / "summary.json")
+            s = load_json(trial / "eval" / "Val" / "summary.json")
             if s and s.get("synthetic"):
                 self.synthetic.append(f"sweep {sweep.name}")
             elif s:
@@ -446,34 +418,6 @@ class ReportBuilder:
             det,
             caption="COVID-19 detection",
         )  # fmt: skip
-
-
-def _cross_fitted_row(s: dict[str, Any], split: str, cf: dict[str, Any]) -> list[Any]:
-    """The tuned settings' cross-fitted estimate, in the columns it has (per-image and pooled Dice)."""
-    have = {
-        ("per_image_covid", "dice"): "per_image_covid",
-        ("per_image", "dice"): "per_image",
-        ("pooled", "dice"): "pooled",
-    }
-    cells = [cf.get(have[p]) if p in have else "" for _, p in INFECTION_COLUMNS]
-    label = f"{data_label(s, split)}, tuned settings cross-fitted (chosen on one half, scored on the other)"
-    return [label, ""] + cells + [_pct(cf.get("negatives_with_false_positives"))]
-
-
-def describe_postprocess(s: dict[str, Any]) -> str:
-    """The post-processing a summary applied, in words."""
-    post = s.get("postprocess") or {}
-    share = post.get("min_component_share") or 0.0
-    tuning = s.get("tuning") or {}
-    where = (tuning.get("tuned_on") or {}).get("split")
-    return (
-        f"Post-processing applied: threshold {post.get('threshold')}, "
-        f"flip TTA {'on' if post.get('tta_hflip') else 'off'}, lung gate {'on' if post.get('lung_gate') else 'off'}, "
-        f"image gate {post.get('image_gate') or 'off'}, "
-        f"components under {100 * share:.3g}% of the image removed ({round(share * 65536)} px of 256x256), "
-        f"holes {'filled' if post.get('fill_holes') else 'kept'}"
-        + (f" (tuned on {where} for {tuning.get('tuned_for')} Dice)." if where else " (not tuned).")
-    )
 
 
 def build_report(inputs: list[str | Path], out_dir: str | Path) -> tuple[Path, Path]:
