@@ -14,7 +14,7 @@ import torch
 from covidseg.data.discovery import discover
 from covidseg.data.loading import load_dataset, make_loader
 from covidseg.engine.checkpoint import load_run
-from covidseg.engine.evaluate import evaluate
+from covidseg.engine.epoch_check import evaluate
 from covidseg.engine.history import read_history
 from covidseg.metrics import pooled
 

@@ -13,7 +13,7 @@ from covidseg.cli import main
 from covidseg.data.discovery import discover
 from covidseg.data.loading import load_dataset, make_loader
 from covidseg.engine.checkpoint import load_checkpoint, load_run, save_checkpoint
-from covidseg.engine.evaluate import evaluate
+from covidseg.engine.epoch_check import evaluate
 from covidseg.engine.fit import fit
 from covidseg.engine.history import COLUMNS, read_history
 from covidseg.errors import CheckpointError, CovidsegError, DivergedError

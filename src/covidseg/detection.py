@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 from scipy.stats import mannwhitneyu
 
-from covidseg.data.discovery import GROUPS
+from covidseg.groups import GROUPS
 
 POSITIVE = "COVID-19"
 

@@ -5,7 +5,7 @@ post-processing applied at each X-ray's own size), against the original mask fil
 own size (``scored_at: native``; :mod:`covidseg.scoring`). Writes
 ``RUN_DIR/eval/<split>/summary.json`` (every definition of :mod:`covidseg.metrics`),
 ``per_image.csv`` and the prediction panel ``RUN_DIR/plots/predictions_<split>.png``.
-(The per-epoch check during training, :mod:`covidseg.engine.evaluate`, scores at the network's
+(The per-epoch check during training, :mod:`covidseg.engine.epoch_check`, scores at the network's
 input size instead: it only chooses the best epoch.)
 """
 

@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from covidseg.data.discovery import GROUPS
+from covidseg.groups import GROUPS
 
 STAT_NAMES = ("tp", "fp", "fn", "tn")
 

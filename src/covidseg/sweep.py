@@ -241,8 +241,6 @@ def run_sweep(
 ) -> list[dict[str, Any]]:
     """Run (or continue) every trial, then write the leaderboard and plots; returns its rows."""
     from covidseg.data.loading import discover_root
-    from covidseg.engine.fit import fit
-    from covidseg.evaluation import evaluate_run
 
     spec = load_spec(spec_path)
     synthetic = discover_root(data_root).synthetic  # a missing or wrong data folder fails here, not in every trial
@@ -251,11 +249,28 @@ def run_sweep(
     sc = spec.scales.get(scale) if scale else None
     out = Path(out_dir)
     trials = expand(spec)
+    sort_by = sort_by or spec.sort_by
+    _write_plan(out, spec, spec_path, sc, trials, sort_by)
+    if sort_by not in METRICS:
+        raise ConfigError(f"sort_by must be one of {list(METRICS)}, got {sort_by!r}")
     extra: dict[str, Any] = {}
     if cache_dir:
         extra["data.cache_dir"] = cache_dir
     if device:
         extra["train.device"] = device
+    # Resolve every trial first, so a bad value fails before hours of training.
+    configs = [trial_config(spec, t["settings"], data_root, sc, **extra) for t in trials]
+    _check_models(configs)
+    for k, (t, cfg) in enumerate(zip(trials, configs), 1):
+        _run_trial(out / "trials" / t["name"], t, cfg, sc, f"{k}/{len(trials)}", progress)
+    rows = leaderboard_rows(out)
+    write_leaderboard(rows, out, sort_by, spec, sc)
+    _plot_sweep(out, rows, spec, sc, sort_by, synthetic)
+    return rows
+
+
+def _write_plan(out: Path, spec: SweepSpec, spec_path: str | Path, sc: Scale | None, trials: list[dict], sort_by: str):
+    """``sweep.json``; a folder that holds another sweep (other trials or scale) is refused."""
     plan = {
         "spec": spec.name,
         "spec_file": str(resolve_spec_path(spec_path)),
@@ -264,7 +279,7 @@ def run_sweep(
         "varied": spec.varied,
         "scale": None if sc is None else {"name": sc.name, "rule": sc.describe()},
         "trials": [t["name"] for t in trials],
-        "sort_by": sort_by or spec.sort_by,
+        "sort_by": sort_by,
     }
     sweep_file = out / "sweep.json"
     if sweep_file.is_file():
@@ -275,49 +290,48 @@ def run_sweep(
             )
     out.mkdir(parents=True, exist_ok=True)
     sweep_file.write_text(json.dumps(plan, indent=2))
-    sort_by = sort_by or spec.sort_by
-    if sort_by not in METRICS:
-        raise ConfigError(f"sort_by must be one of {list(METRICS)}, got {sort_by!r}")
-    # Resolve every trial first, so a bad value fails before hours of training.
-    configs = [trial_config(spec, t["settings"], data_root, sc, **extra) for t in trials]
-    _check_models(configs)
 
-    for k, (t, cfg) in enumerate(zip(trials, configs), 1):
-        run_dir = out / "trials" / t["name"]
-        info_path = run_dir / "trial.json"
-        info = {
-            "trial": t["name"],
-            "settings": t["settings"],
-            "scale": None if sc is None else sc.describe(),
-            "actual": {
-                "train.epochs": cfg.train.epochs,
-                "data.image_size": cfg.data.image_size,
-                "data.train_limit": cfg.data.train_limit,
-                "data.val_limit": cfg.data.val_limit,
-            },
-        }
-        trained = _finished(run_dir, cfg.train.epochs)
-        if trained and (run_dir / "eval" / "Val" / "summary.json").is_file():
-            log.info("trial %d/%d %s: finished, skipped", k, len(trials), t["name"])
-            continue
-        log.info("trial %d/%d %s: %s", k, len(trials), t["name"], t["settings"])
-        run_dir.mkdir(parents=True, exist_ok=True)
-        t0 = time.perf_counter()
-        try:
-            if not trained:
-                resume = (run_dir / "checkpoints" / "last.pt").is_file()
-                fit(cfg, run_dir, resume=resume, progress=progress)
-            info["status"] = "done"
-            info_path.write_text(json.dumps(info, indent=2))
-            evaluate_run(run_dir, split="Val", panel=4, progress=progress)
-        except (CovidsegError, FloatingPointError, RuntimeError) as exc:
-            info["status"] = f"failed: {str(exc)[:300]}"
-            info_path.write_text(json.dumps(info, indent=2))
-            log.warning("trial %s failed: %s", t["name"], exc)
-            continue
-        log.info("trial %s done in %.0f s", t["name"], time.perf_counter() - t0)
-    rows = leaderboard_rows(out)
-    write_leaderboard(rows, out, sort_by, spec, sc)
+
+def _run_trial(run_dir: Path, t: dict, cfg: Config, sc: Scale | None, which: str, progress: Progress | None) -> None:
+    """Train (or resume) and evaluate one trial; a finished one is skipped, a failed one recorded."""
+    from covidseg.engine.fit import fit
+    from covidseg.evaluation import evaluate_run
+
+    info_path = run_dir / "trial.json"
+    info = {
+        "trial": t["name"],
+        "settings": t["settings"],
+        "scale": None if sc is None else sc.describe(),
+        "actual": {
+            "train.epochs": cfg.train.epochs,
+            "data.image_size": cfg.data.image_size,
+            "data.train_limit": cfg.data.train_limit,
+            "data.val_limit": cfg.data.val_limit,
+        },
+    }
+    trained = _finished(run_dir, cfg.train.epochs)
+    if trained and (run_dir / "eval" / "Val" / "summary.json").is_file():
+        log.info("trial %s %s: finished, skipped", which, t["name"])
+        return
+    log.info("trial %s %s: %s", which, t["name"], t["settings"])
+    run_dir.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    try:
+        if not trained:
+            fit(cfg, run_dir, resume=(run_dir / "checkpoints" / "last.pt").is_file(), progress=progress)
+        info["status"] = "done"
+        info_path.write_text(json.dumps(info, indent=2))
+        evaluate_run(run_dir, split="Val", panel=4, progress=progress)
+    except (CovidsegError, FloatingPointError, RuntimeError) as exc:
+        info["status"] = f"failed: {str(exc)[:300]}"
+        info_path.write_text(json.dumps(info, indent=2))
+        log.warning("trial %s failed: %s", t["name"], exc)
+        return
+    log.info("trial %s done in %.0f s", t["name"], time.perf_counter() - t0)
+
+
+def _plot_sweep(out: Path, rows: list[dict], spec: SweepSpec, sc: Scale | None, sort_by: str, synthetic: bool) -> None:
+    """The metric against each varied setting, and every trial's curves."""
     from covidseg.engine.history import read_history
     from covidseg.figures import plot_sweep_curves, plot_sweep_metric
 
@@ -328,4 +342,3 @@ def run_sweep(
     trials = sorted(p for p in (out / "trials").glob("*") if (p / "history.csv").is_file())
     histories = {p.name: read_history(p / "history.csv") for p in trials}
     plot_sweep_curves(histories, out / "plots" / "curves_all_trials.png")
-    return rows

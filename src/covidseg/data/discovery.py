@@ -17,11 +17,11 @@ from pathlib import Path
 
 from covidseg.data.image_io import IMAGE_SUFFIXES
 from covidseg.errors import DataError
+from covidseg.groups import GROUPS
 
 log = logging.getLogger(__name__)
 
 SPLITS = ("Train", "Val", "Test")
-GROUPS = ("COVID-19", "Non-COVID", "Normal")
 DATASET_FOLDER = "Infection Segmentation Data"
 IMAGES, INFECTION, LUNG = "images", "infection masks", "lung masks"
 # 'covidseg synth' marks its output with this file inside the dataset folder.

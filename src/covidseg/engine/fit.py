@@ -30,7 +30,7 @@ from covidseg.data.loading import make_loader
 from covidseg.engine.checkpoint import load_checkpoint, remove_leftovers, save_checkpoint
 from covidseg.engine.device import resolve_device
 from covidseg.engine.distributed import DistInfo, all_gather, barrier, cleanup, init_distributed
-from covidseg.engine.evaluate import EvalResult, evaluate
+from covidseg.engine.epoch_check import EvalResult, evaluate
 from covidseg.engine.history import write_history
 from covidseg.engine.session import Training, draw_curves, epoch_row, log_epoch, prepare
 from covidseg.engine.train import train_one_epoch

@@ -22,7 +22,7 @@ from covidseg.data.loading import discover_root, load_dataset, make_loader
 from covidseg.engine.budget import Budget, ProgressSchedule
 from covidseg.engine.device import amp_dtype, autocast_factory
 from covidseg.engine.distributed import DistInfo, barrier
-from covidseg.engine.evaluate import EvalResult
+from covidseg.engine.epoch_check import EvalResult
 from covidseg.engine.optim import build_optimizer, build_scheduler
 from covidseg.errors import CovidsegError
 from covidseg.losses import build_loss
