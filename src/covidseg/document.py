@@ -134,9 +134,9 @@ _PAGE = """<!DOCTYPE html>
 <style>
 body {{ font-family: system-ui, sans-serif; max-width: 1100px; margin: 2em auto; padding: 0 1em; color: #222; }}
 h1, h2, h3 {{ line-height: 1.2; }} h2 {{ border-bottom: 1px solid #ddd; padding-bottom: .2em; margin-top: 1.6em; }}
-.t {{ overflow-x: auto; }} table {{ border-collapse: collapse; margin: .8em 0; font-size: .9em; }}
+.t {{ overflow-x: auto; }} table {{ border-collapse: collapse; margin: .8em 0; font-size: .85em; }}
 th, td {{ border: 1px solid #ccc; padding: .25em .5em; text-align: left; vertical-align: top; }}
-th {{ background: #f3f3f3; max-width: 9em; }} caption {{ text-align: left; font-style: italic; padding: .3em 0; }}
+th {{ background: #f3f3f3; max-width: 8em; }} caption {{ text-align: left; font-style: italic; padding: .3em 0; }}
 figure {{ margin: 1em 0; }} img {{ max-width: 100%; height: auto; border: 1px solid #eee; }}
 figcaption {{ font-size: .9em; color: #555; }} pre {{ background: #f6f6f6; padding: .8em; overflow-x: auto; }}
 code {{ background: #f6f6f6; padding: 0 .2em; }}

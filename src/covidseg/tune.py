@@ -287,6 +287,12 @@ def tune_postprocess(
     path = Path(run_dir) / FILENAME
     _write_json(path, record)
     _log_result(metric, steps, in_sample, record, path)
+    if (Path(run_dir) / "calibration.json").is_file():
+        log.warning(
+            "the COVID-19 probability in calibration.json was fitted with the previous settings; "
+            "run 'covidseg calibrate %s' again",
+            run_dir,
+        )
     return post, record
 
 
