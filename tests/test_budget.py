@@ -13,7 +13,7 @@ import torch
 from covidseg.config import OptimConfig
 from covidseg.engine.budget import Budget, lr_factor, steps_that_fit
 from covidseg.engine.fit import fit
-from covidseg.engine.history import read_history
+from covidseg.engine.run_folder import read_history
 
 
 @pytest.mark.parametrize("schedule", ["onecycle", "cosine"])

@@ -15,7 +15,7 @@ from covidseg.data.discovery import discover
 from covidseg.data.loading import load_dataset, make_loader
 from covidseg.engine.checkpoint import load_run
 from covidseg.engine.epoch_check import evaluate
-from covidseg.engine.history import read_history
+from covidseg.engine.run_folder import read_history
 from covidseg.metrics import pooled
 
 

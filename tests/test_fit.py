@@ -15,7 +15,7 @@ from covidseg.data.loading import load_dataset, make_loader
 from covidseg.engine.checkpoint import load_checkpoint, load_run, save_checkpoint
 from covidseg.engine.epoch_check import evaluate
 from covidseg.engine.fit import fit
-from covidseg.engine.history import COLUMNS, read_history
+from covidseg.engine.run_folder import COLUMNS, read_history
 from covidseg.errors import CheckpointError, CovidsegError, DivergedError
 from covidseg.metrics import pooled
 

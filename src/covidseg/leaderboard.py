@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from covidseg.document import Document
-from covidseg.engine.history import read_history
+from covidseg.engine.run_folder import read_history
 from covidseg.evaluation import write_rows
 from covidseg.metrics import lookup
 

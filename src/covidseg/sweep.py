@@ -215,7 +215,7 @@ def _check_models(configs: list[Config]) -> None:
 
 
 def _finished(run_dir: Path, epochs: int) -> bool:
-    from covidseg.engine.history import read_history
+    from covidseg.engine.run_folder import read_history
 
     hist = run_dir / "history.csv"
     if not hist.is_file() or not (run_dir / "checkpoints" / "best.pt").is_file():
@@ -332,7 +332,7 @@ def _run_trial(run_dir: Path, t: dict, cfg: Config, sc: Scale | None, which: str
 
 def _plot_sweep(out: Path, rows: list[dict], spec: SweepSpec, sc: Scale | None, sort_by: str, synthetic: bool) -> None:
     """The metric against each varied setting, and every trial's curves."""
-    from covidseg.engine.history import read_history
+    from covidseg.engine.run_folder import read_history
     from covidseg.figures import plot_sweep_curves, plot_sweep_metric
 
     for key in spec.varied:

@@ -47,7 +47,8 @@ def cmd_train(a: argparse.Namespace) -> int:
     import torch
 
     from covidseg.config import build_config
-    from covidseg.engine.fit import fit, load_run_config
+    from covidseg.engine.fit import fit
+    from covidseg.engine.run_folder import load_run_config
 
     out = Path(a.out)
     setup_logging(a.verbose)  # fit copies the log into RUN/train.log

@@ -25,13 +25,13 @@ from typing import Any
 
 import torch
 
-from covidseg.config import Config, flatten, from_dict, load_yaml
+from covidseg.config import Config, flatten, from_dict
 from covidseg.data.loading import make_loader
 from covidseg.engine.checkpoint import load_checkpoint, remove_leftovers, save_checkpoint
 from covidseg.engine.device import resolve_device
 from covidseg.engine.distributed import DistInfo, all_gather, barrier, cleanup, init_distributed
 from covidseg.engine.epoch_check import EvalResult, evaluate
-from covidseg.engine.history import write_history
+from covidseg.engine.run_folder import write_history
 from covidseg.engine.session import Training, draw_curves, epoch_row, log_epoch, prepare
 from covidseg.engine.train import train_one_epoch
 from covidseg.errors import CovidsegError
@@ -65,14 +65,6 @@ def _smooth(history: list[dict[str, Any]], metric: str, alpha: float) -> float:
         x = row.get(metric, math.nan)  # a column added since an older run was written: nan
         value = x if math.isnan(value) else alpha * value + (1 - alpha) * x
     return value
-
-
-def load_run_config(run_dir: str | Path) -> Config:
-    """The config saved in a run folder."""
-    path = Path(run_dir) / "config.yaml"
-    if not path.is_file():
-        raise CovidsegError(f"{run_dir} has no config.yaml; it is not a covidseg run folder")
-    return from_dict(load_yaml(path))
 
 
 # What a resumed run may change: where the data and cache are, and where it runs. Anything else

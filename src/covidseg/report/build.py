@@ -93,7 +93,7 @@ class ReportBuilder:
         self._figure(run / "plots" / "samples.png", f"{run.name}-samples", "Sample X-rays with infection masks")
 
     def add_run(self, run: Path, title: str | None = None, level: int = 2) -> None:
-        from covidseg.engine.fit import load_run_config
+        from covidseg.engine.run_folder import load_run_config
 
         cfg = load_run_config(run)
         d = self.doc
@@ -133,7 +133,7 @@ class ReportBuilder:
         )
 
     def _training_section(self, run: Path) -> None:
-        from covidseg.engine.history import read_history
+        from covidseg.engine.run_folder import read_history
 
         d = self.doc
         hist_path = run / "history.csv"

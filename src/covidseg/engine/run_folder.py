@@ -1,4 +1,5 @@
-"""Per-epoch history: one row per epoch in ``history.csv``, rewritten atomically each epoch."""
+"""Reading and writing a run folder's own records: ``config.yaml`` (:func:`load_run_config`) and the
+per-epoch ``history.csv`` (one row per epoch, rewritten atomically each epoch)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,8 @@ from pathlib import Path
 from typing import Any
 
 from covidseg.atomic import write_atomic
-from covidseg.errors import DataError
+from covidseg.config import Config, from_dict, load_yaml
+from covidseg.errors import CovidsegError, DataError
 
 COLUMNS = (
     "epoch",
@@ -58,3 +60,11 @@ def read_history(path: str | Path) -> list[dict[str, float]]:
     if not rows or "epoch" not in rows[0]:
         raise DataError(f"{path} is damaged: no epoch rows")
     return rows
+
+
+def load_run_config(run_dir: str | Path) -> Config:
+    """The config saved in a run folder."""
+    path = Path(run_dir) / "config.yaml"
+    if not path.is_file():
+        raise CovidsegError(f"{run_dir} has no config.yaml; it is not a covidseg run folder")
+    return from_dict(load_yaml(path))
