@@ -103,6 +103,21 @@ def checkpoint_option(sp: argparse.ArgumentParser) -> None:
     )
 
 
+def threshold_option(sp: argparse.ArgumentParser) -> None:
+    sp.add_argument(
+        "--threshold", type=float, help="probability threshold in (0, 1) (default: the model's tuned one, else 0.5)"
+    )
+
+
+def postprocess_option(sp: argparse.ArgumentParser) -> None:
+    sp.add_argument(
+        "--postprocess",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="apply the model's tuned decisions (postprocess.json) and calibration when present (default yes)",
+    )
+
+
 def device_option(sp: argparse.ArgumentParser) -> None:
     sp.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default auto: CUDA when present)")
 

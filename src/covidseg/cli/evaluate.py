@@ -10,8 +10,10 @@ from covidseg.cli.common import (
     checkpoint_option,
     common_options,
     device_option,
+    postprocess_option,
     progress_bar,
     setup_logging,
+    threshold_option,
 )
 
 
@@ -87,17 +89,12 @@ def _evaluate_parser(sub: Any) -> None:
     sp.add_argument("--data", help="data folder (default: the one the run was trained on)")
     sp.add_argument("--split", default="Val", choices=("Train", "Val", "Test"), help="default Val")
     checkpoint_option(sp)
-    sp.add_argument("--threshold", type=float, help="probability threshold (default: the run's, 0.5)")
+    threshold_option(sp)
     device_option(sp)
     sp.add_argument("--batch-size", type=int)
     sp.add_argument("--limit", type=int, help="evaluate a group-stratified subset of N images")
     sp.add_argument("--panel", type=int, default=6, help="examples in the prediction panel (default 6)")
-    sp.add_argument(
-        "--postprocess",
-        action=argparse.BooleanOptionalAction,
-        default=True,
-        help="apply the run's tuned decisions (postprocess.json) when present (default yes)",
-    )
+    postprocess_option(sp)
     sp.add_argument(
         "--scored-at",
         default="native",

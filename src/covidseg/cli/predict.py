@@ -12,8 +12,10 @@ from covidseg.cli.common import (
     checkpoint_option,
     common_options,
     device_option,
+    postprocess_option,
     progress_bar,
     setup_logging,
+    threshold_option,
     whole_number,
 )
 from covidseg.errors import CovidsegError
@@ -96,16 +98,9 @@ def _predict_parsers(sub: Any) -> None:
         help="refuse images above this many pixels, checked before decoding (default 50,000,000)",
     )
     checkpoint_option(sp)
-    sp.add_argument(
-        "--threshold", type=float, help="probability threshold in (0, 1) (default: the model's tuned one, else 0.5)"
-    )
+    threshold_option(sp)
     device_option(sp)
-    sp.add_argument(
-        "--postprocess",
-        action=argparse.BooleanOptionalAction,
-        default=True,
-        help="apply the run's tuned decisions (postprocess.json) when present (default yes)",
-    )
+    postprocess_option(sp)
     sp.add_argument(
         "--engine",
         default="auto",
