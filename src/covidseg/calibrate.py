@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 
 from covidseg.atomic import write_atomic
+from covidseg.errors import CovidsegError
 from covidseg.evaluation import SYNTHETIC_NOTE, open_split
 from covidseg.inference.calibration import (
     BINS,
@@ -164,6 +165,8 @@ def calibrate_run(
     """Fit and write the input check and calibrations of ``run_dir``; returns the record."""
     run_dir = Path(run_dir)
     predictor, cfg, _ = open_run(run_dir, checkpoint, device)
+    if predictor.targets[0] != "infection":
+        raise CovidsegError(f"{run_dir} segments lungs only; 'covidseg calibrate' calibrates infection models")
     predictor.calibration, predictor.check = None, None  # fit from the uncalibrated model
     bs = batch_size or cfg.train.batch_size
     train = open_split(cfg, "Train", data_root, limit, cache_dir, progress)

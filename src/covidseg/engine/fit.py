@@ -5,6 +5,8 @@ The run folder is the artefact::
     RUN_DIR/config.yaml          resolved config, written before training starts
     RUN_DIR/env.json             versions, device, seed, command line
     RUN_DIR/splits.json          the image ids trained and validated on
+    RUN_DIR/train.log            the log of every session of the run
+    RUN_DIR/budget.json          with a time budget: seconds per step and per check, steps planned and done
     RUN_DIR/history.csv          one row per epoch: train/val loss, pixel accuracy, Dice, IoU, lr
     RUN_DIR/checkpoints/last.pt  after every epoch (resume point)
     RUN_DIR/checkpoints/best.pt  the epoch with the best ``train.select_metric``
