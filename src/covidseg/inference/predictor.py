@@ -114,13 +114,13 @@ class Predictor:
         path = resolve_model(path)
         if is_bundle(path):
             predictor = cls.from_bundle(path, "onnx" if engine == "auto" else engine, threshold, postprocess)
+            if postprocess:
+                predictor.attach_calibration(path)
         elif engine == "onnx":
             raise CovidsegError(f"{path} is a run folder; onnxruntime needs a bundle from 'covidseg export'")
         else:
             predictor = cls.from_run(path, checkpoint, device, threshold, postprocess)
         predictor.name = path.name
-        if postprocess:
-            predictor.attach_calibration(path)
         return predictor
 
     @classmethod
