@@ -58,6 +58,24 @@ def test_damaged_input_check_files_are_refused(tmp_path: Path) -> None:
         InputCheck.load(path, {"noise": -1, "cutoff": 1.0, "far": 2.0})
 
 
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"a": "x", "b": 0},
+        {"a": 0, "b": 0},
+        {"a": 1e9, "b": 0},
+        {"a": 1, "b": float("nan")},
+        {"a": 1, "b": 0, "image": [1, 2]},
+        {"a": 1, "b": 0, "image": "abc"},
+        {"a": 1, "b": 0, "extra": 1},
+        [1, 2],
+    ],
+)
+def test_tampered_calibration_records_are_refused(bad) -> None:
+    with pytest.raises(CovidsegError):
+        Calibration.from_dict(bad, "calibration.json")
+
+
 def test_lung_figures_see_two_fields_side_by_side_and_notice_rotation() -> None:
     lungs = np.zeros((64, 64), np.float32)
     lungs[10:50, 8:28] = 1
