@@ -110,7 +110,9 @@ def test_calibrate_writes_the_check_and_calibration_and_keeps_masks(
         assert a.input_check is None and b.input_check["verdict"] in ("ok", "unusual", "not_a_frontal_cxr")
         assert 0 <= b.covid_probability <= 1
         t = calibrated.calibration.threshold(calibrated.threshold)
-        assert np.array_equal(b.mask.astype(bool) & b.lung.astype(bool), (b.probability > t) & b.lung.astype(bool))
+        assert np.array_equal(
+            b.mask.astype(bool) & b.lung.astype(bool), (b.calibrated_probability > t) & b.lung.astype(bool)
+        )
 
 
 def test_a_photograph_and_noise_are_flagged(calibrated_run: Path) -> None:

@@ -157,9 +157,12 @@ class Calibration:
 
     def pixels(self, prob: np.ndarray) -> np.ndarray:
         """Calibrated infection probabilities, float32, same shape."""
+        p = np.clip(np.asarray(prob, np.float32), np.float32(_EPS), np.float32(1 - _EPS))
         if self.a == 1.0 and self.b == 0.0:
-            return np.asarray(prob, np.float32)
-        return sigmoid(self.a * logit(prob) + self.b).astype(np.float32)
+            return p
+        # sigmoid(a * logit(p) + b) = 1 / (1 + exp(-b) * ((1 - p) / p) ** a), in float32
+        odds = np.power((1 - p) / p, np.float32(self.a), dtype=np.float32)
+        return (1 / (1 + np.float32(np.exp(-self.b)) * odds)).astype(np.float32)
 
     def threshold(self, t: float) -> float:
         """The calibrated probability that corresponds to the tuned threshold ``t``."""

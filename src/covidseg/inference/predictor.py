@@ -17,7 +17,7 @@ without them.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -42,13 +42,21 @@ from covidseg.severity import SeverityRule, quantify
 @dataclass
 class Prediction:
     mask: np.ndarray  # (H, W) uint8 {0, 1} at the input's size: the first target (infection, or lung)
-    probability: np.ndarray  # (H, W) float32 in [0, 1] at the input's size (calibrated when the model is)
+    probability: np.ndarray  # (H, W) float32 in [0, 1] at the input's size, as the network gave it
     lung: np.ndarray | None = None  # (H, W) uint8 lung mask, for models with a lung output
     severity: dict[str, Any] | None = None  # :func:`covidseg.severity.quantify` of mask and lung
     covid_call: bool | None = None  # image-level COVID-19 call (infection models)
     peak: float | None = None  # highest uncalibrated infection probability (inside the lungs when known)
     covid_probability: float | None = None  # calibrated P(COVID-19), for calibrated models
     input_check: dict[str, Any] | None = None  # :meth:`InputCheck.assess`, for calibrated models
+    calibration: Calibration | None = field(default=None, repr=False)
+
+    @property
+    def calibrated_probability(self) -> np.ndarray:
+        """The infection probability after the model's calibration (computed on request: a few
+        tens of milliseconds at 2000x2000); the network's own where the model has none.
+        ``calibrated_probability > calibration.threshold(t)`` is exactly ``probability > t``."""
+        return self.probability if self.calibration is None else self.calibration.pixels(self.probability)
 
     @property
     def infected_fraction(self) -> float:
@@ -190,7 +198,7 @@ class Predictor:
         peak = float(Postprocess.peak(m.probability, m.lung))
         pred = Prediction(m.mask, m.probability, m.lung, severity, self.post.detected(m.mask), peak)
         if self.calibration is not None:
-            pred.probability = self.calibration.pixels(m.probability)
+            pred.calibration = self.calibration
             pred.covid_probability = self.calibration.image_probability(pred.infected_fraction, peak)
         return pred
 

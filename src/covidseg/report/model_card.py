@@ -137,6 +137,12 @@ def _placeholders(argv: list[str]) -> list[str]:
     return out
 
 
+TASK = (
+    "infection mask, lung mask, infected share of each lung, severity grade, image-level COVID-19 call and its "
+    "calibrated probability, an input check (is this a frontal chest X-ray?)"
+)
+
+
 def trust(bundle: Path, ood: str = "") -> str:
     """The input check and calibration section, from the bundle's calibration.json (and the
     out-of-distribution table of ``benchmarks/ood.py``)."""
@@ -186,7 +192,7 @@ covidseg's built-in model: `covidseg predict XRAY --out DIR`, `covidseg serve`, 
 
 | | |
 |---|---|
-| task | infection mask, lung mask, infected share of each lung, severity grade, image-level COVID-19 call and its calibrated probability, an input check (is this a frontal chest X-ray?) |
+| task | {TASK} |
 | network | {arch}, two outputs ({" + ".join(cfg["outputs"])}), trained from scratch |
 | input | gray, {size}x{size}, bilinear, scaled to [0, 1]; masks come back at the X-ray's own size |
 | weights | {cfg.get("weights_precision", "fp32")} in `model.onnx` (onnxruntime runs float32) |

@@ -89,7 +89,7 @@ def predict_upload(predictor: Predictor, data: bytes, filename: str, limits: Lim
     record["xray_png"] = _png_base64(gray)
     record["mask_png"] = _png_base64(pred.mask * 255)
     record["lung_png"] = _png_base64(pred.lung * 255) if pred.lung is not None else None
-    record["probability_png"] = _png_base64(np.round(pred.probability * 255).astype(np.uint8))
+    record["probability_png"] = _png_base64(np.round(pred.calibrated_probability * 255).astype(np.uint8))
     return record
 
 
