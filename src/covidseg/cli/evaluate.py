@@ -91,7 +91,7 @@ def _evaluate_parser(sub: Any) -> None:
     checkpoint_option(sp)
     threshold_option(sp)
     device_option(sp)
-    sp.add_argument("--batch-size", type=int)
+    sp.add_argument("--batch-size", type=int, help="images per forward pass (default: the run's training batch)")
     sp.add_argument("--limit", type=int, help="evaluate a group-stratified subset of N images")
     sp.add_argument("--panel", type=int, default=6, help="examples in the prediction panel (default 6)")
     postprocess_option(sp)
@@ -102,7 +102,10 @@ def _evaluate_parser(sub: Any) -> None:
         help="native (default): masks as predict writes them, at each X-ray's own size, against the original "
         "mask files; input: at the network's input size against shrunk masks (for comparison only)",
     )
-    sp.add_argument("--cache-dir")
+    sp.add_argument(
+        "--cache-dir",
+        help="where decoded arrays are cached (default: the run's, else ~/.cache/covidseg or $COVIDSEG_CACHE_DIR)",
+    )
     sp.add_argument("--bundle", help="score this bundle of the run (from 'covidseg export') in place of its checkpoint")
     common_options(sp)
     sp.set_defaults(func=cmd_evaluate)

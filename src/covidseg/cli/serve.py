@@ -99,7 +99,7 @@ def _serve_parsers(sub: Any) -> None:
     sp = sub.add_parser("serve", help="a local web viewer and JSON API: drop an X-ray, see the masks and numbers")
     sp.add_argument("model", nargs="?", help="a run folder, bundle or built-in model's name (default: built-in)")
     sp.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
-    sp.add_argument("--port", type=whole_number(1, 65535, "a port"), default=8000)
+    sp.add_argument("--port", type=whole_number(1, 65535, "a port"), default=8000, help="port (default 8000)")
     sp.add_argument("--max-upload-mb", type=positive_float, default=32.0, help="largest upload (default 32 MB)")
     sp.add_argument(
         "--max-pixels",
