@@ -288,6 +288,17 @@ def bundle_cases(tmp: Path) -> list[Case]:
 
         return apply
 
+    def set_json(name: str, path: tuple[str, ...], value: object) -> Callable[[Path], None]:
+        def apply(d: Path) -> None:
+            c = json.loads((d / name).read_text())
+            node = c
+            for part in path[:-1]:
+                node = node[part]
+            node[path[-1]] = value
+            (d / name).write_text(json.dumps(c))  # NaN written as NaN, as json.dumps does
+
+        return apply
+
     for key in ("outputs", "preprocessing", "postprocess", "severity", "model_spec", "format_version"):
         variants[f"no {key}"] = set_cfg(**{key: KeyError})
     for v in ("abc", -1, 7, 1e308, True, None, 0):
@@ -308,6 +319,12 @@ def bundle_cases(tmp: Path) -> list[Case]:
         (src / "model.onnx").read_bytes()[:5000]
     )
     variants["model.onnx missing"] = lambda d: (d / "model.onnx").unlink()
+    variants["calibration.json not JSON"] = lambda d: (d / "calibration.json").write_text("{not json")
+    variants["calibration a NaN"] = set_json("calibration.json", ("calibration", "a"), float("nan"))
+    variants["input_check.npz garbage"] = lambda d: (d / "input_check.npz").write_bytes(b"garbage" * 100)
+    variants["input_check settings gone"] = lambda d: (d / "calibration.json").write_text(
+        json.dumps({k: v for k, v in json.loads((d / "calibration.json").read_text()).items() if k != "input_check"})
+    )
     cases = []
     for name, tamper in variants.items():
         d = tmp / "bundles" / name.replace(" ", "_").replace("/", "_")

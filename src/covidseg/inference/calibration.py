@@ -186,7 +186,10 @@ class Calibration:
         image = data.get("image")
         if image is not None and not isinstance(image, list):
             raise CovidsegError(f"{where}: calibration.image must be a list of 3 numbers or null")
-        return cls(data.get("a", 1.0), data.get("b", 0.0), tuple(image) if image is not None else None)
+        try:
+            return cls(data.get("a", 1.0), data.get("b", 0.0), tuple(image) if image is not None else None)
+        except CovidsegError as exc:
+            raise CovidsegError(f"{where}: {exc}") from None
 
 
 def read_calibration(folder: str | Path) -> tuple[Calibration, dict[str, Any]] | None:
