@@ -30,9 +30,7 @@ from covidseg.atomic import write_atomic
 from covidseg.errors import CovidsegError
 from covidseg.evaluation import SYNTHETIC_NOTE, open_split
 from covidseg.inference.calibration import (
-    BINS,
     FILENAME,
-    LOGIT_RANGE,
     Calibration,
     LogitHistogram,
     fit_logistic,
@@ -109,11 +107,15 @@ def val_pass(predictor: Predictor, ds: Any, batch_size: int, progress: Progress 
     )  # fmt: skip
 
 
-def _image_reliability(coef: tuple[float, ...], v: ValPass, idx: np.ndarray) -> dict[str, Any]:
-    p = sigmoid(image_features(v.share[idx], v.peak[idx]) @ np.asarray(coef))
-    out = reliability(p, np.ones(len(idx)), v.covid[idx], bins=10)
-    out["brier"] = float(np.mean((p - v.covid[idx]) ** 2))
+def _image_scores(p: np.ndarray, covid: np.ndarray) -> dict[str, Any]:
+    """The reliability table, ECE (10 bins) and Brier score of COVID-19 probabilities."""
+    out = reliability(p, np.ones(len(p)), covid, bins=10)
+    out["brier"] = float(np.mean((p - covid) ** 2))
     return out
+
+
+def _image_probability(coef: tuple[float, ...], v: ValPass, idx: np.ndarray) -> np.ndarray:
+    return sigmoid(image_features(v.share[idx], v.peak[idx]) @ np.asarray(coef))
 
 
 def cross_fit(v: ValPass, check: InputCheck | None, distances: np.ndarray | None) -> dict[str, Any]:
@@ -124,14 +126,13 @@ def cross_fit(v: ValPass, check: InputCheck | None, distances: np.ndarray | None
     for fit_idx, test_idx in ((a, b), (b, a)):
         ab = fit_platt(sum_histograms([v.hists[i] for i in fit_idx]))
         test = sum_histograms([v.hists[i] for i in test_idx])
-        pixel_after = pixel_after + _rebinned(test, *ab)
+        pixel_after = pixel_after + test.rebinned(*ab)
         coef = fit_logistic(image_features(v.share[fit_idx], v.peak[fit_idx]), v.covid[fit_idx])
-        image_p[test_idx] = sigmoid(image_features(v.share[test_idx], v.peak[test_idx]) @ np.asarray(coef))
+        image_p[test_idx] = _image_probability(coef, v, test_idx)
         if check is not None and distances is not None:
             check.set_cutoffs(distances[fit_idx], [v.figures[i] for i in fit_idx])
             flagged[test_idx] = check.flags(distances[test_idx], [v.figures[i] for i in test_idx])
-    image = reliability(image_p, np.ones(len(image_p)), v.covid, bins=10)
-    image["brier"] = float(np.mean((image_p - v.covid) ** 2))
+    image = _image_scores(image_p, v.covid)
     return {
         "scheme": "two group-stratified halves of the split: fit on one, measure on the other, both ways",
         "halves": [int(len(a)), int(len(b))],
@@ -139,16 +140,6 @@ def cross_fit(v: ValPass, check: InputCheck | None, distances: np.ndarray | None
         "image": {"ece": image["ece"], "brier": image["brier"]},
         "input_check_flagged_share": float(np.mean(flagged > 0)) if check is not None else None,
     }
-
-
-def _rebinned(hist: LogitHistogram, a: float, b: float) -> LogitHistogram:
-    """The histogram of the calibrated logits ``a z + b`` (same bins), to pool held-out halves."""
-    z = a * LogitHistogram.centers() + b
-    idx = np.clip(((z + LOGIT_RANGE) * (BINS / (2 * LOGIT_RANGE))).astype(int), 0, BINS - 1)
-    return LogitHistogram(
-        np.bincount(idx, weights=hist.total, minlength=BINS).astype(np.int64),
-        np.bincount(idx, weights=hist.positive, minlength=BINS).astype(np.int64),
-    )
 
 
 def calibrate_run(
@@ -190,8 +181,8 @@ def calibrate_run(
 def _record(cal: Calibration, v: ValPass, pixels: LogitHistogram, crossed: dict, split: str, synthetic: bool,
             threshold: float) -> dict[str, Any]:  # fmt: skip
     before, after = pixel_reliability(pixels), pixel_reliability(pixels, cal.a, cal.b)
-    idx = np.arange(len(v.share))
-    naive = reliability(v.peak, np.ones(len(idx)), v.covid, bins=10)
+    image = _image_scores(_image_probability(cal.image, v, np.arange(len(v.share))), v.covid)
+    naive = _image_scores(v.peak, v.covid)
     return {
         "calibration": cal.as_dict(),
         "threshold": threshold,
@@ -202,10 +193,10 @@ def _record(cal: Calibration, v: ValPass, pixels: LogitHistogram, crossed: dict,
             "pixel_ece_before": before["ece"],
             "pixel_ece_after": after["ece"],
             "image_ece_peak_as_probability": naive["ece"],
-            "image": {k: x for k, x in _image_reliability(cal.image, v, idx).items() if k in ("ece", "brier")},
+            "image": {"ece": image["ece"], "brier": image["brier"]},
         },
         "cross_fit": crossed,
-        "reliability": {"pixels_before": before, "pixels_after": after, "image": _image_reliability(cal.image, v, idx)},
+        "reliability": {"pixels_before": before, "pixels_after": after, "image": image},
     }
 
 

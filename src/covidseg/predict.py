@@ -107,7 +107,7 @@ def predict_paths(
     out_dir: str | Path,
     progress: Progress | None = None,
     max_pixels: int | None = None,
-) -> tuple[int, list[tuple[str, str]]]:
+) -> tuple[int, list[tuple[str, str]], int]:
     """Predict every image under ``inputs`` into ``out_dir``.
 
     Per image ``<stem>_mask.png`` (0/255, original size), ``<stem>_lung.png`` with a lung output,
@@ -122,7 +122,7 @@ def predict_paths(
     killed run leaves whole files only; its temporary files are removed by the next run.
 
     Returns:
-        (number predicted, [(file, reason) skipped]).
+        (number predicted, [(file, reason) skipped], number the input check flagged).
     """
     files = list_inputs(inputs)
     base = Path(inputs) if Path(inputs).is_dir() else Path(inputs).parent
@@ -131,7 +131,7 @@ def predict_paths(
         raise CovidsegError(f"--out {out} is a file, not a folder")
     out.mkdir(parents=True, exist_ok=True)
     skipped: list[tuple[str, str]] = []
-    done = 0
+    done = flagged = 0
     stems = output_stems(files, base)
     with folder_lock(out, "predict"):
         remove_leftovers(out)
@@ -147,11 +147,12 @@ def predict_paths(
                 record = {"image": str(f), **_write_one(predictor, gray, out, stems[f])}
                 lines.write(json.dumps(record) + "\n")
                 done += 1
+                flagged += (record["input_check"] or {}).get("verdict", "ok") != "ok"
         if done == 0 and skipped:
             partial.unlink()
             raise CovidsegError(f"none of the {len(files)} input file(s) could be read; see the warnings above")
         os.replace(partial, out / "predictions.jsonl")
-    return done, skipped
+    return done, skipped, flagged
 
 
 def _write_one(predictor: Predictor, gray: np.ndarray, out: Path, stem: str) -> dict[str, Any]:

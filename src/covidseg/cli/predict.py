@@ -47,14 +47,12 @@ def cmd_predict(a: argparse.Namespace) -> int:
     predictor = Predictor.load(model, a.checkpoint, a.device, a.threshold, a.postprocess, a.engine)
     if model is None or not Path(model).exists():
         log.info("model: built-in %s", predictor.name)
-    done, skipped = predict_paths(predictor, inputs, a.out, progress_bar(a.progress), a.max_pixels)
+    done, skipped, flagged = predict_paths(predictor, inputs, a.out, progress_bar(a.progress), a.max_pixels)
     print(
         f"predicted {done} image(s) into {a.out}" + (f"; skipped {len(skipped)} unreadable file(s)" if skipped else "")
     )
-    records = [json.loads(line) for line in (Path(a.out) / "predictions.jsonl").read_text().splitlines()]
-    flagged = [r for r in records if (r.get("input_check") or {}).get("verdict", "ok") != "ok"]
     if flagged:
-        print(f"the input check flagged {len(flagged)} image(s) as unusual or not a frontal chest X-ray "
+        print(f"the input check flagged {flagged} image(s) as unusual or not a frontal chest X-ray "
               "(masks written, overlays framed; see input_check in predictions.jsonl)")  # fmt: skip
     return 0
 

@@ -66,6 +66,7 @@ class Training:
     history: list[dict[str, Any]] = field(default_factory=list)
     best: dict[str, Any] = field(default_factory=dict)
     start_epoch: int = 1
+    empty_share: float | None = None  # Val images with an empty first-target mask (the curves' baseline)
 
 
 def prepare(
@@ -89,6 +90,7 @@ def prepare(
     synthetic, train_ds, val_ds = load_data(cfg, run_dir, dinfo, progress)
     tr = build(cfg, run_dir, state, dinfo, device, dtype, progress, train_ds, val_ds, started)
     tr.synthetic = synthetic
+    tr.empty_share = empty_share(val_ds, cfg.model.target_list[0])
     restore(tr, state)
     parallelize(tr)
     return tr
@@ -256,11 +258,14 @@ def log_epoch(tr: Training, row: dict[str, Any], improved: bool) -> None:
 def draw_curves(tr: Training) -> None:
     from covidseg.figures import plot_curves
 
-    target = tr.cfg.model.target_list[0]
-    masks = tr.val_ds.split.lung if target == "lung" else tr.val_ds.split.infection
-    # per-image Dice (empty/empty = 1) of predicting nothing anywhere: the share of empty masks
-    empty_share = float(np.mean([not np.asarray(m).any() for m in masks]))
-    plot_curves(tr.history, tr.run_dir / "plots" / "curves.png", figure_note(tr.synthetic), empty_share)
+    plot_curves(tr.history, tr.run_dir / "plots" / "curves.png", figure_note(tr.synthetic), tr.empty_share)
+
+
+def empty_share(ds: SegmentationDataset, target: str) -> float:
+    """The share of images whose ``target`` mask is empty: what predicting nothing anywhere scores
+    as per-image Dice (empty/empty = 1), the curves' baseline."""
+    masks = ds.split.lung if target == "lung" else ds.split.infection
+    return float(np.mean([not np.asarray(m).any() for m in masks]))
 
 
 def figure_note(synthetic: bool) -> str:

@@ -61,10 +61,20 @@ class LogitHistogram:
 
     @classmethod
     def of(cls, prob: np.ndarray, truth: np.ndarray) -> LogitHistogram:
-        z = np.clip(logit(prob.ravel()), -LOGIT_RANGE, LOGIT_RANGE - 1e-9)
+        return cls._binned(logit(prob.ravel()), np.ones(prob.size), truth.ravel())
+
+    def rebinned(self, a: float, b: float) -> LogitHistogram:
+        """The same pixels counted by their calibrated logit ``a z + b`` (to pool held-out halves)."""
+        return self._binned(a * self.centers() + b, self.total, self.positive)
+
+    @classmethod
+    def _binned(cls, z: np.ndarray, total: np.ndarray, positive: np.ndarray) -> LogitHistogram:
+        """Counts by logit bin; logits beyond the range go to the end bins."""
+        z = np.clip(z, -LOGIT_RANGE, LOGIT_RANGE - 1e-9)
         idx = ((z + LOGIT_RANGE) * (BINS / (2 * LOGIT_RANGE))).astype(np.int64)
         return cls(
-            np.bincount(idx, minlength=BINS), np.bincount(idx, weights=truth.ravel(), minlength=BINS).astype(np.int64)
+            np.bincount(idx, weights=total, minlength=BINS).astype(np.int64),
+            np.bincount(idx, weights=positive, minlength=BINS).astype(np.int64),
         )
 
     def __add__(self, other: LogitHistogram) -> LogitHistogram:

@@ -56,8 +56,8 @@ def torch_hook(model: torch.nn.Module) -> tuple[list[torch.Tensor], torch.utils.
 
 
 def onnx_with_features(path: str | Path) -> tuple[bytes, bool]:
-    """The ONNX model at ``path`` with the deepest encoder tensor as a second output ``features``
-    (serialised, for ``onnxruntime.InferenceSession``), and whether one was found."""
+    """The ONNX model at ``path`` with the deepest encoder tensor as a second graph output (under
+    its own name; serialised, for ``onnxruntime.InferenceSession``), and whether one was found."""
     import onnx
 
     model = onnx.load(str(path))
@@ -67,6 +67,5 @@ def onnx_with_features(path: str | Path) -> tuple[bytes, bool]:
         if nodes:
             tensor = nodes[-1].output[0]
             graph.output.append(onnx.helper.make_tensor_value_info(tensor, onnx.TensorProto.FLOAT, None))
-            graph.output[-1].name = tensor
             return model.SerializeToString(), True
     return model.SerializeToString(), False

@@ -108,36 +108,43 @@ class InputCheck:
             return [f"{'no lung field' if n == 0 else 'one lung field'} found (two expected)"], []
         unusual = []
         for name, (lo, hi) in self.lung_ranges.items():
-            v, pad = figures[name], self.lung_margin * (hi - lo)
-            if not lo - pad <= v <= hi + pad:
-                unusual.append(f"{_LABELS[name]} {v:.2f} outside the usual {lo - pad:.2f}-{hi + pad:.2f}")
+            if self._excess(name, figures[name]) > self.lung_margin:
+                pad = self.lung_margin * (hi - lo)
+                unusual.append(f"{_LABELS[name]} {figures[name]:.2f} outside the usual {lo - pad:.2f}-{hi + pad:.2f}")
         return [], unusual
+
+    def _excess(self, name: str, value: float) -> float:
+        """How far ``value`` lies outside the Train range of figure ``name``, in range widths (0 inside)."""
+        lo, hi = self.lung_ranges[name]  # type: ignore[index]
+        width = max(hi - lo, 1e-9)
+        return max(0.0, (lo - value) / width, (value - hi) / width)
 
     def lung_excess(self, figures: dict[str, float] | None) -> float:
         """How far the furthest lung figure lies outside its Train range, in range widths (0 inside)."""
         if figures is None or self.lung_ranges is None or figures["fields"] < 2:
             return 0.0
-        out = 0.0
-        for name, (lo, hi) in self.lung_ranges.items():
-            out = max(out, (lo - figures[name]) / max(hi - lo, 1e-9), (figures[name] - hi) / max(hi - lo, 1e-9))
-        return out
+        return max(self._excess(name, figures[name]) for name in self.lung_ranges)
+
+    def _reasons(self, distance: float | None, figures: dict[str, float] | None) -> tuple[list[str], list[str]]:
+        """(reasons for not_a_frontal_cxr, reasons for unusual) from one image's feature distance
+        (None without features) and lung figures."""
+        far, unusual = self.lung_reasons(figures)
+        if distance is not None:
+            score = distance / self.cutoff
+            if distance > self.far:
+                far.insert(0, f"image features far from any training X-ray (score {score:.2f}; cut-off 1)")
+            elif distance > self.cutoff:
+                unusual.insert(0, f"image features unlike the training X-rays (score {score:.2f}; cut-off 1)")
+        return far, unusual
 
     def assess(self, features: np.ndarray | None, figures: dict[str, float] | None) -> dict[str, Any]:
         """The ``input_check`` record of one image: score, verdict, reason."""
-        far, unusual = self.lung_reasons(figures)
-        score = None
-        if features is not None:
-            d = float(self.distance(features[None])[0])
-            score = d / self.cutoff
-            if d > self.far:
-                far.insert(0, f"image features far from any training X-ray (score {score:.2f}; cut-off 1)")
-            elif score > 1:
-                unusual.insert(0, f"image features unlike the training X-rays (score {score:.2f}; cut-off 1)")
-        verdict = "not_a_frontal_cxr" if far else "unusual" if unusual else "ok"
+        d = None if features is None else float(self.distance(features[None])[0])
+        far, unusual = self._reasons(d, figures)
         reasons = far + unusual
         return {
-            "score": None if score is None else round(score, 4),
-            "verdict": verdict,
+            "score": None if d is None else round(d / self.cutoff, 4),
+            "verdict": "not_a_frontal_cxr" if far else "unusual" if unusual else "ok",
             "reason": "; ".join(reasons) if reasons else "features and lungs as in the training X-rays",
         }
 
@@ -145,8 +152,8 @@ class InputCheck:
         """(N,) verdict index (0 ok, 1 unusual, 2 not_a_frontal_cxr) for precomputed distances."""
         out = np.zeros(len(distances), int)
         for i, (d, fig) in enumerate(zip(distances, figures)):
-            far, unusual = self.lung_reasons(fig)
-            out[i] = 2 if far or d > self.far else 1 if unusual or d > self.cutoff else 0
+            far, unusual = self._reasons(float(d), fig)
+            out[i] = 2 if far else 1 if unusual else 0
         return out
 
     def set_lung_ranges(self, figures: list[dict[str, float]]) -> None:
