@@ -50,7 +50,7 @@ class DataConfig:
             raise ConfigError(f"data.num_workers must be >= 0, got {self.num_workers}")
 
 
-TARGETS = ("infection", "lung", "infection+lung")
+TARGETS = ("infection", "lung", "infection+lung", "infection+lung+covid")
 
 
 @dataclass(frozen=True)
@@ -62,7 +62,10 @@ class ModelConfig:
     ``encoder_weights`` (``None`` or ``imagenet``) apply to the ``smp-*`` models.
     ``targets``: what the network segments, one output channel each: ``infection`` (the
     reference), ``lung``, or ``infection+lung`` (one network, two outputs; the lung output gives
-    the infected share of the lung and can gate the infection mask).
+    the infected share of the lung and can gate the infection mask); ``infection+lung+covid``
+    adds an image-level COVID-19 head on the encoder (smp networks; its logit is the last output
+    channel, trained on "the infection mask is not empty"), whose probability then decides the
+    image gate instead of the peak pixel probability.
     """
 
     name: str = "unet"
@@ -90,7 +93,8 @@ class LossConfig:
     and averaged (True) or over the whole batch (False). ``smooth``: the Dice smoothing term in
     pixels. ``bce_weight``: the BCE share of ``bce_dice``. ``dice_empty``: what the per-image
     Dice/Tversky term does with an image whose truth is empty: ``smooth`` (pushed to predict
-    nothing through the smoothing term) or ``skip`` (left to BCE).
+    nothing through the smoothing term) or ``skip`` (left to BCE). ``image_weight``: the weight of
+    the image-level COVID-19 head's BCE beside the segmentation loss (``model.targets`` ...+covid).
     """
 
     name: str = "bce"
@@ -101,8 +105,11 @@ class LossConfig:
     tversky_alpha: float = 0.3
     tversky_beta: float = 0.7
     dice_empty: str = "smooth"
+    image_weight: float = 0.3
 
     def __post_init__(self) -> None:
+        if not 0.0 <= self.image_weight <= 10.0:
+            raise ConfigError(f"loss.image_weight must lie in [0, 10], got {self.image_weight}")
         if self.dice_empty not in ("smooth", "skip"):
             raise ConfigError(f"loss.dice_empty must be 'smooth' or 'skip', got {self.dice_empty!r}")
         if self.name not in LOSSES:
@@ -189,7 +196,9 @@ class TrainConfig:
     (0: never). ``channels_last``: NHWC memory format, faster for convolutions on recent CPUs
     and GPUs. ``time_budget``: seconds the run may take (``None``: no budget); the learning-rate
     schedule is laid over the steps that fit (:mod:`covidseg.engine.budget`) and ``epochs``
-    becomes a cap.
+    becomes a cap. ``steps``: the schedule is laid over exactly this many optimiser steps
+    instead (the last epoch may be partial), the same on every CPU and under any load: a
+    recipe that must rebuild the same network (the built-in model's) names its steps, not a time.
     """
 
     epochs: int = 30
@@ -203,8 +212,13 @@ class TrainConfig:
     channels_last: bool = False
     deterministic: bool = False
     time_budget: float | None = None
+    steps: int | None = None
 
     def __post_init__(self) -> None:
+        if self.steps is not None and not 1 <= self.steps <= 10**8:
+            raise ConfigError(f"train.steps must be a number of steps in 1 to 10**8 or None, got {self.steps}")
+        if self.steps is not None and self.time_budget is not None:
+            raise ConfigError("train.steps and train.time_budget exclude each other; set one of them to None")
         if self.time_budget is not None and not self.time_budget > 0:
             raise ConfigError(f"train.time_budget must be a number of seconds > 0 or None, got {self.time_budget}")
         if self.epochs < 1:

@@ -21,6 +21,11 @@ the channels alike and averages over them (Dice and Tversky per channel, then th
   ``tversky_beta`` (Dice is alpha = beta = 0.5); same per-image rule.
 - ``focal``: smp's binary focal loss (``focal_gamma``, mean over pixels).
 - ``bce_dice``: ``bce_weight * bce + (1 - bce_weight) * dice``.
+
+A network with an image-level COVID-19 head (``model.targets`` ending in ``covid``) carries its
+logit as the last channel, the same at every pixel; :class:`WithImageLoss` applies the chosen
+loss to the segmentation channels and adds ``image_weight`` times the BCE of the image logit
+against the image label.
 """
 
 from __future__ import annotations
@@ -73,8 +78,24 @@ class WeightedSum(nn.Module):
         return sum(w * m(logits, target) for w, m in zip(self.weights, self.parts))
 
 
-def build_loss(cfg: LossConfig) -> nn.Module:
-    """The loss named by ``cfg.name`` (see the module docstring)."""
+class WithImageLoss(nn.Module):
+    """The segmentation loss on all channels but the last, plus the image head's weighted BCE."""
+
+    def __init__(self, segmentation: nn.Module, weight: float) -> None:
+        super().__init__()
+        self.segmentation, self.weight = segmentation, weight
+        self.bce = nn.BCEWithLogitsLoss()
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        image_logit = logits[:, -1].float().mean(dim=(1, 2))
+        label = target[:, -1].float().amax(dim=(1, 2))
+        return self.segmentation(logits[:, :-1], target[:, :-1]) + self.weight * self.bce(image_logit, label)
+
+
+def build_loss(cfg: LossConfig, targets: tuple[str, ...] = ("infection",)) -> nn.Module:
+    """The loss named by ``cfg.name`` (see the module docstring) for a network with these outputs."""
+    if targets and targets[-1] == "covid":
+        return WithImageLoss(build_loss(cfg, targets[:-1]), cfg.image_weight)
     if cfg.name == "bce":
         return nn.BCEWithLogitsLoss()
     skip = cfg.dice_empty == "skip"

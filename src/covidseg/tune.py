@@ -5,12 +5,14 @@ Every trial scores the masks ``predict`` would write (post-processing at each X-
 
 Greedy, in order, from the run's ``eval.threshold``: horizontal-flip test-time augmentation; for
 models with a lung output, keeping only infection inside the predicted lung; the probability
-threshold (0.10 to 0.90 by 0.05); the image gate together with the threshold (every gate from
-0.50 to 0.99 above every threshold: a mask is kept only when the image's peak probability passes
-the gate); removal of components smaller than a share of the image (16 to 512 pixels of a
-256x256 image); hole filling. A step stays only if it raises the chosen definition of Val Dice
-(``per_image``: the mean over all images with empty/empty = 1; ``per_image_covid``: the mean
-over COVID-19 images; ``balanced``: the mean of those two; ``pooled``: one confusion matrix).
+threshold (0.10 to 0.90 by 0.05); the image gate together with the threshold (a mask is kept
+only when the image's score passes the gate: for a network with an image-level COVID-19 head its
+probability, every gate from 0.05 to 0.95 with every threshold; else the peak infection
+probability, every gate from 0.50 to 0.99 above every threshold); removal of components smaller
+than a share of the image (16 to 512 pixels of a 256x256 image); hole filling. A step stays
+only if it raises the chosen definition of Val Dice (``per_image``: the mean over all images
+with empty/empty = 1; ``per_image_covid``: the mean over COVID-19 images; ``balanced``: the
+mean of those two; ``pooled``: one confusion matrix).
 Every trial is recorded under every definition in ``RUN_DIR/postprocess.json``. Last, with the
 kept steps, the COVID-19 detection cut-off is set by the Youden index (:mod:`covidseg.detection`).
 
@@ -34,7 +36,7 @@ from covidseg.data.discovery import GROUPS
 from covidseg.detection import best_cutoff, infected_share, roc_auc
 from covidseg.errors import ConfigError
 from covidseg.evaluation import open_split
-from covidseg.inference.postprocess import FILENAME, Postprocess, finalize, lung_mask, upsample
+from covidseg.inference.postprocess import FILENAME, Postprocess, finalize, head_score, lung_mask, upsample
 from covidseg.inference.predictor import Predictor, open_run
 from covidseg.metrics import confusion_counts, dice_iou, nan_mean, negatives_with_false_positives, pooled
 from covidseg.progress import Progress
@@ -45,6 +47,7 @@ log = logging.getLogger(__name__)
 METRICS = ("per_image", "per_image_covid", "balanced", "pooled")
 THRESHOLDS = [round(x, 2) for x in np.arange(0.10, 0.91, 0.05)]
 GATES = [round(x, 2) for x in np.arange(0.50, 0.96, 0.05)] + [0.97, 0.99]
+HEAD_GATES = [round(x, 2) for x in np.arange(0.05, 0.96, 0.05)]  # for the image head's probability
 MIN_COMPONENTS_256 = [16, 32, 64, 128, 256, 512]  # pixels of a 256x256 image; stored as a share
 CROSS_FIT_SEED = 0
 
@@ -75,7 +78,7 @@ class TuneData:
     targets: tuple[str, ...]
     empty_empty: float
     above: dict[tuple[bool, bool], np.ndarray]  # (tta, lung gate) -> (N, T, 2): predicted, true positive
-    peak: dict[tuple[bool, bool], np.ndarray]  # (tta, lung gate) -> (N,) float32
+    peak: dict[tuple[bool, bool], np.ndarray]  # (tta, lung gate) -> (N,) float32: the image gate's score
     true_pixels: np.ndarray  # (N,) int64: infected pixels of each true mask
     pixels: np.ndarray  # (N,) int64: pixels of each image
 
@@ -113,10 +116,13 @@ def collect(
             lung = lung_mask(upsample(p[lung_ch], h, w)) if lung_ch is not None else None
             probs.append(p)
             lungs.append(lung)
-            rows[False].append((_counts_above(full, truth.infection[k]), Postprocess.peak(full, None)))
+            score = head_score(p, targets)
+            peak = Postprocess.peak(full, None) if score is None else np.float32(score)
+            rows[False].append((_counts_above(full, truth.infection[k]), peak))
             if lung is not None:
                 inside = np.where(lung.astype(bool), full, 0)
-                rows[True].append((_counts_above(inside, truth.infection[k]), Postprocess.peak(full, lung)))
+                peak = Postprocess.peak(full, lung) if score is None else np.float32(score)
+                rows[True].append((_counts_above(inside, truth.infection[k]), peak))
         data.probs[tta], data.lungs[tta] = probs, lungs
         for gate, r in rows.items():
             if r:
@@ -185,7 +191,10 @@ def choose(data: TuneData, idx: np.ndarray, metric: str, start: Postprocess) -> 
         consider("lung_gate", "on", replace(current, lung_gate=True))
     base = current
     grid("threshold", [(str(t), replace(base, threshold=t)) for t in THRESHOLDS])
-    pairs = [(t, g) for t in THRESHOLDS for g in GATES if g > t]
+    if "covid" in data.targets:
+        pairs = [(t, g) for t in THRESHOLDS for g in HEAD_GATES]
+    else:
+        pairs = [(t, g) for t in THRESHOLDS for g in GATES if g > t]
     grid("image_gate", [(f"{g} (threshold {t})", replace(base, threshold=t, image_gate=g)) for t, g in pairs])
     base = current
     grid(

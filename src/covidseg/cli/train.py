@@ -16,6 +16,7 @@ from covidseg.cli.common import (
     progress_bar,
     setup_logging,
 )
+from covidseg.errors import CovidsegError
 
 log = logging.getLogger("covidseg")
 
@@ -39,6 +40,10 @@ def _train_overrides(a: argparse.Namespace) -> dict[str, Any]:
         "model.encoder_weights": a.encoder_weights,
     }
     out = {k: v for k, v in flags.items() if v is not None}
+    if a.steps is not None:  # a fixed number of steps replaces a preset's time budget
+        if a.time_budget:
+            raise CovidsegError("--steps and --time-budget exclude each other; give one")
+        out.update({"train.steps": a.steps, "train.time_budget": None})
     out.update(parse_sets(a.set))
     return out
 
@@ -85,6 +90,12 @@ def _train_parser(sub: Any) -> None:
         metavar="DURATION",
         help="finish within this time, e.g. 60m or 90s: the run measures its speed and lays the learning-rate "
         "schedule over the steps that fit (train.time_budget, in seconds)",
+    )
+    sp.add_argument(
+        "--steps",
+        type=int,
+        help="lay the learning-rate schedule over exactly this many optimiser steps, whatever their time "
+        "(train.steps; replaces a preset's time budget): the same run on every CPU",
     )
     sp.add_argument("--batch-size", type=int, help="images per step (train.batch_size)")
     sp.add_argument("--image-size", type=int, help="network input size in pixels, a multiple of 8 (data.image_size)")

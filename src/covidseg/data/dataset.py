@@ -80,4 +80,12 @@ def stack_targets(batch: dict, targets: tuple[str, ...]) -> torch.Tensor:
     """The ``(N, C, S, S)`` training target of a batch: one channel per name in ``targets``."""
     if targets == ("infection",):
         return batch["mask"]
-    return torch.cat([batch[TARGET_KEYS[t]] for t in targets], dim=1)
+    return torch.cat([_target(batch, t) for t in targets], dim=1)
+
+
+def _target(batch: dict, name: str) -> torch.Tensor:
+    """One target channel; ``covid`` is the image label (the infection mask is not empty) at every pixel."""
+    if name == "covid":
+        mask = batch["mask"]
+        return mask.amax(dim=(2, 3), keepdim=True).expand_as(mask)
+    return batch[TARGET_KEYS[name]]

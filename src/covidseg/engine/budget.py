@@ -8,6 +8,10 @@ after the validation passes still to come. So the schedule ends when the budget 
 CPU or GPU and under any load, and a resumed run counts the time it already spent.
 ``train.epochs`` caps the plan. The last epoch may be partial; the run ends with its check.
 
+With ``train.steps`` instead (:class:`FixedSteps`), the same schedule over progress is laid over
+exactly that many steps, whatever the time they take: two runs with the same seed take the same
+steps at the same learning rates.
+
 Schedules over progress ``p`` in [0, 1] (:func:`lr_factor`), the same shapes as the epoch-based
 ones of :mod:`covidseg.engine.optim`: ``constant``; ``cosine`` (linear warm-up, cosine decay to
 ``final_lr_ratio``); ``onecycle`` (cosine up from lr/25 to lr over the warm-up share, then down
@@ -137,6 +141,7 @@ class Budget:
 
     def state(self) -> dict[str, Any]:
         out = {k: v for k, v in asdict(self).items() if k in RECORDED}
+        out["seconds"] = self.seconds if math.isfinite(self.seconds) else None  # None: a fixed number of steps
         out["elapsed"] = self.elapsed()
         return out
 
@@ -178,3 +183,11 @@ class ProgressSchedule:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.budget.restore(state)
         self._apply()
+
+
+class FixedSteps(Budget):
+    """A plan of exactly ``max_steps`` optimiser steps (``train.steps``), independent of speed."""
+
+    def _replan(self) -> None:
+        self.planned = self.max_steps
+        self.progress = self.steps / self.max_steps

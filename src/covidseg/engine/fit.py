@@ -6,7 +6,8 @@ The run folder is the artefact::
     RUN_DIR/env.json             versions, device, seed, command line
     RUN_DIR/splits.json          the image ids trained and validated on
     RUN_DIR/train.log            the log of every session of the run
-    RUN_DIR/budget.json          with a time budget: seconds per step and per check, steps planned and done
+    RUN_DIR/budget.json          with a time budget (or train.steps): seconds per step and per check, steps
+                                 planned and done
     RUN_DIR/history.csv          one row per epoch: train/val loss, pixel accuracy, Dice, IoU, lr
     RUN_DIR/checkpoints/last.pt  after every epoch (resume point)
     RUN_DIR/checkpoints/best.pt  the epoch with the best ``train.select_metric``
@@ -169,10 +170,11 @@ def _fit(
             break
         _run_epoch(tr, epoch)
         if tr.budget is not None and tr.budget.done:
+            b = tr.budget
             log.info(
-                "time budget %.0f s: schedule complete after %d steps (%d epochs, the last %s) in %.0f s",
-                tr.budget.seconds, tr.budget.steps, epoch,
-                "whole" if tr.budget.steps % tr.steps_per_epoch == 0 else "partial", tr.budget.elapsed(),
+                "%s: schedule complete after %d steps (%d epochs, the last %s) in %.0f s",
+                f"time budget {b.seconds:.0f} s" if math.isfinite(b.seconds) else f"{b.max_steps} steps",
+                b.steps, epoch, "whole" if b.steps % tr.steps_per_epoch == 0 else "partial", b.elapsed(),
             )  # fmt: skip
             break
     value = tr.best["value"]

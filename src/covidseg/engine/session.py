@@ -19,7 +19,7 @@ from covidseg.config import Config, save_yaml
 from covidseg.data.dataset import SegmentationDataset
 from covidseg.data.discovery import GROUPS
 from covidseg.data.loading import discover_root, load_dataset, make_loader
-from covidseg.engine.budget import Budget, ProgressSchedule
+from covidseg.engine.budget import Budget, FixedSteps, ProgressSchedule
 from covidseg.engine.device import amp_dtype, autocast_factory
 from covidseg.engine.distributed import DistInfo, barrier
 from covidseg.engine.epoch_check import EvalResult
@@ -153,14 +153,24 @@ def build(
     scaler = torch.amp.GradScaler("cuda") if dtype == torch.float16 else None
     return Training(
         cfg, run_dir, dinfo, device, progress, False, train_ds, val_ds, net, model_spec(cfg, with_weights=False),
-        optimizer, scheduler, scaler, autocast_factory(device, dtype), dtype, build_loss(cfg.loss), budget,
-        steps_per_epoch, best={"metric": t.select_metric, "value": None, "epoch": 0, "smoothed": None},
+        optimizer, scheduler, scaler, autocast_factory(device, dtype), dtype,
+        build_loss(cfg.loss, cfg.model.target_list), budget, steps_per_epoch,
+        best={"metric": t.select_metric, "value": None, "epoch": 0, "smoothed": None},
     )  # fmt: skip
 
 
 def _budget(cfg: Config, dinfo: DistInfo, steps_per_epoch: int, val_images: int, started: float) -> Budget | None:
-    """The time budget of a run that has one (``train.time_budget``), counted from ``started``."""
+    """The time budget of a run that has one (``train.time_budget``), counted from ``started``, or
+    its fixed number of steps (``train.steps``)."""
     t = cfg.train
+    if t.steps is not None:
+        if t.steps > t.epochs * steps_per_epoch:
+            raise CovidsegError(
+                f"train.steps {t.steps} needs {math.ceil(t.steps / steps_per_epoch)} epochs of {steps_per_epoch} "
+                f"steps; train.epochs is {t.epochs}: raise it"
+            )
+        log.info("the schedule is laid over %d steps (%.1f epochs)", t.steps, t.steps / steps_per_epoch)
+        return FixedSteps(math.inf, steps_per_epoch, 0, t.steps, started=started)
     if t.time_budget is None:
         return None
     if dinfo.enabled:

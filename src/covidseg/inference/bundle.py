@@ -33,7 +33,7 @@ from covidseg.severity import SeverityRule
 
 FORMAT = "covidseg-bundle"
 FORMAT_VERSION = 2
-TARGET_LISTS = (("infection",), ("lung",), ("infection", "lung"))
+TARGET_LISTS = (("infection",), ("lung",), ("infection", "lung"), ("infection", "lung", "covid"))
 
 
 def is_bundle(path: str | Path) -> bool:

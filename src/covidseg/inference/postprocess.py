@@ -9,10 +9,12 @@ exported bundles and the report alike:
    (:func:`lung_mask`);
 3. infection (:meth:`Postprocess.apply`), in order: threshold the probability; keep only pixels
    inside the predicted lung (``lung_gate``); the image gate (``image_gate``: the whole mask is
-   kept only when the image's highest infection probability, inside the predicted lung when the
-   lung gate is on, exceeds it, so that a low threshold can draw the extent of an infection while
-   a high gate decides whether there is one); remove connected components (8-connected) smaller
-   than ``min_component_share`` of the image's pixels; fill holes.
+   kept only when the image's score exceeds it, so that a low threshold can draw the extent of an
+   infection while the gate decides whether there is one; the score is the probability of the
+   network's image-level COVID-19 head where it has one, else the highest infection
+   probability, inside the predicted lung when the lung gate is on); remove connected
+   components (8-connected) smaller than ``min_component_share`` of the image's pixels; fill
+   holes.
 
 ``detect_fraction``: the image-level COVID-19 call; an image is called COVID-19 when its final
 infection mask covers more than this share of the image (tuned on Val, see
@@ -102,18 +104,21 @@ class Postprocess:
         """The smallest component kept, in pixels of an image with this many pixels."""
         return int(round(self.min_component_share * pixels))
 
-    def apply(self, prob: np.ndarray, lung: np.ndarray | None = None) -> np.ndarray:
+    def apply(self, prob: np.ndarray, lung: np.ndarray | None = None, score: float | None = None) -> np.ndarray:
         """(H, W) infection probabilities -> the uint8 {0, 1} mask of the same shape.
 
         ``lung``: the predicted lung mask (same shape), used when ``lung_gate`` is on.
+        ``score``: the image head's probability, when the network has one (the image gate's score).
         """
         mask = prob > self.threshold
         gated = self.lung_gate and lung is not None
         if gated:
             lung = np.asarray(lung).astype(bool)
             mask &= lung
-        if self.image_gate > 0 and not self.peak(prob, lung if gated else None) > self.image_gate:
-            mask[:] = False
+        if self.image_gate > 0:
+            gate_score = np.float32(score) if score is not None else self.peak(prob, lung if gated else None)
+            if not gate_score > np.float32(self.image_gate):
+                mask[:] = False
         min_size = self.min_component_pixels(mask.size)
         if min_size > 1 and mask.any():
             labels, n = ndimage.label(mask, structure=_EIGHT)
@@ -166,6 +171,12 @@ class Masks:
     mask: np.ndarray  # (H, W) uint8 {0, 1}: the first output (infection, or lung for lung-only models)
     probability: np.ndarray  # (H, W) float32: the first output's probability
     lung: np.ndarray | None  # (H, W) uint8 {0, 1}, for models with a lung output
+    score: float | None = None  # the image-level COVID-19 head's probability, for models with one
+
+
+def head_score(probs: np.ndarray, targets: tuple[str, ...]) -> float | None:
+    """The image-level head's probability from (C, S, S) probabilities (its channel holds one value)."""
+    return float(np.mean(probs[targets.index("covid")])) if "covid" in targets else None
 
 
 def finalize(
@@ -187,7 +198,8 @@ def finalize(
         lung = lung_mask(first if k == 0 else upsample(probs[k], h, w))
     if targets[0] == "lung":
         return Masks(lung, first, lung)
-    return Masks(post.apply(first, lung), first, lung)
+    score = head_score(probs, targets)
+    return Masks(post.apply(first, lung, score), first, lung, score)
 
 
 def read_postprocess(path: str | Path) -> tuple[Postprocess, dict[str, Any]]:

@@ -46,7 +46,8 @@ class Prediction:
     lung: np.ndarray | None = None  # (H, W) uint8 lung mask, for models with a lung output
     severity: dict[str, Any] | None = None  # :func:`covidseg.severity.quantify` of mask and lung
     covid_call: bool | None = None  # image-level COVID-19 call (infection models)
-    peak: float | None = None  # highest uncalibrated infection probability (inside the lungs when known)
+    peak: float | None = None  # the image score: the COVID-19 head's probability, else the highest
+    # uncalibrated infection probability (inside the lungs when known)
     covid_probability: float | None = None  # calibrated P(COVID-19), for calibrated models
     input_check: dict[str, Any] | None = None  # :meth:`InputCheck.assess`, for calibrated models
     calibration: Calibration | None = field(default=None, repr=False)
@@ -195,7 +196,7 @@ class Predictor:
         if self.targets[0] == "lung":
             return Prediction(m.mask, m.probability, m.lung)
         severity = quantify(m.mask, m.lung, self.severity) if m.lung is not None else None
-        peak = float(Postprocess.peak(m.probability, m.lung))
+        peak = m.score if m.score is not None else float(Postprocess.peak(m.probability, m.lung))
         pred = Prediction(m.mask, m.probability, m.lung, severity, self.post.detected(m.mask), peak)
         if self.calibration is not None:
             pred.calibration = self.calibration

@@ -57,12 +57,17 @@ def model_spec(cfg: Config, with_weights: bool = True) -> dict[str, Any]:
     m = cfg.model
     if m.name not in _REGISTRY:
         raise ConfigError(f"unknown model {m.name!r}; available: {', '.join(list_models())}")
-    spec: dict[str, Any] = {"name": m.name, "in_channels": 1, "classes": len(m.target_list)}
+    head = "covid" in m.target_list
+    spec: dict[str, Any] = {"name": m.name, "in_channels": 1, "classes": len(m.target_list) - head}
     if m.name == "unet":
+        if head:
+            raise ConfigError("the image-level COVID-19 head (model.targets ...+covid) needs an smp-* network")
         spec["base_channels"] = m.base_channels
     else:
         spec["encoder_name"] = m.encoder_name
         spec["encoder_weights"] = m.encoder_weights if with_weights else None
+        if head:
+            spec["image_head"] = True
     return spec
 
 
@@ -75,9 +80,13 @@ def _unet(in_channels: int = 1, classes: int = 1, base_channels: int = 32) -> nn
 
 def _register_smp(name: str, arch: str, description: str) -> None:
     def build(
-        encoder_name: str = "resnet34", encoder_weights: str | None = None, in_channels: int = 1, classes: int = 1
+        encoder_name: str = "resnet34",
+        encoder_weights: str | None = None,
+        in_channels: int = 1,
+        classes: int = 1,
+        image_head: bool = False,
     ) -> nn.Module:
-        return build_smp(arch, encoder_name, encoder_weights, in_channels, classes)
+        return build_smp(arch, encoder_name, encoder_weights, in_channels, classes, image_head)
 
     register(name, description)(build)
 

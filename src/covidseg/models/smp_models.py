@@ -12,6 +12,7 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
+import torch
 from torch import nn
 
 from covidseg.errors import ConfigError
@@ -32,20 +33,39 @@ def encoder_names() -> list[str]:
     return list(_smp().encoders.get_encoder_names())
 
 
+class _ImageHeadOutput:
+    """Mix-in for an smp network built with a classification head (``aux_params``): its image
+    logit is returned as one more output channel, the same value at every pixel, so that every
+    path that carries (N, C, S, S) maps (training, export, backends) carries it unchanged."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        masks, logit = super().forward(x)  # type: ignore[misc]
+        return torch.cat([masks, logit[:, :, None, None].expand(-1, -1, *masks.shape[2:])], dim=1)
+
+
+def _arch_class(smp: Any, arch: str, image_head: bool) -> Any:
+    base = getattr(smp, arch)
+    return type(f"{arch}WithImageHead", (_ImageHeadOutput, base), {}) if image_head else base
+
+
 def build_smp(
     arch: str,
     encoder_name: str = "resnet34",
     encoder_weights: str | None = None,
     in_channels: int = 1,
     classes: int = 1,
+    image_head: bool = False,
 ) -> nn.Module:
-    """Build an smp model; errors name what to change."""
+    """Build an smp model; errors name what to change. ``image_head``: an image-level logit from
+    the encoder's deepest features (average pooling, dropout 0.2, one linear layer), returned as
+    the last output channel."""
     smp = _smp()
     if encoder_name not in smp.encoders.get_encoder_names():
         raise ConfigError(f"unknown encoder {encoder_name!r}; see 'covidseg models --encoders' for the list")
+    aux = {"aux_params": {"classes": 1, "pooling": "avg", "dropout": 0.2}} if image_head else {}
     try:
-        return getattr(smp, arch)(
-            encoder_name=encoder_name, encoder_weights=encoder_weights, in_channels=in_channels, classes=classes
+        return _arch_class(smp, arch, image_head)(
+            encoder_name=encoder_name, encoder_weights=encoder_weights, in_channels=in_channels, classes=classes, **aux
         )
     except KeyError as exc:
         raise ConfigError(f"encoder {encoder_name!r} has no {encoder_weights!r} weights ({exc})") from None
