@@ -3,7 +3,8 @@
 Starts the server in a subprocess (the built-in model unless ``--model`` names another), sends
 ``POST /api/predict`` with one X-ray from every client in a loop, and prints requests/s, p50/p95
 latency, the status codes (errors: anything but 200 and the 503 of a full queue, target 0) and
-the server's resident memory before and after:
+the server's resident memory before and after. A client that gets a 503 waits the Retry-After
+the server sends (``--retry-after 0``: retries at once, the rudest client):
 
     python benchmarks/serve_load.py --clients 8 --seconds 60
     python benchmarks/serve_load.py --image src/covidseg/examples/covid-19.png --queue 4
@@ -46,6 +47,12 @@ def main() -> None:
     p.add_argument("--clients", type=int, default=8)
     p.add_argument("--seconds", type=float, default=30.0)
     p.add_argument("--queue", type=int, default=4)
+    p.add_argument(
+        "--retry-after",
+        type=float,
+        default=1.0,
+        help="share of the server's Retry-After a client waits after a 503 (default 1: as asked; 0: retry at once)",
+    )
     a = p.parse_args()
     data = Path(a.image).read_bytes()
     port = _free_port()
@@ -73,14 +80,19 @@ def main() -> None:
             with httpx.Client(timeout=120) as c:
                 while time.time() < stop:
                     t0 = time.perf_counter()
+                    wait = 0.0
                     try:
-                        code = c.post(f"{url}/api/predict", files={"file": ("x.png", data)}).status_code
-                    except httpx.HTTPError as exc:
+                        r = c.post(f"{url}/api/predict", files={"file": ("x.png", data)})
+                        code = r.status_code
+                        if code == 503:  # a full queue: wait as the server asks, as a polite client does
+                            wait = min(float(r.headers.get("Retry-After", 1)), 10.0) * a.retry_after
+                    except (httpx.HTTPError, ValueError) as exc:
                         code = type(exc).__name__
                     with lock:
                         codes[code] += 1
                         if code == 200:
                             latencies.append(time.perf_counter() - t0)
+                    time.sleep(min(wait, max(stop - time.time(), 0.0)))
 
         t0 = time.perf_counter()
         threads = [threading.Thread(target=client) for _ in range(a.clients)]

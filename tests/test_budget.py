@@ -75,3 +75,32 @@ def test_a_budgeted_run_ends_in_time_with_its_schedule_complete(tiny_cfg, tmp_pa
     state = torch.load(tmp_path / "run" / "checkpoints" / "last.pt", weights_only=True)
     assert state["optimizer"]["param_groups"][0]["lr"] == pytest.approx(1e-3 / 25e4, rel=1e-6)
     assert max(h["lr"] for h in hist) > 10 * hist[0]["lr"]
+
+
+def test_a_fixed_step_run_ends_at_its_steps_and_rebuilds_bit_for_bit(tiny_cfg, tmp_path: Path) -> None:
+    """train.steps: the schedule over exactly N steps (the last epoch partial); the same seed gives
+    the same weights, whatever the time the steps took."""
+    overrides = {"train.epochs": 10, "train.steps": 7, "optim.name": "adamw", "optim.schedule": "onecycle"}
+    runs = []
+    for name in ("a", "b"):
+        fit(tiny_cfg(**overrides), tmp_path / name)
+        runs.append(torch.load(tmp_path / name / "checkpoints" / "last.pt", weights_only=True))
+        if name == "a":
+            time.sleep(0.5)  # a different pace between the two runs must not matter
+    hist = read_history(tmp_path / "a" / "history.csv")
+    assert [h["steps"] for h in hist] == [4, 7]  # 16 Train images, batch 4: 4 steps an epoch
+    assert hist[-1]["planned_steps"] == 7
+    assert runs[0]["optimizer"]["param_groups"][0]["lr"] == pytest.approx(1e-3 / 25e4, rel=1e-6)
+    record = json.loads((tmp_path / "a" / "budget.json").read_text())
+    assert record["seconds"] is None and record["progress"] == pytest.approx(1.0)
+    a, b = runs[0]["model"], runs[1]["model"]
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_steps_must_fit_the_epoch_cap_and_exclude_a_time_budget(tiny_cfg, tmp_path: Path) -> None:
+    from covidseg.errors import ConfigError, CovidsegError
+
+    with pytest.raises(CovidsegError, match="needs 3 epochs"):
+        fit(tiny_cfg(**{"train.epochs": 2, "train.steps": 9}), tmp_path / "run")
+    with pytest.raises(ConfigError, match="exclude each other"):
+        tiny_cfg(**{"train.steps": 9, "train.time_budget": 60.0})

@@ -161,7 +161,7 @@ def _metadata(run_dir: Path, checkpoint: str, state: dict[str, Any], n_out: int,
 
     return {
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "source_run": str(run_dir.resolve()),
+        "source_run": run_dir.resolve().name,  # the folder name only: no path of the machine that exported it
         "checkpoint": checkpoint,
         "epoch": int(state["epoch"]),
         "versions": {

@@ -78,8 +78,10 @@ def output_stems(files: list[Path], base: Path) -> dict[Path, str]:
 def prediction_record(pred: Prediction, predictor: Predictor, shape: tuple[int, int]) -> dict[str, Any]:
     """What ``predict`` writes per image to ``predictions.jsonl`` and ``serve`` returns as JSON:
     size, model, infected shares (percent), COVID-19 call and, with a lung output, severity; for
-    calibrated models the COVID-19 probability and the threshold in calibrated units; and
-    ``input_check`` (score, verdict, reason; None for models that were never calibrated)."""
+    calibrated models the COVID-19 probability and the threshold in calibrated units; for models
+    with an image-level head its uncalibrated probability and the gate it must pass
+    (``covid_head_probability``, ``image_gate``); and ``input_check`` (score, verdict, reason;
+    None for models that were never calibrated)."""
     record: dict[str, Any] = {
         "width": int(shape[1]),
         "height": int(shape[0]),
@@ -94,6 +96,9 @@ def prediction_record(pred: Prediction, predictor: Predictor, shape: tuple[int, 
     }
     if pred.lung is not None and predictor.targets[0] != "lung":
         record.update(pred.severity or {})
+    if "covid" in predictor.targets and pred.peak is not None:
+        record["covid_head_probability"] = round(pred.peak, 4)
+        record["image_gate"] = predictor.post.image_gate
     if predictor.calibration is not None and predictor.targets[0] == "infection":
         record["covid_probability"] = None if pred.covid_probability is None else round(pred.covid_probability, 4)
         record["threshold_calibrated"] = round(predictor.calibration.threshold(predictor.threshold), 4)

@@ -220,10 +220,11 @@ def parallelize(tr: Training) -> None:
         tr.train_sampler = DistributedSampler(tr.train_ds, world, rank, shuffle=True, seed=t.seed)
         val_part = Subset(tr.val_ds, list(range(tr.dinfo.rank, len(tr.val_ds), tr.dinfo.world_size)))
     tr.val_loader = make_loader(val_part, t.batch_size, False, d.num_workers, pin_memory=tr.device.type == "cuda")
+    length = f"{t.steps} steps" if t.steps else f"{t.epochs} epochs" + (" at most" if t.time_budget else "")
     log.info(
-        "training %s on %s%s (%s) for %d epochs: %d train / %d val images, batch %d%s, lr %g",
+        "training %s on %s%s (%s) for %s: %d train / %d val images, batch %d%s, lr %g",
         tr.spec["name"], tr.device, f" x {tr.dinfo.world_size} processes" if tr.dinfo.enabled else "",
-        PRECISION_NAMES[tr.dtype], t.epochs, len(tr.train_ds), len(tr.val_ds), t.batch_size,
+        PRECISION_NAMES[tr.dtype], length, len(tr.train_ds), len(tr.val_ds), t.batch_size,
         " per process" if tr.dinfo.enabled else "", tr.cfg.optim.lr,
     )  # fmt: skip
 

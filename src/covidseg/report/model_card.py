@@ -115,7 +115,11 @@ def _training(run: Path) -> str:
         "`scripts/build_builtin_model.sh`.",
         f"- Trained on {cpu.get('model', 'a CPU')} ({cpu.get('summary', '')}), "
         f"{len(hist) - 1} epochs, {budget.get('steps', '?')} steps in {budget.get('elapsed', 0) / 60:.0f} minutes "
-        f"(time budget {budget.get('seconds', 0) / 60:.0f} minutes).",
+        + (
+            f"(time budget {budget['seconds'] / 60:.0f} minutes)."
+            if budget.get("seconds")
+            else "(a fixed number of steps: the same network on any machine, whatever its speed)."
+        ),
         f"- Software: {', '.join(f'{k} {v}' for k, v in env['packages'].items())}.",
         "",
         "<details><summary>Full training configuration (config.yaml)</summary>",
@@ -176,6 +180,13 @@ def trust(bundle: Path, ood: str = "") -> str:
     return "\n".join(lines)
 
 
+def _outputs(outputs: list[str]) -> str:
+    maps = [o for o in outputs if o != "covid"]
+    text = f"{len(maps)} output{'s' if len(maps) > 1 else ''} ({' + '.join(maps)})"
+    head = " and an image-level COVID-19 head on the encoder (it decides the image gate)"
+    return text + (head if "covid" in outputs else "")
+
+
 def write_card(run: Path, bundle: Path, name: str, speed: str = "", ood: str = "") -> Path:
     cfg = json.loads((bundle / "config.json").read_text())
     meta = json.loads((bundle / "metadata.json").read_text())
@@ -193,7 +204,7 @@ covidseg's built-in model: `covidseg predict XRAY --out DIR`, `covidseg serve`, 
 | | |
 |---|---|
 | task | {TASK} |
-| network | {arch}, two outputs ({" + ".join(cfg["outputs"])}), trained from scratch |
+| network | {arch}, {_outputs(cfg["outputs"])}, trained from scratch |
 | input | gray, {size}x{size}, bilinear, scaled to [0, 1]; masks come back at the X-ray's own size |
 | weights | {cfg.get("weights_precision", "fp32")} in `model.onnx` (onnxruntime runs float32) |
 | post-processing | {json.dumps(cfg["postprocess"])} (tuned on Val for the balanced Dice) |
