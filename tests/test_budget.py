@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from conftest import interrupt_training
 from covidseg.config import OptimConfig
 from covidseg.engine.budget import Budget, lr_factor, steps_that_fit
 from covidseg.engine.fit import fit
@@ -77,24 +78,33 @@ def test_a_budgeted_run_ends_in_time_with_its_schedule_complete(tiny_cfg, tmp_pa
     assert max(h["lr"] for h in hist) > 10 * hist[0]["lr"]
 
 
-def test_a_fixed_step_run_ends_at_its_steps_and_rebuilds_bit_for_bit(tiny_cfg, tmp_path: Path) -> None:
+def test_a_fixed_step_run_ends_at_its_steps_and_rebuilds_bit_for_bit(
+    tiny_cfg, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """train.steps: the schedule over exactly N steps (the last epoch partial); the same seed gives
-    the same weights, whatever the time the steps took."""
-    overrides = {"train.epochs": 10, "train.steps": 7, "optim.name": "adamw", "optim.schedule": "onecycle"}
-    runs = []
-    for name in ("a", "b"):
-        fit(tiny_cfg(**overrides), tmp_path / name)
-        runs.append(torch.load(tmp_path / name / "checkpoints" / "last.pt", weights_only=True))
-        if name == "a":
-            time.sleep(0.5)  # a different pace between the two runs must not matter
+    the same weights, whatever the time the steps took, and so does a run stopped and resumed
+    (a network with dropout: its draws continue where they stopped)."""
+    overrides = {
+        "train.epochs": 10, "train.steps": 7, "optim.name": "adamw", "optim.schedule": "onecycle",
+        "model.name": "smp-unet", "model.encoder_name": "resnet18", "model.targets": "infection+lung+covid",
+    }  # fmt: skip
+    fit(tiny_cfg(**overrides), tmp_path / "a")
+    time.sleep(0.5)  # a different pace between the runs must not matter
+    fit(tiny_cfg(**overrides), tmp_path / "b")
+    interrupt_training(monkeypatch, in_epoch=2)
+    with pytest.raises(KeyboardInterrupt):
+        fit(tiny_cfg(**overrides), tmp_path / "c")
+    fit(tiny_cfg(**overrides), tmp_path / "c", resume=True)
+    runs = [torch.load(tmp_path / n / "checkpoints" / "last.pt", weights_only=True) for n in "abc"]
     hist = read_history(tmp_path / "a" / "history.csv")
     assert [h["steps"] for h in hist] == [4, 7]  # 16 Train images, batch 4: 4 steps an epoch
     assert hist[-1]["planned_steps"] == 7
     assert runs[0]["optimizer"]["param_groups"][0]["lr"] == pytest.approx(1e-3 / 25e4, rel=1e-6)
     record = json.loads((tmp_path / "a" / "budget.json").read_text())
     assert record["seconds"] is None and record["progress"] == pytest.approx(1.0)
-    a, b = runs[0]["model"], runs[1]["model"]
-    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    a = runs[0]["model"]
+    for other in runs[1:]:
+        assert a.keys() == other["model"].keys() and all(torch.equal(a[k], other["model"][k]) for k in a)
 
 
 def test_steps_must_fit_the_epoch_cap_and_exclude_a_time_budget(tiny_cfg, tmp_path: Path) -> None:

@@ -243,6 +243,7 @@ def _save_epoch(tr: Training, epoch: int, improved: bool) -> None:
         "epoch": epoch,
         "best": tr.best,
         "history": tr.history,
+        "rng": torch.get_rng_state(),  # dropout draws: a resumed run goes on as the unbroken one would
     }
     # best.pt first: if the process dies between the writes, last.pt still points one epoch back.
     if improved:

@@ -193,6 +193,8 @@ def restore(tr: Training, state: dict[str, Any] | None) -> None:
         return
     tr.net.load_state_dict(state["model"])
     tr.optimizer.load_state_dict(state["optimizer"])
+    if isinstance(state.get("rng"), torch.Tensor) and state["rng"].dtype == torch.uint8:
+        torch.set_rng_state(state["rng"])
     if tr.scaler is not None and state.get("scaler"):
         tr.scaler.load_state_dict(state["scaler"])
     if tr.scheduler is not None and state.get("scheduler"):
