@@ -104,6 +104,6 @@ def test_smp_networks_export_with_the_shapes_a_bundle_checks(name: str, tmp_path
 
     cfg = build_config("cpu", overrides={"model.name": name, "data.image_size": 64})
     path = export_onnx(create_model(model_spec(cfg)).eval(), 64, tmp_path / "model.onnx")
-    _check_onnx(path, 64, 2)
+    _check_onnx(path, 64, 3)  # infection, lung, and the image head's channel
     x = np.random.default_rng(0).random((3, 1, 64, 64), dtype=np.float32)
-    assert onnx_backend(path)(x).shape == (3, 2, 64, 64)
+    assert onnx_backend(path)(x).shape == (3, 3, 64, 64)

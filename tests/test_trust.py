@@ -87,6 +87,30 @@ def test_lung_figures_see_two_fields_side_by_side_and_notice_rotation() -> None:
     assert lung_figures(np.zeros((64, 64)))["fields"] == 0
 
 
+def test_image_figures_see_contrast_detail_and_dark_lungs() -> None:
+    """A uniform image has no contrast and no detail; on an X-ray the lungs are darker than the
+    rest, on its negative brighter."""
+    lungs = np.zeros((64, 64), np.float32)
+    lungs[10:50, 8:28] = lungs[10:50, 36:56] = 1
+    xray = np.where(lungs > 0.5, 0.2, 0.7).astype(np.float32) + np.random.default_rng(0).normal(0, 0.05, (64, 64))
+    xray = np.clip(xray, 0, 1).astype(np.float32)
+    plain, inverted, flat = (lung_figures(lungs, im) for im in (xray, 1 - xray, np.full((64, 64), 0.5, np.float32)))
+    assert plain["lung_darkness"] > 0.4 and inverted["lung_darkness"] < -0.4
+    assert flat["contrast"] == 0 and flat["detail"] == 0 and plain["contrast"] > 0.2 and plain["detail"] > 0.01
+    assert "contrast" not in lung_figures(lungs)  # without the image: the lung figures alone
+
+
+def test_a_check_calibrated_before_the_image_figures_still_loads(tmp_path: Path) -> None:
+    check = InputCheck.fit(np.random.default_rng(0).normal(size=(40, 8)), k=4)
+    old = {n: [0.1, 0.9] for n in ("lung_area", "balance", "side_by_side", "apex_share")}
+    settings = {**check.save(tmp_path / "c.npz"), "cutoff": 1.0, "far": 2.0, "lung_ranges": old}
+    loaded = InputCheck.load(tmp_path / "c.npz", settings)
+    figures = {**dict.fromkeys(old, 0.5), "fields": 2.0, "contrast": 0.0, "detail": 0.0, "lung_darkness": -1.0}
+    assert loaded.lung_reasons(figures) == ([], [])  # the image figures are not judged without their ranges
+    with pytest.raises(CovidsegError, match="lung_ranges"):
+        InputCheck.load(tmp_path / "c.npz", {**settings, "lung_ranges": {**old, "colour": [0, 1]}})
+
+
 @pytest.fixture(scope="module")
 def calibrated_run(two_output_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     run = copy_run(two_output_run, tmp_path_factory.mktemp("cal") / "run")
@@ -124,7 +148,8 @@ def test_a_photograph_and_noise_are_flagged(calibrated_run: Path) -> None:
 
         photo = np.asarray(Image.open(f).convert("L"))
     noise = np.random.default_rng(0).integers(0, 256, (300, 300), dtype=np.uint8)
-    for image in (photo, noise):
+    flat = np.full((300, 300), 128, np.uint8)
+    for image in (photo, noise, flat):
         check = predictor.predict(image).input_check
         assert check["verdict"] != "ok" and check["reason"]
 

@@ -67,18 +67,19 @@ class ValPass:
 def _batches(predictor: Predictor, images: np.ndarray, batch_size: int, progress: Progress | None, desc: str):
     starts = range(0, len(images), batch_size)
     for start in (progress or silent)(starts, desc=desc, total=len(starts)):
-        probs, feats = predictor.run(network_input(images[start : start + batch_size]))
-        yield start, probs, feats
+        x = network_input(images[start : start + batch_size])
+        probs, feats = predictor.run(x)
+        yield start, probs, feats, x[:, 0]
 
 
 def train_pass(predictor: Predictor, ds: Any, batch_size: int, progress: Progress | None) -> InputCheck | None:
     """The input check's Train statistics: features and lung ranges."""
     feats, figures = [], []
-    for _, probs, f in _batches(predictor, ds.split.images, batch_size, progress, "calibrate: Train"):
+    for _, probs, f, x in _batches(predictor, ds.split.images, batch_size, progress, "calibrate: Train"):
         if f is None:
             return None
         feats.append(f)
-        figures += [predictor.lung_figures(p) for p in probs]
+        figures += [predictor.lung_figures(p, image) for p, image in zip(probs, x)]
     check = InputCheck.fit(np.concatenate(feats))
     if figures and figures[0] is not None:
         check.set_lung_ranges(figures)
@@ -89,7 +90,7 @@ def val_pass(predictor: Predictor, ds: Any, batch_size: int, progress: Progress 
     """One pass over Val at each X-ray's own size, as ``predict`` sees it (uncalibrated)."""
     truth = load_truth(ds, "native", progress)
     hists, share, peak, feats, figures = [], [], [], [], []
-    for start, probs, f in _batches(predictor, ds.split.images, batch_size, progress, "calibrate: Val"):
+    for start, probs, f, x in _batches(predictor, ds.split.images, batch_size, progress, "calibrate: Val"):
         for j, p in enumerate(probs):
             k = start + j
             pred = predictor.from_probabilities(p, truth.shape(k))
@@ -97,7 +98,7 @@ def val_pass(predictor: Predictor, ds: Any, batch_size: int, progress: Progress 
             hists.append(LogitHistogram.of(pred.probability[region], truth.infection[k][region]))
             share.append(pred.infected_fraction)
             peak.append(pred.peak)
-            figures.append(predictor.lung_figures(p))
+            figures.append(predictor.lung_figures(p, x[j]))
         if f is not None:
             feats.append(f)
     groups = np.asarray([s.group for s in ds.split.samples])

@@ -23,8 +23,10 @@ def cmd_models(a: argparse.Namespace) -> int:
     print("built-in models (trained, ready for 'covidseg predict XRAY --out DIR' and 'covidseg serve'):")
     for name in builtin_names():
         d = describe(name)
-        seg = (d["val_metrics"] or {}).get("per_image_covid", {}).get("dice")
-        figure = f", Val Dice {seg:.3f} over COVID-19 images" if seg is not None else ""
+        vm = d["val_metrics"] or {}
+        seg, every = vm.get("per_image_covid", {}).get("dice"), vm.get("per_image", {}).get("dice")
+        figure = f", Val per-image Dice {seg:.3f} over COVID-19 X-rays" if seg is not None else ""
+        figure += f", {every:.3f} over all" if seg is not None and every is not None else ""
         default = " (default)" if d["default"] else ""
         print(f"  {name}{default}: {d['title']}")
         print(

@@ -17,7 +17,7 @@ from typing import Any
 
 from covidseg.errors import CovidsegError
 
-DEFAULT = "covidseg-v1"
+DEFAULT = "covidseg-v2"
 CARD = "MODEL_CARD.md"
 
 

@@ -8,11 +8,16 @@ Two pieces of evidence, both from the forward pass that segments:
    every other direction with the mean variance left over; Tipping & Bishop 1999), divided by
    the square root of the feature count. The ``score`` is that distance over the cut-off, so
    1.0 is the cut-off.
-2. **Lung plausibility** (models with a lung output): from the lung probabilities at the
-   network's size: how much of the image the lungs cover, how many lung fields there are, the
-   balance of the two, whether they sit side by side, and whether they are wider at the base
-   than at the apex. Each is compared with its range on Train (1st-99th percentile), widened on
-   both sides by ``lung_margin`` times the range's width.
+2. **Lung and image plausibility** (models with a lung output): from the lung probabilities at
+   the network's size: how much of the image the lungs cover, how many lung fields there are,
+   the balance of the two, whether they sit side by side, and whether they are wider at the base
+   than at the apex; and from the network's input image: its contrast (standard deviation), its
+   fine detail (mean absolute difference of neighbouring pixels) and how much darker the lungs
+   are than the rest of the image (on an X-ray, air is dark; an inverted image has bright
+   lungs). These need no learning, so they hold whatever the encoder's features learnt to
+   ignore (a network with an image-level head pools those features for its own task). Each is
+   compared with its range on Train (1st-99th percentile), widened on both sides by
+   ``lung_margin`` times the range's width.
 
 Verdicts: ``not_a_frontal_cxr`` when the score exceeds ``far`` / ``cutoff`` or fewer than two
 lung fields are found; ``unusual`` when the score exceeds 1 or a lung figure lies outside its
@@ -37,14 +42,26 @@ from covidseg.errors import CovidsegError
 FILENAME = "input_check.npz"
 COMPONENTS = 64
 FIELD_SHARE = 0.01  # a lung field covers at least 1% of the image
-LUNG_FIGURES = ("lung_area", "balance", "side_by_side", "apex_share")
+LUNG_FIGURES = ("lung_area", "balance", "side_by_side", "apex_share", "contrast", "detail", "lung_darkness")
+LUNG_ONLY = LUNG_FIGURES[:4]  # what checks calibrated before the image figures hold
 RANGE_QUANTILES = (0.01, 0.99)
 LUNG_KEEP = 0.995
 VERDICTS = ("ok", "unusual", "not_a_frontal_cxr")
 
 
-def lung_figures(prob: np.ndarray) -> dict[str, float]:
-    """Plausibility figures of one (S, S) lung probability map (threshold 0.5)."""
+def image_figures(image: np.ndarray, lung: np.ndarray) -> dict[str, float]:
+    """Contrast, fine detail and lung darkness of one (S, S) network input in [0, 1] with its
+    lung mask (darkness 0 when the lungs or the rest are empty)."""
+    x = np.asarray(image, np.float32)
+    detail = (np.abs(np.diff(x, axis=0)).mean() + np.abs(np.diff(x, axis=1)).mean()) / 2
+    inside, outside = x[lung], x[~lung]
+    dark = float(outside.mean() - inside.mean()) if inside.size and outside.size else 0.0
+    return {"contrast": float(x.std()), "detail": float(detail), "lung_darkness": dark}
+
+
+def lung_figures(prob: np.ndarray, image: np.ndarray | None = None) -> dict[str, float]:
+    """Plausibility figures of one (S, S) lung probability map (threshold 0.5), and of the
+    network's input ``image`` (S, S) when given."""
     mask = prob > 0.5
     labels, n = ndimage.label(mask, structure=np.ones((3, 3), bool))
     sizes = np.bincount(labels.ravel(), minlength=n + 1)[1:]
@@ -63,6 +80,8 @@ def lung_figures(prob: np.ndarray) -> dict[str, float]:
         out["apex_share"] = float(mask[top:middle].sum() / max(mask[top:bottom].sum(), 1))
     else:
         out["apex_share"] = 0.0
+    if image is not None:
+        out.update(image_figures(image, mask))
     return out
 
 
@@ -108,7 +127,7 @@ class InputCheck:
             return [f"{'no lung field' if n == 0 else 'one lung field'} found (two expected)"], []
         unusual = []
         for name, (lo, hi) in self.lung_ranges.items():
-            if self._excess(name, figures[name]) > self.lung_margin:
+            if name in figures and self._excess(name, figures[name]) > self.lung_margin:
                 pad = self.lung_margin * (hi - lo)
                 unusual.append(f"{_LABELS[name]} {figures[name]:.2f} outside the usual {lo - pad:.2f}-{hi + pad:.2f}")
         return [], unusual
@@ -123,7 +142,7 @@ class InputCheck:
         """How far the furthest lung figure lies outside its Train range, in range widths (0 inside)."""
         if figures is None or self.lung_ranges is None or figures["fields"] < 2:
             return 0.0
-        return max(self._excess(name, figures[name]) for name in self.lung_ranges)
+        return max(self._excess(name, figures[name]) for name in self.lung_ranges if name in figures)
 
     def _reasons(self, distance: float | None, figures: dict[str, float] | None) -> tuple[list[str], list[str]]:
         """(reasons for not_a_frontal_cxr, reasons for unusual) from one image's feature distance
@@ -164,6 +183,7 @@ class InputCheck:
                 float(np.quantile([f[name] for f in figures], hi)),
             )
             for name in LUNG_FIGURES
+            if name in figures[0]
         }
 
     def set_cutoffs(self, distances: np.ndarray, figures: list[dict[str, float] | None], keep: float = 0.99) -> None:
@@ -216,11 +236,13 @@ class InputCheck:
 
 
 def _ranges(ranges: Any, path: Path) -> dict[str, tuple[float, float]]:
-    ok = isinstance(ranges, dict) and set(ranges) == set(LUNG_FIGURES)
+    ok = isinstance(ranges, dict) and set(LUNG_ONLY) <= set(ranges) <= set(LUNG_FIGURES)
     ok = ok and all(isinstance(v, list) and len(v) == 2 for v in ranges.values())
     ok = ok and all(isinstance(x, (int, float)) and np.isfinite(x) for v in ranges.values() for x in v)
     if not ok:
-        raise CovidsegError(f"{path}: lung_ranges must give [low, high] numbers for {list(LUNG_FIGURES)}")
+        raise CovidsegError(
+            f"{path}: lung_ranges must give [low, high] numbers for {list(LUNG_ONLY)} and at most {list(LUNG_FIGURES)}"
+        )
     return {k: (float(v[0]), float(v[1])) for k, v in ranges.items()}
 
 
@@ -229,4 +251,7 @@ _LABELS = {
     "balance": "smaller/larger lung",
     "side_by_side": "side-by-side placement of the lungs",
     "apex_share": "share of lung in the upper half",
+    "contrast": "image contrast",
+    "detail": "fine detail of the image",
+    "lung_darkness": "how much darker the lungs are than the rest",
 }

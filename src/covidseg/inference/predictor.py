@@ -168,9 +168,10 @@ class Predictor:
         """The probabilities of :meth:`run` alone."""
         return self.run(images, tta_hflip)[0]
 
-    def lung_figures(self, probs: np.ndarray) -> dict[str, float] | None:
-        """The input check's lung figures from one image's (C, S, S) probabilities (lung output only)."""
-        return lung_figures(probs[self.targets.index("lung")]) if "lung" in self.targets else None
+    def lung_figures(self, probs: np.ndarray, image: np.ndarray | None = None) -> dict[str, float] | None:
+        """The input check's lung and image figures from one image's (C, S, S) probabilities and
+        its (S, S) network input (lung output only)."""
+        return lung_figures(probs[self.targets.index("lung")], image) if "lung" in self.targets else None
 
     def predict(self, image: np.ndarray | str | Path) -> Prediction:
         """Segment one X-ray: a file path (PNG, JPEG, TIFF, BMP, DICOM) or an 8-bit gray array of
@@ -180,10 +181,12 @@ class Predictor:
         gray8 = np.asarray(image)
         if gray8.ndim != 2 or gray8.dtype != np.uint8 or min(gray8.shape) < 1:
             raise CovidsegError(f"expected a 2-D uint8 gray image, got shape {gray8.shape} of {gray8.dtype}")
-        probs, features = self.run(preprocess_image(gray8, self.image_size)[None, None])
+        x = preprocess_image(gray8, self.image_size)
+        probs, features = self.run(x[None, None])
         pred = self.from_probabilities(probs[0], gray8.shape)
         if self.check is not None:
-            pred.input_check = self.check.assess(None if features is None else features[0], self.lung_figures(probs[0]))
+            figures = self.lung_figures(probs[0], x)
+            pred.input_check = self.check.assess(None if features is None else features[0], figures)
         return pred
 
     def predict_file(self, path: str | Path, max_pixels: int | None = None) -> Prediction:

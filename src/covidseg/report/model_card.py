@@ -187,6 +187,15 @@ def _outputs(outputs: list[str]) -> str:
     return text + (head if "covid" in outputs else "")
 
 
+def _call_rule(outputs: list[str]) -> str:
+    if "covid" in outputs:
+        return (
+            "The COVID-19 call needs both the image head's probability above its gate (else the mask is "
+            "emptied) and the infected share above its cutoff"
+        )
+    return "The COVID-19 call is a cutoff on the infected share"
+
+
 def write_card(run: Path, bundle: Path, name: str, speed: str = "", ood: str = "") -> Path:
     cfg = json.loads((bundle / "config.json").read_text())
     meta = json.loads((bundle / "metadata.json").read_text())
@@ -249,8 +258,8 @@ comparable with the figures above.
   infection: see the specificity on Non-COVID above.
 - Small or faint infections are missed more often than large ones; the infected share and the
   severity grade inherit the mask's errors.
-- The COVID-19 call is a cutoff on the infected share; the COVID-19 probability beside it is
-  calibrated on Val X-rays of this dataset and means less on others.
+- {_call_rule(cfg["outputs"])}; the COVID-19 probability beside it is calibrated on Val X-rays
+  of this dataset and means less on others.
 
 ## Files
 
