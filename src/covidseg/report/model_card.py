@@ -118,7 +118,7 @@ def _training(run: Path) -> str:
         + (
             f"(time budget {budget['seconds'] / 60:.0f} minutes)."
             if budget.get("seconds")
-            else "(a fixed number of steps: the same network on any machine, whatever its speed)."
+            else "(a fixed number of steps: on the same CPU the same weights, bit for bit, whatever the load)."
         ),
         f"- Software: {', '.join(f'{k} {v}' for k, v in env['packages'].items())}.",
         "",
