@@ -197,8 +197,8 @@ class TrainConfig:
     and GPUs. ``time_budget``: seconds the run may take (``None``: no budget); the learning-rate
     schedule is laid over the steps that fit (:mod:`covidseg.engine.budget`) and ``epochs``
     becomes a cap. ``steps``: the schedule is laid over exactly this many optimiser steps
-    instead (the last epoch may be partial), the same on every CPU and under any load: a
-    recipe that must rebuild the same network (the built-in model's) names its steps, not a time.
+    instead (the last epoch may be partial), whatever the machine's speed or load: a recipe
+    that must rebuild the same network (the built-in model's) names its steps, not a time.
     """
 
     epochs: int = 30

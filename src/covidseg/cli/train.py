@@ -95,7 +95,7 @@ def _train_parser(sub: Any) -> None:
         "--steps",
         type=int,
         help="lay the learning-rate schedule over exactly this many optimiser steps, whatever their time "
-        "(train.steps; replaces a preset's time budget): the same run on every CPU",
+        "(train.steps; replaces a preset's time budget): the same run whatever the machine's speed or load",
     )
     sp.add_argument("--batch-size", type=int, help="images per step (train.batch_size)")
     sp.add_argument("--image-size", type=int, help="network input size in pixels, a multiple of 8 (data.image_size)")
