@@ -8,7 +8,8 @@ Runs both variants in the same process, on random inputs, with warm-up steps exc
 
 It first prints the CPU's model, cores and speed flags (avx2, avx512f, avx512_bf16, amx).
 ``--levers`` measures each CPU lever alone with bf16 off (channels_last, one thread, input size,
-encoder), the case of a laptop without AVX512-BF16.
+encoder, ``torch.compile`` with its compilation inside the warm-up), the case of a laptop without
+AVX512-BF16.
 
 The optimised path is channels_last plus bf16 autocast (CPU with native bf16, or CUDA), and
 on CUDA also cudnn.benchmark. Target on a 2-core CPU with bf16: >= 3x the fp32 figure.
@@ -37,12 +38,15 @@ def measure(
     device: torch.device,
     channels_last: bool,
     bf16: bool,
+    compiled: bool = False,
 ) -> float:
     torch.manual_seed(0)
     spec = model_spec(Config(model=ModelConfig(name=name, encoder_name=encoder)))
     model = create_model(spec).to(device).train()
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     model = model.to(memory_format=fmt)
+    if compiled:  # the warm-up steps absorb the compilation
+        model = torch.compile(model)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
     loss_fn = build_loss(LossConfig(name="bce"))
     x = torch.rand(batch, 1, size, size, device=device).contiguous(memory_format=fmt)
@@ -72,13 +76,14 @@ def levers(a: argparse.Namespace, device: torch.device) -> None:
     rows += [(f"channels_last, {n} thread(s)", dict(channels_last=True, threads=n)) for n in (1,)]
     rows += [(f"channels_last, input {s}x{s}", dict(channels_last=True, size=s)) for s in (96, 160, 192)]
     rows += [(f"channels_last, encoder {e}", dict(channels_last=True, encoder=e)) for e in a.encoders.split(",")]
+    rows += [("channels_last + torch.compile", dict(channels_last=True, compiled=True))]
     for label, opts in rows:
         threads = torch.get_num_threads()
         torch.set_num_threads(opts.get("threads", threads))
         try:
             ips = measure(
                 a.model, opts.get("encoder", a.encoder), opts.get("size", a.size), a.batch, a.steps, a.warmup,
-                device, opts["channels_last"], False,
+                device, opts["channels_last"], False, opts.get("compiled", False),
             )  # fmt: skip
         finally:
             torch.set_num_threads(threads)

@@ -171,6 +171,28 @@ def test_bundle_and_predict_carry_the_check(calibrated_run: Path, tmp_path: Path
     assert 0 < record["threshold_calibrated"] < 1 and 0 <= record["covid_probability"] <= 1
 
 
+def test_settings_changed_after_calibrate_are_named(
+    calibrated_run: Path, tmp_path: Path, synth_root: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    assert Predictor.load(calibrated_run).calibration_stale == []
+    run = copy_run(calibrated_run, tmp_path / "run")
+    fitted = json.loads((run / "calibration.json").read_text())["postprocess"]
+    changed = {
+        **fitted,
+        "threshold": 0.25 if fitted["threshold"] != 0.25 else 0.3,
+        "fill_holes": not fitted["fill_holes"],
+    }
+    (run / "postprocess.json").write_text(json.dumps({"settings": changed}))
+    with caplog.at_level("WARNING"):
+        predictor = Predictor.load(run)
+    assert predictor.calibration_stale == ["fill_holes", "threshold"]
+    assert "calibrate" in caplog.text and "threshold" in caplog.text
+    out = tmp_path / "out"
+    assert main(["predict", str(run), str(discover(synth_root).split("Val")[0].image), "--out", str(out)]) == 0
+    record = json.loads((out / "predictions.jsonl").read_text().splitlines()[0])
+    assert record["calibration_stale"] == predictor.calibration_stale
+
+
 def test_the_report_shows_the_calibration_and_its_reliability_diagram(calibrated_run: Path, tmp_path: Path) -> None:
     from covidseg.report.build import build_report
 

@@ -170,6 +170,7 @@ def calibrate_run(
     pixels = sum_histograms(v.hists)
     calibration = Calibration(*fit_platt(pixels), fit_logistic(image_features(v.share, v.peak), v.covid))
     record = _record(calibration, v, pixels, crossed, split, val.synthetic, predictor.post.threshold)
+    record["postprocess"] = predictor.post.as_dict()  # what the COVID-19 probability was fitted with
     if check is not None and distances is not None:
         check.set_cutoffs(distances, v.figures)
         record["input_check"] = check.save(run_dir / CHECK_FILE)

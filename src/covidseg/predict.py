@@ -102,6 +102,8 @@ def prediction_record(pred: Prediction, predictor: Predictor, shape: tuple[int, 
     if predictor.calibration is not None and predictor.targets[0] == "infection":
         record["covid_probability"] = None if pred.covid_probability is None else round(pred.covid_probability, 4)
         record["threshold_calibrated"] = round(predictor.calibration.threshold(predictor.threshold), 4)
+        if predictor.calibration_stale:
+            record["calibration_stale"] = predictor.calibration_stale
     record["input_check"] = pred.input_check
     return record
 

@@ -17,6 +17,7 @@ without them.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -37,6 +38,16 @@ from covidseg.inference.input_check import FILENAME as CHECK_FILE
 from covidseg.inference.input_check import InputCheck, lung_figures
 from covidseg.inference.postprocess import Postprocess, finalize, load_postprocess, resolve_postprocess
 from covidseg.severity import SeverityRule, quantify
+
+log = logging.getLogger(__name__)
+
+
+def changed_settings(fitted: Any, current: dict[str, Any]) -> list[str]:
+    """The post-processing settings that differ from those a calibration was fitted with (none
+    known for calibrations written before they were recorded)."""
+    if not isinstance(fitted, dict):
+        return []
+    return sorted(k for k, v in current.items() if k in fitted and fitted[k] != v)
 
 
 @dataclass
@@ -94,6 +105,7 @@ class Predictor:
         self.name = ""  # the model's folder name, set by :meth:`load`
         self.calibration: Calibration | None = None
         self.check: InputCheck | None = None
+        self.calibration_stale: list[str] = []  # post-processing settings changed since calibrate
 
     def attach_calibration(self, folder: str | Path) -> None:
         """Use the calibration and input check that ``covidseg calibrate`` stored in ``folder``."""
@@ -103,6 +115,13 @@ class Predictor:
         self.calibration, record = found
         if (Path(folder) / CHECK_FILE).is_file():
             self.check = InputCheck.load(Path(folder) / CHECK_FILE, record.get("input_check"))
+        self.calibration_stale = changed_settings(record.get("postprocess"), self.post.as_dict())
+        if self.calibration_stale:
+            log.warning(
+                "%s: the COVID-19 probability was calibrated with other post-processing settings (%s changed "
+                "since); masks are unaffected; run 'covidseg calibrate' on the run again",
+                Path(folder) / "calibration.json", ", ".join(self.calibration_stale),
+            )  # fmt: skip
 
     @property
     def threshold(self) -> float:
