@@ -156,10 +156,9 @@ def calibrate_run(
 ) -> dict[str, Any]:
     """Fit and write the input check and calibrations of ``run_dir``; returns the record."""
     run_dir = Path(run_dir)
-    predictor, cfg, _ = open_run(run_dir, checkpoint, device)
+    predictor, cfg, _ = open_run(run_dir, checkpoint, device, calibrated=False)  # fit from the uncalibrated model
     if predictor.targets[0] != "infection":
         raise CovidsegError(f"{run_dir} segments lungs only; 'covidseg calibrate' calibrates infection models")
-    predictor.calibration, predictor.check = None, None  # fit from the uncalibrated model
     bs = batch_size or cfg.train.batch_size
     train = open_split(cfg, "Train", data_root, limit, cache_dir, progress)
     check = train_pass(predictor, train.dataset, bs, progress)

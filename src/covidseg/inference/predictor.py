@@ -232,15 +232,16 @@ def open_run(
     device: str = "auto",
     threshold: float | None = None,
     postprocess: bool = True,
+    calibrated: bool = True,
 ) -> tuple[Predictor, Config, dict[str, Any]]:
-    """A run's predictor (settings resolved: ``threshold`` > ``postprocess.json`` > config), its
-    config and its checkpoint state."""
+    """A run's predictor (settings resolved: ``threshold`` > ``postprocess.json`` > config; its
+    calibration unless ``calibrated`` is off), its config and its checkpoint state."""
     dev = resolve_device(device)
     model, cfg, state = load_run(run_dir, checkpoint, map_location=dev)
     saved = load_postprocess(run_dir) if postprocess else None
     post = resolve_postprocess(saved, cfg.eval.threshold, threshold)
     rule = SeverityRule.from_text(cfg.eval.severity_extent, cfg.eval.severity_grades)
     predictor = Predictor(model, cfg.data.image_size, post, dev, cfg.model.target_list, rule, "torch")
-    if postprocess:
+    if postprocess and calibrated:
         predictor.attach_calibration(run_dir)
     return predictor, cfg, state
