@@ -11,10 +11,10 @@ import pytest
 from conftest import copy_run
 from covidseg.cli import main
 from covidseg.data.discovery import discover
-from covidseg.data.image_io import read_xray
+from covidseg.data.image_io import preprocess_image, read_xray
 from covidseg.errors import CovidsegError
 from covidseg.inference.calibration import Calibration, LogitHistogram, fit_platt, pixel_reliability
-from covidseg.inference.input_check import InputCheck, lung_figures
+from covidseg.inference.input_check import InputCheck, layout_figures, lung_figures
 from covidseg.inference.predictor import Predictor
 
 
@@ -98,6 +98,46 @@ def test_image_figures_see_contrast_detail_and_dark_lungs() -> None:
     assert plain["lung_darkness"] > 0.4 and inverted["lung_darkness"] < -0.4
     assert flat["contrast"] == 0 and flat["detail"] == 0 and plain["contrast"] > 0.2 and plain["detail"] > 0.01
     assert "contrast" not in lung_figures(lungs)  # without the image: the lung figures alone
+
+
+def test_layout_figures_notice_an_upside_down_or_inverted_film(synth_root: Path) -> None:
+    """On a frontal film the bottom is brighter than the top and the midline brighter than the
+    lung fields; turning the film upside down reverses the first, inverting it both."""
+    for sample in discover(synth_root).split("Val")[:4]:
+        x = preprocess_image(read_xray(sample.image), 96)
+        upright, turned, negative = (layout_figures(im) for im in (x, np.rot90(x, 2), 1 - x))
+        assert upright["lower_over_upper"] > 0.05 and upright["midline_over_sides"] > 0.05
+        assert turned["lower_over_upper"] == pytest.approx(-upright["lower_over_upper"], abs=0.02)
+        assert turned["midline_over_sides"] > 0.05
+        assert negative["lower_over_upper"] < -0.05 and negative["midline_over_sides"] < -0.05
+
+
+def _check_with_ranges(names: tuple[str, ...]) -> InputCheck:
+    check = InputCheck.fit(np.random.default_rng(0).normal(size=(40, 8)), k=4)
+    check.lung_ranges = dict.fromkeys(names, (0.0, 1.0))
+    return check
+
+
+def test_each_figure_has_its_own_margin(tmp_path: Path) -> None:
+    """A figure with a long tail on Val widens its own margin, not the others\': a value just
+    outside a tight figure is still flagged."""
+    names = ("lung_area", "balance", "side_by_side", "apex_share")
+    check = _check_with_ranges(names)
+    rng = np.random.default_rng(0)
+    val = [{**dict.fromkeys(names, 0.5), "fields": 2.0} for _ in range(400)]
+    for f in val[:12]:  # 3% of Val far outside on one figure
+        f["balance"] = 1 + rng.uniform(0.5, 2.0)
+    distances = rng.uniform(0.5, 1.0, 400)
+    check.set_cutoffs(distances, val)
+    assert check.margin("balance") > 1.0 and check.margin("lung_area") < 0.05
+    assert np.mean(check.flags(distances, val) > 0) <= 0.01
+    odd = {**dict.fromkeys(names, 0.5), "fields": 2.0, "lung_area": 1.3}
+    assert check.lung_reasons(odd)[1] and not check.lung_reasons({**odd, "lung_area": 0.5, "balance": 2.0})[1]
+    settings = json.loads(json.dumps(check.save(tmp_path / "c.npz")))
+    again = InputCheck.load(tmp_path / "c.npz", settings)
+    assert again.lung_margin == check.lung_margin and again.lung_reasons(odd) == check.lung_reasons(odd)
+    with pytest.raises(CovidsegError, match="lung_margin"):
+        InputCheck.load(tmp_path / "c.npz", {**settings, "lung_margin": {"lung_area": 0.1}})
 
 
 def test_a_check_calibrated_before_the_image_figures_still_loads(tmp_path: Path) -> None:

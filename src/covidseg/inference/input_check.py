@@ -14,16 +14,20 @@ Two pieces of evidence, both from the forward pass that segments:
    than at the apex; and from the network's input image: its contrast (standard deviation), its
    fine detail (mean absolute difference of neighbouring pixels) and how much darker the lungs
    are than the rest of the image (on an X-ray, air is dark; an inverted image has bright
-   lungs). These need no learning, so they hold whatever the encoder's features learnt to
-   ignore (a network with an image-level head pools those features for its own task). Each is
-   compared with its range on Train (1st-99th percentile), widened on both sides by
-   ``lung_margin`` times the range's width.
+   lungs); and the layout of a frontal film: how much brighter the band below the lungs
+   (diaphragm, abdomen) is than the band above them (an upside-down film reverses it), and how
+   much brighter the midline (spine, mediastinum) is than the lung fields on either side (an
+   inverted film reverses it). These need no learning, so they hold whatever the encoder's
+   features learnt to ignore (a network with an image-level head pools those features for its
+   own task). Each is compared with its range on Train (1st-99th percentile), widened on both
+   sides by its own margin (``lung_margin``, in widths of that range).
 
 Verdicts: ``not_a_frontal_cxr`` when the score exceeds ``far`` / ``cutoff`` or fewer than two
 lung fields are found; ``unusual`` when the score exceeds 1 or a lung figure lies outside its
 widened range; ``ok`` otherwise. ``covidseg calibrate`` sets the cut-offs on Val so that at least
-99% of its X-rays are ``ok``: ``lung_margin`` lets 99.5% of them through on the lung figures,
-``cutoff`` then takes what is left of the 1%; ``far`` is the larger of 1.5 x ``cutoff`` and the
+99% of its X-rays are ``ok``: each figure's margin lets all but a share 0.5% / (number of
+figures) of them through on that figure, so at most 0.5% fail any; ``cutoff`` then takes what is
+left of the 1%; ``far`` is the larger of 1.5 x ``cutoff`` and the
 largest Val distance. The stored arrays (``input_check.npz``) are read with ``allow_pickle=False`` and
 checked before use.
 """
@@ -42,7 +46,10 @@ from covidseg.errors import CovidsegError
 FILENAME = "input_check.npz"
 COMPONENTS = 64
 FIELD_SHARE = 0.01  # a lung field covers at least 1% of the image
-LUNG_FIGURES = ("lung_area", "balance", "side_by_side", "apex_share", "contrast", "detail", "lung_darkness")
+LUNG_FIGURES = (
+    "lung_area", "balance", "side_by_side", "apex_share",  # from the lung output
+    "contrast", "detail", "lung_darkness", "lower_over_upper", "midline_over_sides",  # from the image
+)  # fmt: skip
 LUNG_ONLY = LUNG_FIGURES[:4]  # what checks calibrated before the image figures hold
 RANGE_QUANTILES = (0.01, 0.99)
 LUNG_KEEP = 0.995
@@ -50,13 +57,28 @@ VERDICTS = ("ok", "unusual", "not_a_frontal_cxr")
 
 
 def image_figures(image: np.ndarray, lung: np.ndarray) -> dict[str, float]:
-    """Contrast, fine detail and lung darkness of one (S, S) network input in [0, 1] with its
-    lung mask (darkness 0 when the lungs or the rest are empty)."""
+    """Contrast, fine detail, lung darkness and the frontal layout of one (S, S) network input in
+    [0, 1] with its lung mask (darkness 0 when the lungs or the rest are empty)."""
     x = np.asarray(image, np.float32)
     detail = (np.abs(np.diff(x, axis=0)).mean() + np.abs(np.diff(x, axis=1)).mean()) / 2
     inside, outside = x[lung], x[~lung]
     dark = float(outside.mean() - inside.mean()) if inside.size and outside.size else 0.0
-    return {"contrast": float(x.std()), "detail": float(detail), "lung_darkness": dark}
+    return {"contrast": float(x.std()), "detail": float(detail), "lung_darkness": dark, **layout_figures(x)}
+
+
+def layout_figures(x: np.ndarray) -> dict[str, float]:
+    """Where a frontal chest film is bright, from fixed bands of the image (no segmentation): the
+    lowest fifth against the highest fifth (central half of the columns), and the midline strip
+    against the two lung-field strips (rows 20-80%)."""
+    s0, s1 = x.shape
+
+    def band(r0: float, r1: float, c0: float, c1: float) -> np.ndarray:
+        return x[int(r0 * s0) : max(int(r1 * s0), int(r0 * s0) + 1), int(c0 * s1) : max(int(c1 * s1), int(c0 * s1) + 1)]
+
+    lower_over_upper = band(0.8, 1.0, 0.25, 0.75).mean() - band(0.0, 0.2, 0.25, 0.75).mean()
+    sides = np.concatenate([band(0.2, 0.8, 0.15, 0.35).ravel(), band(0.2, 0.8, 0.65, 0.85).ravel()])
+    midline_over_sides = band(0.2, 0.8, 0.42, 0.58).mean() - sides.mean()
+    return {"lower_over_upper": float(lower_over_upper), "midline_over_sides": float(midline_over_sides)}
 
 
 def lung_figures(prob: np.ndarray, image: np.ndarray | None = None) -> dict[str, float]:
@@ -96,7 +118,7 @@ class InputCheck:
     cutoff: float = np.inf
     far: float = np.inf
     lung_ranges: dict[str, tuple[float, float]] | None = None
-    lung_margin: float = 0.0
+    lung_margin: dict[str, float] | float = 0.0  # per figure (a number: one for all, as stored before)
 
     @classmethod
     def fit(cls, features: np.ndarray, k: int = COMPONENTS) -> InputCheck:
@@ -127,10 +149,15 @@ class InputCheck:
             return [f"{'no lung field' if n == 0 else 'one lung field'} found (two expected)"], []
         unusual = []
         for name, (lo, hi) in self.lung_ranges.items():
-            if name in figures and self._excess(name, figures[name]) > self.lung_margin:
-                pad = self.lung_margin * (hi - lo)
+            if name in figures and self._excess(name, figures[name]) > self.margin(name):
+                pad = self.margin(name) * (hi - lo)
                 unusual.append(f"{_LABELS[name]} {figures[name]:.2f} outside the usual {lo - pad:.2f}-{hi + pad:.2f}")
         return [], unusual
+
+    def margin(self, name: str) -> float:
+        """The margin of figure ``name``, in widths of its Train range."""
+        m = self.lung_margin
+        return m.get(name, 0.0) if isinstance(m, dict) else m
 
     def _excess(self, name: str, value: float) -> float:
         """How far ``value`` lies outside the Train range of figure ``name``, in range widths (0 inside)."""
@@ -138,11 +165,16 @@ class InputCheck:
         width = max(hi - lo, 1e-9)
         return max(0.0, (lo - value) / width, (value - hi) / width)
 
-    def lung_excess(self, figures: dict[str, float] | None) -> float:
-        """How far the furthest lung figure lies outside its Train range, in range widths (0 inside)."""
-        if figures is None or self.lung_ranges is None or figures["fields"] < 2:
-            return 0.0
-        return max(self._excess(name, figures[name]) for name in self.lung_ranges if name in figures)
+    def set_margins(self, figures: list[dict[str, float] | None]) -> None:
+        """Each figure's margin: all but a share (1 - LUNG_KEEP) / (number of figures) of these
+        X-rays (two lung fields found) lie within it, so at most 1 - LUNG_KEEP fail any figure."""
+        assert self.lung_ranges is not None
+        usable = [f for f in figures if f is not None and f["fields"] >= 2]
+        level = 1 - (1 - LUNG_KEEP) / len(self.lung_ranges)
+        self.lung_margin = {
+            name: float(np.quantile([self._excess(name, f[name]) for f in usable], level)) if usable else 0.0
+            for name in self.lung_ranges
+        }
 
     def _reasons(self, distance: float | None, figures: dict[str, float] | None) -> tuple[list[str], list[str]]:
         """(reasons for not_a_frontal_cxr, reasons for unusual) from one image's feature distance
@@ -190,8 +222,7 @@ class InputCheck:
         """The smallest cut-offs that leave at least ``keep`` of these (Val) X-rays ``ok``."""
         self.cutoff, self.far = np.inf, np.inf
         if self.lung_ranges is not None:
-            excess = [self.lung_excess(f) for f in figures]
-            self.lung_margin = float(np.quantile(excess, LUNG_KEEP)) if excess else 0.0
+            self.set_margins(figures)
         lung_flagged = self.flags(np.zeros(len(distances)), figures) > 0
         allowed = int(np.floor((1 - keep) * len(distances))) - int(lung_flagged.sum())
         ranked = np.sort(np.asarray(distances)[~lung_flagged])[::-1]
@@ -227,12 +258,11 @@ class InputCheck:
         numbers = [settings.get(k) for k in ("noise", "cutoff", "far")]
         if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and 0 < v < np.inf for v in numbers):
             raise CovidsegError(f"{path}: noise, cutoff and far must be positive finite numbers, got {numbers}")
-        ranges, margin = settings.get("lung_ranges"), settings.get("lung_margin", 0.0)
+        ranges = settings.get("lung_ranges")
         if ranges is not None:
             ranges = _ranges(ranges, path)
-        if isinstance(margin, bool) or not isinstance(margin, (int, float)) or not 0 <= margin < np.inf:
-            raise CovidsegError(f"{path}: lung_margin must be a finite number >= 0, got {margin!r}")
-        return cls(mean, comp, var, float(numbers[0]), float(numbers[1]), float(numbers[2]), ranges, float(margin))
+        margin = _margins(settings.get("lung_margin", 0.0), ranges, path)
+        return cls(mean, comp, var, float(numbers[0]), float(numbers[1]), float(numbers[2]), ranges, margin)
 
 
 def _ranges(ranges: Any, path: Path) -> dict[str, tuple[float, float]]:
@@ -246,6 +276,20 @@ def _ranges(ranges: Any, path: Path) -> dict[str, tuple[float, float]]:
     return {k: (float(v[0]), float(v[1])) for k, v in ranges.items()}
 
 
+def _margin_ok(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and 0 <= value < np.inf
+
+
+def _margins(margin: Any, ranges: dict[str, tuple[float, float]] | None, path: Path) -> dict[str, float] | float:
+    """``lung_margin``: one number (checks calibrated before per-figure margins) or one per figure."""
+    if _margin_ok(margin):
+        return float(margin)
+    ok = isinstance(margin, dict) and set(margin) == set(ranges or {}) and all(map(_margin_ok, margin.values()))
+    if not ok:
+        raise CovidsegError(f"{path}: lung_margin must be a finite number >= 0 for each lung figure, got {margin!r}")
+    return {k: float(v) for k, v in margin.items()}
+
+
 _LABELS = {
     "lung_area": "lung area (share of the image)",
     "balance": "smaller/larger lung",
@@ -254,4 +298,6 @@ _LABELS = {
     "contrast": "image contrast",
     "detail": "fine detail of the image",
     "lung_darkness": "how much darker the lungs are than the rest",
+    "lower_over_upper": "how much brighter the bottom of the image is than the top",
+    "midline_over_sides": "how much brighter the midline is than the lung fields",
 }
