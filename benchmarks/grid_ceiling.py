@@ -50,7 +50,7 @@ def main() -> None:
     p.add_argument("--margin", type=float, default=0.1, help="lung box margin, a share of its height and width")
     a = p.parse_args()
     samples = [s for s in discover(a.data).split(a.split) if s.group == "COVID-19" and s.lung is not None]
-    masks = [(read_mask(s.infection), read_mask(s.lung)) for s in samples]
+    masks = [(m, lung) for m, lung in ((read_mask(s.infection), read_mask(s.lung)) for s in samples) if lung.any()]
     boxes = [lung_box(lung, a.margin) for _, lung in masks]
     share = np.mean([(b[0].stop - b[0].start) * (b[1].stop - b[1].start) / m.size for b, (m, _) in zip(boxes, masks)])
     print(f"{a.split}: {len(masks)} COVID-19 X-rays, sizes {sorted({m.shape for m, _ in masks})}; "

@@ -85,6 +85,9 @@ def levers(a: argparse.Namespace, device: torch.device) -> None:
                 a.model, opts.get("encoder", a.encoder), opts.get("size", a.size), a.batch, a.steps, a.warmup,
                 device, opts["channels_last"], False, opts.get("compiled", False),
             )  # fmt: skip
+        except Exception as exc:  # noqa: BLE001 - torch.compile needs a C++ compiler; report and go on
+            print(f"{label:<40} failed: {str(exc).splitlines()[0][:100]}")
+            continue
         finally:
             torch.set_num_threads(threads)
         print(f"{label:<40} {ips:7.2f} images/s  ({ips / base:.2f}x)")

@@ -14,7 +14,7 @@ from covidseg.data.discovery import discover
 from covidseg.data.image_io import preprocess_image, read_xray
 from covidseg.errors import CovidsegError
 from covidseg.inference.calibration import Calibration, LogitHistogram, fit_platt, pixel_reliability
-from covidseg.inference.input_check import InputCheck, layout_figures, lung_figures
+from covidseg.inference.input_check import LUNG_FIGURES, LUNG_ONLY, InputCheck, layout_figures, lung_figures
 from covidseg.inference.predictor import Predictor
 
 
@@ -56,6 +56,15 @@ def test_damaged_input_check_files_are_refused(tmp_path: Path) -> None:
     np.savez(path, mean=np.zeros(4), components=np.eye(4)[:2], variances=np.ones(2))
     with pytest.raises(CovidsegError, match="positive finite"):
         InputCheck.load(path, {"noise": -1, "cutoff": 1.0, "far": 2.0})
+    with pytest.raises(CovidsegError, match="positive finite"):
+        InputCheck.load(path, json.loads('{"noise": 1' + "0" * 400 + ', "cutoff": 1.0, "far": 2.0}'))
+    good = {"noise": 1.0, "cutoff": 1.0, "far": 2.0, "lung_ranges": dict.fromkeys(LUNG_ONLY, [0, 1])}
+    huge = json.loads("1" + "0" * 400)  # an integer no float can hold
+    for margin in (True, float("nan"), -0.1, huge, {**dict.fromkeys(LUNG_ONLY, 0.1), "extra": 0.1}, [0.1]):
+        with pytest.raises(CovidsegError, match="lung_margin"):
+            InputCheck.load(path, {**good, "lung_margin": margin})
+    with pytest.raises(CovidsegError, match="lung_ranges"):
+        InputCheck.load(path, {**good, "lung_ranges": {**good["lung_ranges"], "balance": [0, huge]}})
 
 
 @pytest.mark.parametrize(
@@ -140,6 +149,30 @@ def test_each_figure_has_its_own_margin(tmp_path: Path) -> None:
         InputCheck.load(tmp_path / "c.npz", {**settings, "lung_margin": {"lung_area": 0.1}})
 
 
+def test_the_margins_leave_the_feature_cut_off_its_share(tmp_path: Path) -> None:
+    """Nine long-tailed figures on Val: at most 0.5% of Val falls outside any figure, so the
+    feature distance still flags its own share and the whole stays at 1%."""
+    check = _check_with_ranges(LUNG_FIGURES)
+    rng = np.random.default_rng(1)
+    val = [{**{n: float(v) for n, v in zip(LUNG_FIGURES, rng.standard_t(3, 9) * 0.3 + 0.5)}, "fields": 2.0}
+           for _ in range(3000)]  # fmt: skip
+    distances = rng.uniform(0.5, 1.0, 3000)
+    check.set_cutoffs(distances, val)
+    lung_only = check.flags(np.zeros(3000), val) > 0
+    assert 0 < lung_only.sum() <= 15 and (distances[~lung_only] > check.cutoff).sum() >= 15
+    assert np.mean(check.flags(distances, val) > 0) <= 0.01
+
+
+def test_calibrate_runs_over_a_damaged_calibration(calibrated_run: Path, tmp_path: Path) -> None:
+    """calibrate fits from the uncalibrated model: the file it replaces is never read."""
+    run = copy_run(calibrated_run, tmp_path / "run")
+    (run / "calibration.json").write_text("{not json")
+    with pytest.raises(CovidsegError, match="damaged"):
+        Predictor.load(run)
+    assert main(["calibrate", str(run)]) == 0
+    assert Predictor.load(run).check is not None
+
+
 def test_a_check_calibrated_before_the_image_figures_still_loads(tmp_path: Path) -> None:
     check = InputCheck.fit(np.random.default_rng(0).normal(size=(40, 8)), k=4)
     old = {n: [0.1, 0.9] for n in ("lung_area", "balance", "side_by_side", "apex_share")}
@@ -215,6 +248,11 @@ def test_settings_changed_after_calibrate_are_named(
     calibrated_run: Path, tmp_path: Path, synth_root: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     assert Predictor.load(calibrated_run).calibration_stale == []
+    with caplog.at_level("WARNING"):
+        flagged = Predictor.load(calibrated_run, threshold=0.123)
+    assert flagged.calibration_stale == ["threshold"] and "approximate" in caplog.text
+    assert "calibrate' on" not in caplog.text  # a threshold flag is not a reason to calibrate again
+    caplog.clear()
     run = copy_run(calibrated_run, tmp_path / "run")
     fitted = json.loads((run / "calibration.json").read_text())["postprocess"]
     changed = {

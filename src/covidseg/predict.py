@@ -78,7 +78,8 @@ def output_stems(files: list[Path], base: Path) -> dict[Path, str]:
 def prediction_record(pred: Prediction, predictor: Predictor, shape: tuple[int, int]) -> dict[str, Any]:
     """What ``predict`` writes per image to ``predictions.jsonl`` and ``serve`` returns as JSON:
     size, model, infected shares (percent), COVID-19 call and, with a lung output, severity; for
-    calibrated models the COVID-19 probability and the threshold in calibrated units; for models
+    calibrated models the COVID-19 probability and the threshold in calibrated units (and
+    ``calibration_stale``: the post-processing settings changed since calibrate, when any); for models
     with an image-level head its uncalibrated probability and the gate it must pass
     (``covid_head_probability``, ``image_gate``); and ``input_check`` (score, verdict, reason;
     None for models that were never calibrated)."""

@@ -25,9 +25,8 @@ Two pieces of evidence, both from the forward pass that segments:
 Verdicts: ``not_a_frontal_cxr`` when the score exceeds ``far`` / ``cutoff`` or fewer than two
 lung fields are found; ``unusual`` when the score exceeds 1 or a lung figure lies outside its
 widened range; ``ok`` otherwise. ``covidseg calibrate`` sets the cut-offs on Val so that at least
-99% of its X-rays are ``ok``: each figure's margin lets all but a share 0.5% / (number of
-figures) of them through on that figure, so at most 0.5% fail any; ``cutoff`` then takes what is
-left of the 1%; ``far`` is the larger of 1.5 x ``cutoff`` and the
+99% of its X-rays are ``ok``: the figures' margins let at most 0.5% of them out (each figure
+the same number), ``cutoff`` then takes what is left of the 1%; ``far`` is the larger of 1.5 x ``cutoff`` and the
 largest Val distance. The stored arrays (``input_check.npz``) are read with ``allow_pickle=False`` and
 checked before use.
 """
@@ -166,15 +165,24 @@ class InputCheck:
         return max(0.0, (lo - value) / width, (value - hi) / width)
 
     def set_margins(self, figures: list[dict[str, float] | None]) -> None:
-        """Each figure's margin: all but a share (1 - LUNG_KEEP) / (number of figures) of these
-        X-rays (two lung fields found) lie within it, so at most 1 - LUNG_KEEP fail any figure."""
-        assert self.lung_ranges is not None
+        """The tightest margins that leave at most a share 1 - LUNG_KEEP of these (Val) X-rays
+        outside any figure: every figure lets the same number t of them out (its margin is its
+        (t+1)-th largest excess), t as large as that share allows; t = 0 puts each margin at the
+        furthest X-ray. X-rays with fewer than two lung fields are judged on that alone."""
+        names = list(self.lung_ranges or {})
         usable = [f for f in figures if f is not None and f["fields"] >= 2]
-        level = 1 - (1 - LUNG_KEEP) / len(self.lung_ranges)
-        self.lung_margin = {
-            name: float(np.quantile([self._excess(name, f[name]) for f in usable], level)) if usable else 0.0
-            for name in self.lung_ranges
-        }
+        if not names or not usable:
+            self.lung_margin = dict.fromkeys(names, 0.0)
+            return
+        excess = np.array([[self._excess(n, f[n]) if n in f else 0.0 for n in names] for f in usable])
+        ranked = -np.sort(-excess, axis=0)  # each figure's excesses, largest first
+        allowed = int(np.floor((1 - LUNG_KEEP) * len(figures)))
+        margins = ranked[0]
+        for t in range(1, len(usable)):
+            if int((excess > ranked[t]).any(axis=1).sum()) > allowed:
+                break
+            margins = ranked[t]
+        self.lung_margin = {n: float(m) for n, m in zip(names, margins)}
 
     def _reasons(self, distance: float | None, figures: dict[str, float] | None) -> tuple[list[str], list[str]]:
         """(reasons for not_a_frontal_cxr, reasons for unusual) from one image's feature distance
@@ -255,20 +263,20 @@ class InputCheck:
             raise CovidsegError(f"{path}: arrays of the wrong shape or with non-finite values")
         if not isinstance(settings, dict):
             raise CovidsegError(f"{path}: calibration.json holds no 'input_check' settings")
-        numbers = [settings.get(k) for k in ("noise", "cutoff", "far")]
-        if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and 0 < v < np.inf for v in numbers):
-            raise CovidsegError(f"{path}: noise, cutoff and far must be positive finite numbers, got {numbers}")
+        numbers = [_number(settings.get(k)) for k in ("noise", "cutoff", "far")]
+        if not all(v is not None and v > 0 for v in numbers):
+            raise CovidsegError(f"{path}: noise, cutoff and far must be positive finite numbers")
         ranges = settings.get("lung_ranges")
         if ranges is not None:
             ranges = _ranges(ranges, path)
         margin = _margins(settings.get("lung_margin", 0.0), ranges, path)
-        return cls(mean, comp, var, float(numbers[0]), float(numbers[1]), float(numbers[2]), ranges, margin)
+        return cls(mean, comp, var, *numbers, ranges, margin)
 
 
 def _ranges(ranges: Any, path: Path) -> dict[str, tuple[float, float]]:
     ok = isinstance(ranges, dict) and set(LUNG_ONLY) <= set(ranges) <= set(LUNG_FIGURES)
     ok = ok and all(isinstance(v, list) and len(v) == 2 for v in ranges.values())
-    ok = ok and all(isinstance(x, (int, float)) and np.isfinite(x) for v in ranges.values() for x in v)
+    ok = ok and all(_number(x) is not None for v in ranges.values() for x in v)
     if not ok:
         raise CovidsegError(
             f"{path}: lung_ranges must give [low, high] numbers for {list(LUNG_ONLY)} and at most {list(LUNG_FIGURES)}"
@@ -276,8 +284,21 @@ def _ranges(ranges: Any, path: Path) -> dict[str, tuple[float, float]]:
     return {k: (float(v[0]), float(v[1])) for k, v in ranges.items()}
 
 
+def _number(value: Any) -> float | None:
+    """A finite JSON number as float, else None (booleans, strings, NaN, infinities and integers
+    too large for a float are not numbers here)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    try:
+        x = float(value)
+    except OverflowError:
+        return None
+    return x if np.isfinite(x) else None
+
+
 def _margin_ok(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and 0 <= value < np.inf
+    x = _number(value)
+    return x is not None and x >= 0
 
 
 def _margins(margin: Any, ranges: dict[str, tuple[float, float]] | None, path: Path) -> dict[str, float] | float:

@@ -107,20 +107,29 @@ class Predictor:
         self.check: InputCheck | None = None
         self.calibration_stale: list[str] = []  # post-processing settings changed since calibrate
 
-    def attach_calibration(self, folder: str | Path) -> None:
-        """Use the calibration and input check that ``covidseg calibrate`` stored in ``folder``."""
+    def attach_calibration(self, folder: str | Path, threshold_flag: float | None = None) -> None:
+        """Use the calibration and input check that ``covidseg calibrate`` stored in ``folder``
+        (``threshold_flag``: a threshold given for this use, not the model's own)."""
         found = read_calibration(folder)
         if found is None:
             return
         self.calibration, record = found
         if (Path(folder) / CHECK_FILE).is_file():
             self.check = InputCheck.load(Path(folder) / CHECK_FILE, record.get("input_check"))
-        self.calibration_stale = changed_settings(record.get("postprocess"), self.post.as_dict())
-        if self.calibration_stale:
+        fitted = record.get("postprocess")
+        self.calibration_stale = changed_settings(fitted, self.post.as_dict())
+        retuned = [k for k in self.calibration_stale if not (k == "threshold" and threshold_flag is not None)]
+        path = Path(folder) / "calibration.json"
+        if retuned:
             log.warning(
                 "%s: the COVID-19 probability was calibrated with other post-processing settings (%s changed "
-                "since); masks are unaffected; run 'covidseg calibrate' on the run again",
-                Path(folder) / "calibration.json", ", ".join(self.calibration_stale),
+                "since); run 'covidseg calibrate' on the run again",
+                path, ", ".join(retuned),
+            )  # fmt: skip
+        elif self.calibration_stale:
+            log.warning(
+                "the COVID-19 probability was calibrated at threshold %s; at --threshold %s it is approximate",
+                fitted["threshold"], threshold_flag,
             )  # fmt: skip
 
     @property
@@ -143,7 +152,7 @@ class Predictor:
         if is_bundle(path):
             predictor = cls.from_bundle(path, "onnx" if engine == "auto" else engine, threshold, postprocess)
             if postprocess:
-                predictor.attach_calibration(path)
+                predictor.attach_calibration(path, threshold)
         elif engine == "onnx":
             raise CovidsegError(f"{path} is a run folder; onnxruntime needs a bundle from 'covidseg export'")
         else:
@@ -243,5 +252,5 @@ def open_run(
     rule = SeverityRule.from_text(cfg.eval.severity_extent, cfg.eval.severity_grades)
     predictor = Predictor(model, cfg.data.image_size, post, dev, cfg.model.target_list, rule, "torch")
     if postprocess and calibrated:
-        predictor.attach_calibration(run_dir)
+        predictor.attach_calibration(run_dir, threshold)
     return predictor, cfg, state
