@@ -33,6 +33,7 @@ from covidseg.errors import CovidsegError
 from covidseg.inference.backends import FeatureBackend, sigmoid, torch_backend
 from covidseg.inference.builtin import resolve_model
 from covidseg.inference.bundle import is_bundle, load_bundle
+from covidseg.inference.calibration import FILENAME as CALIBRATION_FILE
 from covidseg.inference.calibration import Calibration, read_calibration
 from covidseg.inference.input_check import FILENAME as CHECK_FILE
 from covidseg.inference.input_check import InputCheck, lung_figures
@@ -119,7 +120,7 @@ class Predictor:
         fitted = record.get("postprocess")
         self.calibration_stale = changed_settings(fitted, self.post.as_dict())
         retuned = [k for k in self.calibration_stale if not (k == "threshold" and threshold_flag is not None)]
-        path = Path(folder) / "calibration.json"
+        path = Path(folder) / CALIBRATION_FILE
         if retuned:
             log.warning(
                 "%s: the COVID-19 probability was calibrated with other post-processing settings (%s changed "
