@@ -12,6 +12,7 @@ import pytest
 from covidseg.errors import ConfigError, CovidsegError
 from covidseg.inference.postprocess import (
     Postprocess,
+    fill_holes,
     finalize,
     load_postprocess,
     lung_mask,
@@ -38,6 +39,25 @@ def test_threshold_components_and_holes() -> None:
     assert Postprocess(min_component_share=0.3).apply(diag).sum() == 0  # 5 pixels needed
     # The same share on a larger image is a larger pixel count.
     assert Postprocess(min_component_share=0.02).min_component_pixels(400 * 400) == 3200
+
+
+@pytest.mark.parametrize("density", [0.3, 0.55, 0.7, 0.9])
+def test_fill_holes_is_scipy_s_binary_fill_holes(density: float) -> None:
+    from scipy import ndimage
+
+    rng = np.random.default_rng(int(density * 100))
+    for shape in [(1, 1), (1, 9), (6, 6), (64, 48), (200, 300)]:
+        for smooth in (False, True):
+            mask = rng.random(shape) < density
+            if smooth and min(shape) > 4:
+                mask = ndimage.binary_opening(mask)  # blobs with real holes, not only noise
+            assert np.array_equal(fill_holes(mask), ndimage.binary_fill_holes(mask)), (shape, smooth)
+    ring = np.zeros((9, 9), bool)
+    ring[2:7, 2:7] = True
+    ring[4, 4] = False  # a hole
+    ring[0, :] = True  # and a band along the edge, which closes nothing
+    filled = fill_holes(ring)
+    assert filled[4, 4] and not filled[1, 4] and filled.sum() == ring.sum() + 1
 
 
 def test_image_gate_keeps_a_mask_only_when_its_peak_passes() -> None:

@@ -18,13 +18,14 @@ import pytest
 from PIL import Image
 
 from covidseg.data.discovery import discover
-from covidseg.inference.predictor import Predictor
+from covidseg.inference.calibration import Calibration
+from covidseg.inference.predictor import Prediction, Predictor
 from covidseg.predict import prediction_record
 
 fastapi = pytest.importorskip("fastapi", reason="serve needs fastapi (a dependency of covidseg)")
 from fastapi.testclient import TestClient  # noqa: E402
 
-from covidseg.serve.app import Limits, create_app  # noqa: E402
+from covidseg.serve.app import Limits, create_app, heat_picture  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -70,11 +71,28 @@ def test_predict_returns_the_predict_record_and_masks_at_the_xray_size(predictor
     assert body["filename"] == xray.name
     mask = np.asarray(Image.open(io.BytesIO(base64.b64decode(body["mask_png"]))))
     lung = np.asarray(Image.open(io.BytesIO(base64.b64decode(body["lung_png"]))))
-    shown = np.asarray(Image.open(io.BytesIO(base64.b64decode(body["xray_png"]))))
-    assert mask.shape == lung.shape == shown.shape == gray.shape
-    assert np.array_equal(shown, gray)
-    assert np.array_equal(mask > 0, predictor.predict(xray).mask > 0)
+    shown = np.asarray(Image.open(io.BytesIO(base64.b64decode(body["xray_jpeg"]))))
+    heat = np.asarray(Image.open(io.BytesIO(base64.b64decode(body["probability_png"]))))
+    assert mask.shape == lung.shape == shown.shape == heat.shape == gray.shape  # under 512 px: full size
+    assert np.abs(shown.astype(int) - gray).mean() < 3  # the display copy is a JPEG
+    pred = predictor.predict(xray)
+    assert np.array_equal(mask > 0, pred.mask > 0)
+    assert np.abs(heat.astype(int) - np.round(pred.calibrated_probability * 255)).max() <= 1
     assert body["infected_share_pct"] is not None and body["severity"] in ("none", "mild", "moderate", "severe")
+
+
+def test_the_heat_picture_of_a_large_xray_is_shrunk_then_calibrated() -> None:
+    h, w = 2500, 2000
+    prob = np.tile(np.linspace(0.0, 1.0, w, dtype=np.float32), (h, 1))
+    calibration = Calibration(a=0.5, b=-1.0)
+    pred = Prediction(mask=(prob > 0.5).astype(np.uint8), probability=prob, calibration=calibration)
+    heat = heat_picture(pred)
+    assert heat.shape == (512, 410) and heat.dtype == np.uint8
+    # Column by column it is the calibrated probability at that place of the film.
+    x = (np.arange(410) + 0.5) * w / 410 - 0.5
+    expected = np.round(calibration.pixels(np.clip(x / (w - 1), 0, 1)) * 255)
+    assert np.abs(heat[256].astype(int) - expected).max() <= 2
+    assert (heat == heat[0]).all()  # every row alike, as the film's
 
 
 def test_model_card_health_page_and_examples(predictor: Predictor) -> None:
@@ -200,6 +218,16 @@ def _viewer(predictor: Predictor, name: str):
         thread.join(10)
 
 
+def _peaks(values: np.ndarray, blocks: int) -> np.ndarray:
+    """(y, x) of the highest value in each of blocks x blocks tiles of a 2-D array."""
+    out = []
+    for ys in np.array_split(np.arange(values.shape[0]), blocks):
+        for xs in np.array_split(np.arange(values.shape[1]), blocks):
+            y, x = np.unravel_index(np.argmax(values[np.ix_(ys, xs)]), (len(ys), len(xs)))
+            out.append((ys[y], xs[x]))
+    return np.asarray(out)
+
+
 def _upload(driver, path: Path, state: str = "done") -> None:
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
@@ -235,6 +263,26 @@ def test_viewer_in_headless_chromium_uploads_and_shows_overlay_and_numbers(
         )
         assert 0 < lung_drawn < int(expected.lung.sum())  # an outline: some lung pixels, not all
         assert driver.find_element(By.ID, "download-json").get_attribute("aria-disabled") == "false"
+        # The heat map's alpha is the probability at every place of the X-ray, also when the server
+        # sent a smaller picture (a film larger than 512 px) for the page to stretch.
+        big = tmp_path / "large.png"
+        Image.open(xray).convert("L").resize((900, 1100), Image.BILINEAR).save(big)
+        for path in (xray, big):
+            _upload(driver, path)
+            prob = np.round(255 * predictor.predict(path).calibrated_probability)
+            points = _peaks(prob, 5)  # the most probable place of each of 5 x 5 blocks
+            drawn = np.asarray(
+                driver.execute_script(
+                    "const c = document.getElementById('heat'), d = c.getContext('2d')"
+                    ".getImageData(0, 0, c.width, c.height).data;"
+                    "return arguments[0].map(([y, x]) => d[4 * (y * c.width + x) + 3]);",
+                    points.tolist(),
+                )
+            )
+            expected = prob[points[:, 0], points[:, 1]]
+            if path == big:  # places that a picture of at most 512 px reaches only stretched
+                assert expected[points.max(axis=1) > 600].max() > 30
+            assert np.abs(drawn - expected).max() <= 8, path.name
         assert driver.find_element(By.ID, "r-check").text.startswith("n/a")  # this model was never calibrated
         # A bad upload shows its error on the page and the page keeps working.
         bad = tmp_path / "not-an-image.png"
