@@ -95,6 +95,17 @@ def test_the_heat_picture_of_a_large_xray_is_shrunk_then_calibrated() -> None:
     assert (heat == heat[0]).all()  # every row alike, as the film's
 
 
+def test_a_very_long_image_still_gets_its_display_copy(predictor: Predictor, tmp_path: Path) -> None:
+    long = tmp_path / "long.png"
+    Image.fromarray(np.tile(np.arange(70_000, dtype=np.uint8), (8, 1))).save(long)  # past JPEG's 65,535
+    r = _client(predictor).post("/api/predict", files={"file": (long.name, long.read_bytes(), "image/png")})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    shown = Image.open(io.BytesIO(base64.b64decode(body["xray_jpeg"])))
+    mask = Image.open(io.BytesIO(base64.b64decode(body["mask_png"])))
+    assert (body["width"], body["height"]) == mask.size == (70_000, 8) and max(shown.size) == 8192
+
+
 def test_model_card_health_page_and_examples(predictor: Predictor) -> None:
     client = _client(predictor)
     assert client.get("/healthz").json()["status"] == "ok"

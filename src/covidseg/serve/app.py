@@ -6,10 +6,10 @@ Routes:
 - ``POST /api/predict``: multipart form with ``file`` (PNG, JPEG, TIFF, BMP or DICOM) -> the
   record ``covidseg predict`` writes to ``predictions.jsonl``, plus the masks as base64 PNGs at
   the X-ray's own size (``mask_png``, ``lung_png``) and two pictures for display: the decoded
-  X-ray as a JPEG (``xray_jpeg``, quality 90) and the calibrated infection probability as a PNG
+  X-ray as a JPEG (``xray_jpeg``, quality 90, shrunk above 8,192 px) and the calibrated infection probability as a PNG
   no larger than 512 px on its long side (``probability_png``; the network's grid is 96-256 px,
   so the viewer stretches it over the X-ray without losing anything). Lossless PNGs of a
-  2,000 x 2,500 X-ray and its probability took most of a request's 3 s.
+  2,048 x 2,500 X-ray and its probability took most of a request's 3 s.
 - ``GET /api/model``: the model card (name, outputs, files and hashes, Val figures, card text)
 - ``GET /api/examples`` and ``GET /api/examples/{name}``: the example X-rays shipped with covidseg
 - ``GET /healthz``
@@ -46,6 +46,7 @@ from covidseg.predict import png_bytes, prediction_record
 
 EXAMPLES = "examples"
 HEAT_MAX_SIDE = 512  # the display copy of the probability map; larger than any network's grid
+XRAY_MAX_SIDE = 8192  # the display copy of the X-ray
 
 
 @dataclass(frozen=True)
@@ -80,9 +81,13 @@ def _png_base64(array: np.ndarray) -> str:
 
 
 def _jpeg_base64(gray: np.ndarray) -> str:
-    """The X-ray's display copy: JPEG encodes a large film about 40x faster than PNG."""
+    """The X-ray's display copy: JPEG encodes a large film about 40x faster than PNG. An image
+    longer than ``XRAY_MAX_SIDE`` (no chest detector is; JPEG stops at 65,535) is shrunk for display."""
+    img = Image.fromarray(gray)
+    if max(img.size) > XRAY_MAX_SIDE:
+        img.thumbnail((XRAY_MAX_SIDE, XRAY_MAX_SIDE), Image.BILINEAR)
     buf = io.BytesIO()
-    Image.fromarray(gray).save(buf, format="JPEG", quality=90)
+    img.save(buf, format="JPEG", quality=90)
     return base64.b64encode(buf.getvalue()).decode("ascii")
 
 
