@@ -97,7 +97,7 @@ def test_the_heat_picture_of_a_large_xray_is_shrunk_then_calibrated() -> None:
 
 def test_a_very_long_image_still_gets_its_display_copy(predictor: Predictor, tmp_path: Path) -> None:
     long = tmp_path / "long.png"
-    Image.fromarray(np.tile(np.arange(70_000, dtype=np.uint8), (8, 1))).save(long)  # past JPEG's 65,535
+    Image.fromarray(np.tile(np.arange(70_000, dtype=np.uint8), (8, 1))).save(long)  # past JPEG's 65,500
     r = _client(predictor).post("/api/predict", files={"file": (long.name, long.read_bytes(), "image/png")})
     assert r.status_code == 200, r.text
     body = r.json()

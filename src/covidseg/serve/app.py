@@ -82,7 +82,7 @@ def _png_base64(array: np.ndarray) -> str:
 
 def _jpeg_base64(gray: np.ndarray) -> str:
     """The X-ray's display copy: JPEG encodes a large film about 40x faster than PNG. An image
-    longer than ``XRAY_MAX_SIDE`` (no chest detector is; JPEG stops at 65,535) is shrunk for display."""
+    longer than ``XRAY_MAX_SIDE`` (no chest detector is; JPEG stops at 65,500) is shrunk for display."""
     img = Image.fromarray(gray)
     if max(img.size) > XRAY_MAX_SIDE:
         img.thumbnail((XRAY_MAX_SIDE, XRAY_MAX_SIDE), Image.BILINEAR)
