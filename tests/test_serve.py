@@ -81,18 +81,22 @@ def test_predict_returns_the_predict_record_and_masks_at_the_xray_size(predictor
     assert body["infected_share_pct"] is not None and body["severity"] in ("none", "mild", "moderate", "severe")
 
 
-def test_the_heat_picture_of_a_large_xray_is_shrunk_then_calibrated() -> None:
+def test_the_heat_picture_of_a_large_xray_is_small_and_calibrated() -> None:
     h, w = 2500, 2000
     prob = np.tile(np.linspace(0.0, 1.0, w, dtype=np.float32), (h, 1))
     calibration = Calibration(a=0.5, b=-1.0)
     pred = Prediction(mask=(prob > 0.5).astype(np.uint8), probability=prob, calibration=calibration)
-    heat = heat_picture(pred)
-    assert heat.shape == (512, 410) and heat.dtype == np.uint8
+    heat = heat_picture(pred, grid=256)
+    assert heat.shape == (512, 512) and heat.dtype == np.uint8  # each side shrunk to 512
     # Column by column it is the calibrated probability at that place of the film.
-    x = (np.arange(410) + 0.5) * w / 410 - 0.5
+    x = (np.arange(512) + 0.5) * w / 512 - 0.5
     expected = np.round(calibration.pixels(np.clip(x / (w - 1), 0, 1)) * 255)
     assert np.abs(heat[256].astype(int) - expected).max() <= 2
     assert (heat == heat[0]).all()  # every row alike, as the film's
+    # A side already short stays as it is; a network grid above 512 is kept.
+    thin = Prediction(mask=np.zeros((8, 70_000), np.uint8), probability=np.zeros((8, 70_000), np.float32))
+    assert heat_picture(thin, grid=128).shape == (8, 512)
+    assert heat_picture(pred, grid=1024).shape == (1024, 1024)
 
 
 def test_a_very_long_image_still_gets_its_display_copy(predictor: Predictor, tmp_path: Path) -> None:

@@ -44,7 +44,7 @@ _EIGHT = np.ones((3, 3), bool)
 
 
 def fill_holes(mask: np.ndarray) -> np.ndarray:
-    """``scipy.ndimage.binary_fill_holes(mask)`` (the background 4-connected), found by labelling
+    """``scipy.ndimage.binary_fill_holes`` of an (H, W) mask (the background 4-connected), found by labelling
     the background once instead of growing it from the border pixel by pixel: the same mask, about
     three times faster on a 2,048 x 2,500 film (70-90 ms against 240-260 ms)."""
     mask = np.asarray(mask, dtype=bool)
