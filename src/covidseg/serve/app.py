@@ -41,6 +41,7 @@ from PIL import Image
 from covidseg import __version__
 from covidseg.data.image_io import DICOM_SUFFIXES, IMAGE_SUFFIXES, read_xray
 from covidseg.errors import DataError
+from covidseg.inference.postprocess import upsample
 from covidseg.inference.predictor import Prediction, Predictor
 from covidseg.predict import png_bytes, prediction_record
 
@@ -97,9 +98,7 @@ def heat_picture(pred: Prediction, grid: int) -> np.ndarray:
     detail). Shrunk first, then calibrated: for display, the same picture at a fraction of the cost."""
     h, w = pred.probability.shape
     cap = max(HEAT_MAX_SIDE, grid)
-    prob = pred.probability.astype(np.float32)
-    if max(h, w) > cap:
-        prob = np.asarray(Image.fromarray(prob).resize((min(w, cap), min(h, cap)), Image.BILINEAR))
+    prob = upsample(pred.probability, min(h, cap), min(w, cap))  # bilinear either way; as is when small
     if pred.calibration is not None:
         prob = pred.calibration.pixels(prob)
     return np.round(np.clip(prob, 0.0, 1.0) * 255).astype(np.uint8)
