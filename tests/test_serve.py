@@ -307,6 +307,37 @@ def test_viewer_in_headless_chromium_uploads_and_shows_overlay_and_numbers(
         assert "not a readable image" in driver.find_element(By.ID, "status").text
 
 
+def test_viewer_draws_a_film_past_the_canvas_cap_shrunk_and_keeps_the_full_size_downloads(tmp_path: Path) -> None:
+    from selenium.webdriver.common.by import By
+
+    import covidseg
+
+    model = covidseg.load_model()
+    film = tmp_path / "large.png"
+    example = Path(covidseg.__file__).parent / "examples" / "covid-19.png"
+    Image.open(example).convert("L").resize((4500, 5000), Image.BILINEAR).save(film)
+    expected = model.predict(film)
+    assert expected.mask.mean() > 0.01  # something to draw
+    with _viewer(model, model.name) as driver:
+        _upload(driver, film)
+        assert driver.find_element(By.ID, "r-size").text == "4500 x 5000"
+        sizes = driver.execute_script(
+            "return ['xray', 'heat', 'overlay', 'lung'].map(i => [document.getElementById(i).width,"
+            " document.getElementById(i).height]);"
+        )
+        assert sizes == [[3686, 4096]] * 4
+        # The overlay holds the predicted infection shrunk to the canvas: the same share of it.
+        red = driver.execute_script(
+            "const c = document.getElementById('overlay'); const d = c.getContext('2d')"
+            ".getImageData(0, 0, c.width, c.height).data; let n = 0;"
+            "for (let i = 0; i < d.length; i += 4) if (d[i + 3] > 0 && d[i] > 200) n++; return n;"
+        )
+        assert red / (3686 * 4096) == pytest.approx(expected.mask.mean(), rel=0.02)
+        href = driver.find_element(By.ID, "download-mask").get_attribute("href")
+        downloaded = Image.open(io.BytesIO(base64.b64decode(href.split(",", 1)[1])))
+        np.testing.assert_array_equal(np.asarray(downloaded) > 127, expected.mask > 0)
+
+
 def test_viewer_warns_when_the_input_is_not_a_chest_x_ray(tmp_path: Path) -> None:
     from selenium.webdriver.common.by import By
 
