@@ -12,6 +12,7 @@ import pytest
 from covidseg.errors import ConfigError, CovidsegError
 from covidseg.inference.postprocess import (
     Postprocess,
+    box,
     fill_holes,
     finalize,
     load_postprocess,
@@ -58,6 +59,41 @@ def test_fill_holes_is_scipy_s_binary_fill_holes(density: float) -> None:
     ring[0, :] = True  # and a band along the edge, which closes nothing
     filled = fill_holes(ring)
     assert filled[4, 4] and not filled[1, 4] and filled.sum() == ring.sum() + 1
+
+
+def _blobs_in_part(rng: np.random.Generator, shape: tuple[int, int], density: float) -> np.ndarray:
+    """Random blobs inside a random part of the image (touching its edge or not)."""
+    from scipy import ndimage
+
+    mask = np.zeros(shape, bool)
+    y0, x0 = rng.integers(0, shape[0] // 2), rng.integers(0, shape[1] // 2)
+    y1, x1 = rng.integers(y0 + 1, shape[0] + 1), rng.integers(x0 + 1, shape[1] + 1)
+    part = rng.random((y1 - y0, x1 - x0)) < density
+    mask[y0:y1, x0:x1] = ndimage.binary_opening(part) if min(part.shape) > 4 else part
+    return mask
+
+
+def test_labelling_inside_the_masks_box_gives_the_whole_image_results() -> None:
+    from scipy import ndimage
+
+    rng = np.random.default_rng(7)
+    for density in (0.3, 0.6, 0.85):
+        for shape in ((40, 60), (123, 77)):
+            for _ in range(8):
+                mask = _blobs_in_part(rng, shape, density)
+                assert np.array_equal(fill_holes(mask), ndimage.binary_fill_holes(mask))
+                labels, n = ndimage.label(mask, structure=np.ones((3, 3)))
+                sizes = np.bincount(labels.ravel(), minlength=n + 1)
+                big = sizes >= 6
+                big[0] = False
+                kept = Postprocess(min_component_share=6 / mask.size).apply(mask.astype(np.float32))
+                assert np.array_equal(kept, big[labels])
+                two = np.zeros(n + 1, bool)
+                two[1 + np.argsort(sizes[1:])[-2:]] = True
+                two[0] = False
+                assert np.array_equal(lung_mask(mask.astype(np.float32)), ndimage.binary_fill_holes(two[labels]))
+    assert box(np.zeros((3, 4), bool)) is None and fill_holes(np.zeros((3, 4))).sum() == 0
+    assert box(np.eye(4, dtype=bool)[::-1][1:]) == (slice(0, 3), slice(0, 3))
 
 
 def test_image_gate_keeps_a_mask_only_when_its_peak_passes() -> None:

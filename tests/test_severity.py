@@ -55,6 +55,24 @@ def test_touching_lungs_split_at_the_midline_and_no_lung() -> None:
     assert r["infected_share_pct"] is None and r["severity"] is None and r["lung_split"] == "none"
 
 
+def test_lungs_in_part_of_a_large_film_split_into_full_size_masks() -> None:
+    film = np.zeros((300, 500), np.uint8)
+    film[100:140, 300:340] = _lungs()  # the lungs in the lower right part of the film
+    film[105, 304] = 0  # the image-left field one pixel smaller: 359 px
+    film[250, 480] = 1  # a speck: a third component, in neither lung
+    right, left, how = split_lungs(film)
+    assert how == "components" and right.shape == left.shape == film.shape
+    assert right.sum() == 359 and np.array_equal(right[100:140, 300:320], film[100:140, 300:320])
+    assert left.sum() == 360 and np.array_equal(left[100:140, 320:340], film[100:140, 320:340])
+    assert not (right | left)[250, 480]
+    one = film.copy()
+    one[120, 316:324] = 1  # a bridge: one component
+    one[250, 480] = 0
+    right, left, how = split_lungs(one)
+    assert how == "midline" and right[:, 320:].sum() == 0 and left[:, :320].sum() == 0
+    assert right.sum() + left.sum() == one.sum()
+
+
 def test_roc_auc_equals_pairwise_count_with_ties() -> None:
     rng = np.random.default_rng(0)
     scores = rng.integers(0, 5, 40).astype(float)

@@ -25,6 +25,7 @@ import numpy as np
 from scipy import ndimage
 
 from covidseg.errors import ConfigError
+from covidseg.inference.postprocess import box
 
 GRADES = ("none", "mild", "moderate", "severe")
 
@@ -66,21 +67,24 @@ class SeverityRule:
 
 
 def split_lungs(lung: np.ndarray) -> tuple[np.ndarray, np.ndarray, str]:
-    """(patient-right mask, patient-left mask, how) from a lung mask; empty masks if no lung."""
+    """(image-left mask, image-right mask, how) from a lung mask, that is (patient-right,
+    patient-left) on a frontal film: its two largest components (4-connected, found inside the
+    mask's box), or its two halves at the middle of the box when it is one piece; empty masks if no lung."""
     lung = np.asarray(lung).astype(bool)
-    empty = np.zeros_like(lung)
-    labels, n = ndimage.label(lung)
-    if n == 0:
-        return empty, empty, "none"
+    image_left, image_right = np.zeros_like(lung), np.zeros_like(lung)
+    b = box(lung)
+    if b is None:
+        return image_left, image_right, "none"
+    labels, n = ndimage.label(lung[b])
     if n >= 2:
         sizes = np.bincount(labels.ravel())[1:]
-        a, b = 1 + np.argsort(sizes)[-2:]
-        ma, mb = labels == a, labels == b
-        ca, cb = np.nonzero(ma)[1].mean(), np.nonzero(mb)[1].mean()
-        image_left, image_right = (ma, mb) if ca < cb else (mb, ma)
+        a, c = 1 + np.argsort(sizes)[-2:]
+        ma, mc = labels == a, labels == c
+        if np.nonzero(ma)[1].mean() >= np.nonzero(mc)[1].mean():
+            ma, mc = mc, ma
+        image_left[b], image_right[b] = ma, mc
         return image_left, image_right, "components"
-    cols = np.nonzero(lung)[1]
-    middle = (cols.min() + cols.max() + 1) / 2
+    middle = (b[1].start + b[1].stop) / 2
     column = np.arange(lung.shape[1])[None, :]
     return lung & (column < middle), lung & (column >= middle), "midline"
 
