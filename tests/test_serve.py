@@ -333,6 +333,25 @@ def test_viewer_draws_a_film_past_the_canvas_cap_shrunk_and_keeps_the_full_size_
             "for (let i = 0; i < d.length; i += 4) if (d[i + 3] > 0 && d[i] > 200) n++; return n;"
         )
         assert red / (3686 * 4096) == pytest.approx(expected.mask.mean(), rel=0.02)
+        # The lung outline and the heat map are drawn over the whole shrunk canvas, in place.
+        lung_rows = driver.execute_script(
+            "const c = document.getElementById('lung'); const d = c.getContext('2d')"
+            ".getImageData(0, 0, c.width, c.height).data; let n = 0, lo = c.height, hi = -1;"
+            "for (let i = 3; i < d.length; i += 4) if (d[i] > 0) {"
+            "  const y = Math.floor(i / 4 / c.width); n++; lo = Math.min(lo, y); hi = Math.max(hi, y); }"
+            "return [n, lo, hi];"
+        )
+        lung_ys = np.nonzero(expected.lung.any(axis=1))[0] * 4096 / 5000
+        assert lung_rows[0] > 0 and abs(lung_rows[1] - lung_ys[0]) < 4 and abs(lung_rows[2] - lung_ys[-1]) < 4
+        prob = np.round(255 * expected.calibrated_probability)
+        points = _peaks(prob, 5)
+        drawn = driver.execute_script(
+            "const c = document.getElementById('heat'), d = c.getContext('2d')"
+            ".getImageData(0, 0, c.width, c.height).data;"
+            "return arguments[0].map(([y, x]) => d[4 * (y * c.width + x) + 3]);",
+            np.floor(points * [4096 / 5000, 3686 / 4500]).astype(int).tolist(),
+        )
+        assert np.abs(np.asarray(drawn) - prob[points[:, 0], points[:, 1]]).max() <= 12
         href = driver.find_element(By.ID, "download-mask").get_attribute("href")
         downloaded = Image.open(io.BytesIO(base64.b64decode(href.split(",", 1)[1])))
         np.testing.assert_array_equal(np.asarray(downloaded) > 127, expected.mask > 0)

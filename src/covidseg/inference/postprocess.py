@@ -78,8 +78,8 @@ def fill_holes(mask: np.ndarray) -> np.ndarray:
 
 def keep_components(mask: np.ndarray, select: Callable[[np.ndarray], np.ndarray]) -> np.ndarray:
     """``mask`` (bool) with only the 8-connected components that ``select`` keeps: it gets their
-    pixel counts (index 0 is the background, never kept) and returns a bool array of which to keep.
-    Labelled inside the mask's box, with the labels a whole-image labelling gives."""
+    pixel counts by label (index 0: the background inside the box, never kept) and returns a bool
+    array of which to keep. Labelled inside the mask's box, in the order a whole-image labelling gives."""
     out = np.zeros(mask.shape, dtype=bool)
     b = box(mask)
     if b is None:
