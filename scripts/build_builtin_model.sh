@@ -5,9 +5,9 @@
 #
 # DATA_DIR: the COVID-QU-Ex folder (or its 'Infection Segmentation Data' folder) with Train and Val.
 # WORK_DIR: a new folder for the run and the bundle (about 200 MB).
-# It trains the cpu preset with the image-level COVID-19 head at 128x128 (the preset's grid when
-# covidseg-v2 was built; 96x96 since) for a fixed 4,187 steps (what the preset's 60-minute budget
-# reached at 128 on the developers' 2-core AVX2 CPU in fp32; with a fixed
+# It trains the cpu preset with the image-level COVID-19 head at 128x128 (pinned, should the
+# preset change) for a fixed 4,187 steps (what the preset's 60-minute budget reached at 128 on
+# the developers' 2-core AVX2 CPU in fp32; with a fixed
 # number of steps the run does not depend on the machine's speed or load: on the same CPU, the
 # same seed gives the same weights bit for bit), scores it on Val untuned, tunes the
 # post-processing on Val (balanced Dice, cross-fitted), fits the input check and calibration
