@@ -170,8 +170,8 @@ class Postprocess:
         min_size = self.min_component_pixels(mask.size)
         if min_size > 1:
             mask = keep_components(mask, lambda sizes: sizes >= min_size)
-        if self.fill_holes and mask.any():
-            mask = fill_holes(mask)
+        if self.fill_holes:
+            mask = fill_holes(mask)  # an empty mask comes back as it is (no box)
         return mask.astype(np.uint8)
 
     @staticmethod
