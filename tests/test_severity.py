@@ -73,6 +73,22 @@ def test_lungs_in_part_of_a_large_film_split_into_full_size_masks() -> None:
     assert right.sum() + left.sum() == one.sum()
 
 
+def test_a_speck_or_a_fragment_is_not_taken_for_the_other_lung() -> None:
+    joined = _lungs()
+    joined[20:22, 16:24] = 1  # the two lungs in one piece
+    for extra in ((slice(36, 39), slice(6, 12)), (slice(1, 3), slice(37, 39))):  # a fragment below, a speck beside
+        lung = joined.copy()
+        lung[extra] = 1
+        right, left, how = split_lungs(lung)
+        assert how == "midline" and right.sum() + left.sum() == lung.sum()
+        assert right[:, 20:].sum() == 0 and left[:, :20].sum() == 0  # the middle of the joined lungs, not of the box
+    small = _lungs()
+    small[5:35, 24:36] = 0
+    small[28:35, 28:34] = 1  # a much smaller image-right lung (42 px, 12% of the other), beside the first
+    right, left, how = split_lungs(small)
+    assert how == "components" and right.sum() == 360 and left.sum() == 42
+
+
 def test_roc_auc_equals_pairwise_count_with_ties() -> None:
     rng = np.random.default_rng(0)
     scores = rng.integers(0, 5, 40).astype(float)

@@ -68,25 +68,42 @@ class SeverityRule:
 
 def split_lungs(lung: np.ndarray) -> tuple[np.ndarray, np.ndarray, str]:
     """(image-left mask, image-right mask, how) from a lung mask, that is (patient-right,
-    patient-left) on a frontal film: its two largest components (4-connected, found inside the
-    mask's box), or its two halves at the middle of the box when it is one piece; empty masks if no lung."""
+    patient-left) on a frontal film.
+
+    ``components``: the two largest components (4-connected, found inside the mask's box) when
+    they lie side by side, as two lungs do: the smaller one shares at most half of its columns
+    with the larger and has at least :data:`MIN_SECOND_LUNG` of its pixels. Otherwise (the lungs
+    in one piece, with or without a speck or a fragment beside or below them) ``midline``: every
+    lung pixel split at the middle of the largest component's columns. ``none``: no lung, empty
+    masks."""
     lung = np.asarray(lung).astype(bool)
     image_left, image_right = np.zeros_like(lung), np.zeros_like(lung)
     b = box(lung)
     if b is None:
         return image_left, image_right, "none"
     labels, n = ndimage.label(lung[b])
-    if n >= 2:
-        sizes = np.bincount(labels.ravel())[1:]
-        a, c = 1 + np.argsort(sizes)[-2:]
-        ma, mc = labels == a, labels == c
+    sizes = np.bincount(labels.ravel())[1:]
+    order = 1 + np.argsort(sizes)[::-1]
+    columns = [np.flatnonzero((labels == k).any(axis=0)) for k in order[:2]]
+    if n >= 2 and _side_by_side(columns[0], columns[1], sizes[order[1] - 1] / sizes[order[0] - 1]):
+        ma, mc = labels == order[0], labels == order[1]
         if np.nonzero(ma)[1].mean() >= np.nonzero(mc)[1].mean():
             ma, mc = mc, ma
         image_left[b], image_right[b] = ma, mc
         return image_left, image_right, "components"
-    middle = (b[1].start + b[1].stop) / 2
+    middle = b[1].start + (columns[0][0] + columns[0][-1] + 1) / 2
     column = np.arange(lung.shape[1])[None, :]
     return lung & (column < middle), lung & (column >= middle), "midline"
+
+
+# The smallest second component, as a share of the largest one's pixels, taken for the other lung.
+MIN_SECOND_LUNG = 0.02
+
+
+def _side_by_side(larger: np.ndarray, smaller: np.ndarray, size_ratio: float) -> bool:
+    """Whether two components (their sorted column indices) can be the two lungs."""
+    shared = min(larger[-1], smaller[-1]) - max(larger[0], smaller[0]) + 1
+    return size_ratio >= MIN_SECOND_LUNG and shared <= (smaller[-1] - smaller[0] + 1) / 2
 
 
 def _percent(infected: np.ndarray, region: np.ndarray) -> float | None:
