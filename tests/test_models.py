@@ -33,3 +33,12 @@ def test_every_registered_model_runs_forward_and_backward(name: str) -> None:
 def test_unknown_model_lists_the_registered_ones() -> None:
     with pytest.raises(ConfigError, match="available: .*unet"):
         create_model({"name": "resnet9000"})
+
+
+def test_timm_encoders_build_through_the_universal_prefix() -> None:
+    net = create_model({"name": "smp-fpn", "encoder_name": "tu-regnetx_002", "in_channels": 1, "classes": 2})
+    assert net(torch.rand(1, 1, 64, 64)).shape == (1, 2, 64, 64)
+    assert net.encoder.model.stem.conv.in_channels == 1  # one input channel, as every covidseg network
+    for bad in ("tu-regnetx_9000", "regnetx_002"):  # an unknown timm model; a timm name without the prefix
+        with pytest.raises(ConfigError, match=f"unknown encoder '{bad}'"):
+            create_model({"name": "smp-fpn", "encoder_name": bad})

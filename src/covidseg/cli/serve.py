@@ -44,6 +44,7 @@ def cmd_models(a: argparse.Namespace) -> int:
 
         print("\nencoders for smp-* models (model.encoder_name):")
         print("  " + ", ".join(encoder_names()))
+        print("  and any timm model as tu-<name> (smp's universal encoder), e.g. tu-regnetx_002")
     return 0
 
 

@@ -2,9 +2,11 @@
 
 Names are ``smp-<arch>`` (``smp-unet``, ``smp-unetplusplus``, ``smp-fpn``, ``smp-deeplabv3plus``);
 any smp encoder works (``model.encoder_name``: resnet18/34/50, densenet121, efficientnet-b0,
-mobilenet_v2, ...; see ``covidseg models --encoders``). With ``model.encoder_weights=imagenet``
-smp downloads the encoder's pre-trained weights (and, for one input channel, sums the first
-convolution's RGB filters); where nothing can be downloaded that fails with a clear message.
+mobilenet_v2, ...; see ``covidseg models --encoders``), and any timm model through smp's
+universal encoder as ``tu-<timm name>`` (``tu-regnetx_002``, ``tu-mobilenetv3_large_100``).
+With ``model.encoder_weights=imagenet`` smp downloads the encoder's pre-trained weights (and, for
+one input channel, sums the first convolution's RGB filters); where nothing can be downloaded that
+fails with a clear message.
 """
 
 from __future__ import annotations
@@ -31,6 +33,17 @@ def _smp() -> Any:
 
 def encoder_names() -> list[str]:
     return list(_smp().encoders.get_encoder_names())
+
+
+def known_encoder(name: str) -> bool:
+    """An smp encoder, or ``tu-`` and a model timm knows (smp's universal encoder)."""
+    if name in encoder_names():
+        return True
+    if not name.startswith("tu-"):
+        return False
+    import timm
+
+    return bool(timm.is_model(name[3:]))
 
 
 class _ImageHeadOutput:
@@ -60,8 +73,11 @@ def build_smp(
     the encoder's deepest features (average pooling, dropout 0.2, one linear layer), returned as
     the last output channel."""
     smp = _smp()
-    if encoder_name not in smp.encoders.get_encoder_names():
-        raise ConfigError(f"unknown encoder {encoder_name!r}; see 'covidseg models --encoders' for the list")
+    if not known_encoder(encoder_name):
+        raise ConfigError(
+            f"unknown encoder {encoder_name!r}; see 'covidseg models --encoders' for the list "
+            "(or 'tu-' and a timm model name)"
+        )
     aux = {"aux_params": {"classes": 1, "pooling": "avg", "dropout": 0.2}} if image_head else {}
     try:
         return _arch_class(smp, arch, image_head)(
