@@ -57,19 +57,18 @@ def test_touching_lungs_split_at_the_midline_and_no_lung() -> None:
 
 def test_lungs_in_part_of_a_large_film_split_into_full_size_masks() -> None:
     film = np.zeros((300, 500), np.uint8)
-    film[100:140, 300:340] = _lungs()  # the lungs in the lower right part of the film
-    film[105, 304] = 0  # the image-left field one pixel smaller: 359 px
-    film[250, 480] = 1  # a speck: a third component, in neither lung
+    film[100:140, 230:270] = _lungs()  # the lungs in the lower middle of the film
+    film[105, 234] = 0  # the image-left field one pixel smaller: 359 px
+    film[250, 480] = 1  # a speck: a third piece, nearer the image-right lung
     right, left, how = split_lungs(film)
     assert how == "components" and right.shape == left.shape == film.shape
-    assert right.sum() == 359 and np.array_equal(right[100:140, 300:320], film[100:140, 300:320])
-    assert left.sum() == 360 and np.array_equal(left[100:140, 320:340], film[100:140, 320:340])
-    assert not (right | left)[250, 480]
+    assert right.sum() == 359 and np.array_equal(right[100:140, 230:250], film[100:140, 230:250])
+    assert left.sum() == 361 and np.array_equal(left[100:140, 250:270], film[100:140, 250:270]) and left[250, 480]
     one = film.copy()
-    one[120, 316:324] = 1  # a bridge: one component
+    one[120, 246:254] = 1  # a bridge: one piece
     one[250, 480] = 0
     right, left, how = split_lungs(one)
-    assert how == "midline" and right[:, 320:].sum() == 0 and left[:, :320].sum() == 0
+    assert how == "midline" and right[:, 250:].sum() == 0 and left[:, :250].sum() == 0
     assert right.sum() + left.sum() == one.sum()
 
 
@@ -87,6 +86,38 @@ def test_a_speck_or_a_fragment_is_not_taken_for_the_other_lung() -> None:
     small[28:35, 28:34] = 1  # a much smaller image-right lung (42 px, 12% of the other), beside the first
     right, left, how = split_lungs(small)
     assert how == "components" and right.sum() == 360 and left.sum() == 42
+
+
+def test_a_lung_in_two_pieces_joins_the_nearer_lung_and_one_lung_alone_has_no_grade() -> None:
+    lung = _lungs()
+    lung[20, 4:16] = 0  # the image-left lung in two pieces (180 and 168 px), each smaller than the other lung
+    right, left, how = split_lungs(lung)
+    assert how == "components" and right.sum() == 348 and left.sum() == 360 and right[:, 20:].sum() == 0
+    alone = _lungs()
+    alone[:, :20] = 0  # only the image-right lung (the patient's left) was found
+    right, left, how = split_lungs(alone)
+    assert how == "one_lung" and right.sum() == 0 and left.sum() == 360
+    r = quantify(alone, alone)
+    assert r["left_lung_infected_share_pct"] == 100.0 and r["right_lung_infected_share_pct"] is None
+    assert r["severity"] is None and r["lung_split"] == "one_lung"
+
+
+def test_the_split_of_a_mirrored_film_is_the_mirror_of_the_split() -> None:
+    rng = np.random.default_rng(0)
+    cases = [_lungs()]
+    for _ in range(40):  # random rectangles: one, two or three pieces, touching or not, equal sizes included
+        m = np.zeros((40, 40), bool)
+        for _ in range(rng.integers(1, 4)):
+            y, x, h, w = rng.integers(0, 30), rng.integers(0, 30), rng.integers(1, 11), rng.integers(1, 11)
+            m[y : y + h, x : x + w] = True
+        cases.append(m)
+    for m in cases:
+        right, left, how = split_lungs(m)
+        m_right, m_left, m_how = split_lungs(m[:, ::-1])
+        assert how == m_how
+        if how != "midline":  # the middle column of an odd-width piece goes to the image's left side
+            assert np.array_equal(m_right, left[:, ::-1]) and np.array_equal(m_left, right[:, ::-1])
+        assert (right | left).sum() == m.sum() and not (right & left).any()
 
 
 def test_roc_auc_equals_pairwise_count_with_ties() -> None:

@@ -1,9 +1,10 @@
 """Infection as a share of the lung, for each lung and both, and a severity grade.
 
-Left and right lungs are the two largest connected components of the lung mask; on a frontal
-(PA/AP) chest X-ray displayed as usual, the component on the image's left is the patient's
-**right** lung. Where the lungs touch and form one component, it is split at the middle column
-of its bounding box (``split: "midline"`` in the record).
+Left and right lungs are the lung mask's two largest pieces that lie side by side
+(:func:`split_lungs`); on a frontal (PA/AP) chest X-ray displayed as usual, the one on the
+image's left is the patient's **right** lung. Where the lungs form one piece, it is split at the
+middle of its columns; where one lung alone is found, the other has no share and the image no
+grade (``lung_split`` in the record: ``components``, ``midline``, ``one_lung`` or ``none``).
 
 Grading (defaults in :class:`SeverityRule`):
 
@@ -68,42 +69,59 @@ class SeverityRule:
 
 def split_lungs(lung: np.ndarray) -> tuple[np.ndarray, np.ndarray, str]:
     """(image-left mask, image-right mask, how) from a lung mask, that is (patient-right,
-    patient-left) on a frontal film.
+    patient-left) on a frontal film. The mask's pieces are its 4-connected components.
 
-    ``components``: the two largest components (4-connected, found inside the mask's box) when
-    they lie side by side, as two lungs do: the smaller one shares at most half of its columns
-    with the larger and has at least :data:`MIN_SECOND_LUNG` of its pixels. Otherwise (the lungs
-    in one piece, with or without a speck or a fragment beside or below them) ``midline``: every
-    lung pixel split at the middle of the largest component's columns. ``none``: no lung, empty
-    masks."""
+    - ``components``: the largest piece and the largest other piece that lies beside it, as two
+      lungs do (:func:`_side_by_side`; at least :data:`MIN_SECOND_LUNG` of its pixels) are the
+      two lungs; every other piece joins the lung whose columns' centre is nearer to its own.
+    - ``midline``: no such second piece, and the largest piece spans the image's middle column
+      (both lungs in one piece): every lung pixel is split at the middle of its columns.
+    - ``one_lung``: no such second piece, and the largest piece lies on one side of the image's
+      middle: the whole mask is that side's lung and the other lung is empty (not found).
+    - ``none``: no lung; both masks empty.
+    """
     lung = np.asarray(lung).astype(bool)
     image_left, image_right = np.zeros_like(lung), np.zeros_like(lung)
     b = box(lung)
     if b is None:
         return image_left, image_right, "none"
-    labels, n = ndimage.label(lung[b])
+    labels, _ = ndimage.label(lung[b])
     sizes = np.bincount(labels.ravel())[1:]
-    order = 1 + np.argsort(sizes)[::-1]
-    columns = [np.flatnonzero((labels == k).any(axis=0)) for k in order[:2]]
-    if n >= 2 and _side_by_side(columns[0], columns[1], sizes[order[1] - 1] / sizes[order[0] - 1]):
-        ma, mc = labels == order[0], labels == order[1]
-        if np.nonzero(ma)[1].mean() >= np.nonzero(mc)[1].mean():
-            ma, mc = mc, ma
-        image_left[b], image_right[b] = ma, mc
+    spans = np.asarray([(o[1].start, o[1].stop) for o in ndimage.find_objects(labels)]) + b[1].start
+    order = np.argsort(-sizes, kind="stable")
+    first = order[0]
+    second = next(
+        (k for k in order[1:] if sizes[k] >= MIN_SECOND_LUNG * sizes[first] and _side_by_side(spans[first], spans[k])),
+        None,
+    )
+    centres = spans.mean(axis=1)
+    if second is not None:
+        joins_second = np.abs(centres - centres[second]) < np.abs(centres - centres[first])
+        in_second = np.concatenate([[False], joins_second])[labels]
+        first_mask, second_mask = (labels > 0) & ~in_second, in_second
+        if centres[first] > centres[second]:
+            first_mask, second_mask = second_mask, first_mask
+        image_left[b], image_right[b] = first_mask, second_mask
         return image_left, image_right, "components"
-    middle = b[1].start + (columns[0][0] + columns[0][-1] + 1) / 2
-    column = np.arange(lung.shape[1])[None, :]
-    return lung & (column < middle), lung & (column >= middle), "midline"
+    middle_of_image = lung.shape[1] / 2
+    if spans[first][0] < middle_of_image < spans[first][1]:
+        column = np.arange(lung.shape[1])[None, :]
+        middle = centres[first]
+        return lung & (column < middle), lung & (column >= middle), "midline"
+    if centres[first] < middle_of_image:
+        return lung, image_right, "one_lung"
+    return image_left, lung, "one_lung"
 
 
-# The smallest second component, as a share of the largest one's pixels, taken for the other lung.
+# The smallest second lung, as a share of the largest piece's pixels.
 MIN_SECOND_LUNG = 0.02
 
 
-def _side_by_side(larger: np.ndarray, smaller: np.ndarray, size_ratio: float) -> bool:
-    """Whether two components (their sorted column indices) can be the two lungs."""
-    shared = min(larger[-1], smaller[-1]) - max(larger[0], smaller[0]) + 1
-    return size_ratio >= MIN_SECOND_LUNG and shared <= (smaller[-1] - smaller[0] + 1) / 2
+def _side_by_side(a: np.ndarray, c: np.ndarray) -> bool:
+    """Whether two pieces' column spans ([start, stop)) lie side by side, as two lungs do: they
+    share at most half of the narrower one's columns."""
+    shared = min(a[1], c[1]) - max(a[0], c[0])
+    return shared <= min(a[1] - a[0], c[1] - c[0]) / 2
 
 
 def _percent(infected: np.ndarray, region: np.ndarray) -> float | None:
