@@ -42,3 +42,20 @@ def test_timm_encoders_build_through_the_universal_prefix() -> None:
     for bad in ("tu-regnetx_9000", "regnetx_002"):  # an unknown timm model; a timm name without the prefix
         with pytest.raises(ConfigError, match=f"unknown encoder '{bad}'"):
             create_model({"name": "smp-fpn", "encoder_name": bad})
+    with pytest.raises(ConfigError, match="cannot use timm's 'vit_tiny_patch16_224'"):  # no feature pyramid
+        create_model({"name": "smp-fpn", "encoder_name": "tu-vit_tiny_patch16_224"})
+    with pytest.raises(ConfigError, match="encoder_weights None or imagenet"):
+        create_model({"name": "smp-fpn", "encoder_name": "tu-regnetx_002", "encoder_weights": "ssl"})
+
+
+def test_export_tells_whether_onnx_finds_the_input_check_features(tmp_path) -> None:
+    from covidseg.export import _feature_difference, export_onnx
+
+    # FPN and most encoders: the encoder's last ONNX tensor is its deepest feature map. A U-Net on
+    # a four-stage timm encoder (ConvNeXt) ends its encoder with a placeholder instead: export
+    # must see that (an infinite difference) and refuse to carry the input check.
+    for name, encoder, same in (("smp-fpn", "tu-regnetx_002", True), ("smp-unet", "tu-convnext_atto", False)):
+        net = create_model({"name": name, "encoder_name": encoder, "classes": 2}).eval()
+        export_onnx(net, 64, tmp_path / f"{encoder}.onnx")
+        diff = _feature_difference(net, tmp_path / f"{encoder}.onnx", 64)
+        assert (diff < 1e-4) if same else diff == float("inf")

@@ -24,7 +24,7 @@ import torch
 from covidseg import __version__
 from covidseg.engine.checkpoint import load_run, umask
 from covidseg.errors import CovidsegError
-from covidseg.inference.backends import onnx_backend
+from covidseg.inference.backends import onnx_backend, torch_backend
 from covidseg.inference.bundle import FORMAT, FORMAT_VERSION
 from covidseg.inference.calibration import FILENAME as CALIBRATION_FILE
 from covidseg.inference.input_check import FILENAME as CHECK_FILE
@@ -170,6 +170,8 @@ def _metadata(run_dir: Path, checkpoint: str, state: dict[str, Any], n_out: int,
             "onnx": onnx.__version__,
             "onnxruntime": onnxruntime.__version__,
             "safetensors": safetensors.__version__,
+            "segmentation_models_pytorch": _version("segmentation-models-pytorch"),
+            "timm": _version("timm"),
         },
         "onnx_opset": OPSET,
         "input_shape": ["batch", 1, size, size],
@@ -186,6 +188,31 @@ def _onnx_difference(model: torch.nn.Module, path: Path, size: int) -> tuple[flo
     with torch.no_grad():
         ref = model(torch.from_numpy(x)).numpy()
     return float(np.abs(ref - onnx_backend(path)(x)).max()), float(np.abs(ref).max())
+
+
+def _version(package: str) -> str | None:
+    """An installed package's version, or None (the network was built without it)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(package)
+    except PackageNotFoundError:
+        return None
+
+
+def _feature_difference(model: torch.nn.Module, path: Path, size: int) -> float | None:
+    """For the input check: the largest difference between the pooled encoder features that
+    onnxruntime finds in the graph and PyTorch's, relative to their largest magnitude; None for
+    a network without an encoder module; infinite when the graph's tensor is not the same
+    feature map (another shape)."""
+    x = np.random.default_rng(0).random((2, 1, size, size), dtype=np.float32)
+    _, ref = torch_backend(model, torch.device("cpu"), features=True)(x)
+    if ref is None:
+        return None
+    _, got = onnx_backend(path, features=True)(x)
+    if got is None or got.shape != ref.shape:
+        return float("inf")
+    return float(np.abs(ref - got).max() / max(float(np.abs(ref).max()), 1e-6))
 
 
 PRECISIONS = ("fp32", "fp16")
@@ -235,6 +262,14 @@ def export_bundle(
         # fp16 weights: 0.1
         if not diff < (0.1 if precision == "fp16" else max(1e-3, 1e-4 * scale)):
             raise CovidsegError(f"the exported ONNX model differs from PyTorch by {diff:.3g} in the logits")
+        if (run_dir / CHECK_FILE).is_file():  # the bundle carries the input check: onnxruntime must see its features
+            feat = _feature_difference(model, tmp / "model.onnx", size)
+            if feat is not None and not feat < (0.05 if precision == "fp16" else 1e-3):
+                raise CovidsegError(
+                    f"the encoder features of the input check differ between ONNX and PyTorch (relative {feat:.3g}); "
+                    "this network's bundle cannot carry the input check of 'covidseg calibrate'"
+                )
+            meta["onnx_vs_torch_max_rel_feature_diff"] = feat
         meta["weights_precision"] = precision
         bundle_cfg = {**_bundle_config(state, cfg, post), "weights_precision": precision}
         for name in TRUST_FILES:  # the input check and calibration of 'covidseg calibrate'

@@ -9,7 +9,9 @@ coarse layout (top/bottom, left/right) counts as well as content:
 - PyTorch: a forward hook on that module;
 - onnxruntime: the module's last tensor in the ONNX graph (its nodes are named after the module,
   ``/encoder/...``) is added as a second graph output when the session is built, in memory; the
-  model file on disk is left as it is.
+  model file on disk is left as it is. ``covidseg export`` checks that this tensor gives
+  PyTorch's features before a bundle carries the input check (a U-Net on a four-stage timm
+  encoder does not: its export with an input check is refused).
 """
 
 from __future__ import annotations

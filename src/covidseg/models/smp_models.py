@@ -78,6 +78,9 @@ def build_smp(
             f"unknown encoder {encoder_name!r}; see 'covidseg models --encoders' for the list "
             "(or 'tu-' and a timm model name)"
         )
+    timm_encoder = encoder_name.startswith("tu-")
+    if timm_encoder and encoder_weights not in (None, "imagenet"):
+        raise ConfigError(f"encoder {encoder_name!r} takes model.encoder_weights None or imagenet (timm's default tag)")
     aux = {"aux_params": {"classes": 1, "pooling": "avg", "dropout": 0.2}} if image_head else {}
     try:
         return _arch_class(smp, arch, image_head)(
@@ -85,7 +88,12 @@ def build_smp(
         )
     except KeyError as exc:
         raise ConfigError(f"encoder {encoder_name!r} has no {encoder_weights!r} weights ({exc})") from None
-    except (OSError, RuntimeError, ValueError, ConnectionError) as exc:
+    except (OSError, RuntimeError, ValueError, TypeError, AttributeError, ConnectionError) as exc:
+        if timm_encoder and (encoder_weights is None or isinstance(exc, (ValueError, TypeError, AttributeError))):
+            raise ConfigError(
+                f"smp cannot use timm's {encoder_name[3:]!r} as an encoder ({str(exc).splitlines()[0][:200]}); "
+                "it needs a convolutional or hierarchical network with feature maps at strides 2 to 32"
+            ) from None
         if encoder_weights is None:
             raise
         raise ConfigError(
