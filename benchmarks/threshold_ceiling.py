@@ -6,10 +6,11 @@ by looking at its true mask.
 On the split's X-rays, at each X-ray's own size, from the network's probabilities as ``covidseg
 tune`` collects them (plain and flip-averaged, with and without the lung gate): per-image Dice
 over the COVID-19 X-rays with the best single threshold for all of them (what ``tune`` can
-choose), and with each X-ray's own best threshold from the same grid (an oracle no rule can beat:
-it reads the answer); then the all-image Dice (empty/empty = 1) each would give behind a perfect
-image gate (every negative X-ray kept empty). No image gate, no component filter, no hole
-filling: the figures bound what post-processing can add to this network's masks.
+choose), and with each X-ray's own best threshold from the same grid (an oracle that no single
+threshold per X-ray can beat: it reads the answer); then the all-image Dice (empty/empty = 1)
+each would give behind a perfect image gate (every negative X-ray kept empty). No image gate, no
+component filter, no hole filling: the figures bound what choosing thresholds can add to this
+network's masks.
 """
 
 from __future__ import annotations

@@ -267,7 +267,8 @@ def export_bundle(
             if feat is not None and not feat < (0.05 if precision == "fp16" else 1e-3):
                 raise CovidsegError(
                     f"the encoder features of the input check differ between ONNX and PyTorch (relative {feat:.3g}); "
-                    "this network's bundle cannot carry the input check of 'covidseg calibrate'"
+                    "this network's bundle cannot carry the input check of 'covidseg calibrate' (export a copy of "
+                    "the run without input_check.npz to ship the network without it)"
                 )
             meta["onnx_vs_torch_max_rel_feature_diff"] = feat
         meta["weights_precision"] = precision

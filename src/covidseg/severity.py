@@ -1,6 +1,6 @@
 """Infection as a share of the lung, for each lung and both, and a severity grade.
 
-Left and right lungs are the lung mask's two largest pieces that lie side by side
+Left and right lungs are the lung mask's largest piece and the largest piece beside it
 (:func:`split_lungs`); on a frontal (PA/AP) chest X-ray displayed as usual, the one on the
 image's left is the patient's **right** lung. Where the lungs form one piece, it is split at the
 middle of its columns; where one lung alone is found, the other has no share and the image no
@@ -77,7 +77,12 @@ def split_lungs(lung: np.ndarray) -> tuple[np.ndarray, np.ndarray, str]:
     - ``midline``: no such second piece, and the largest piece spans the image's middle column
       (both lungs in one piece): every lung pixel is split at the middle of its columns.
     - ``one_lung``: no such second piece, and the largest piece lies on one side of the image's
-      middle: the whole mask is that side's lung and the other lung is empty (not found).
+      middle: the whole mask is that side's lung and the other lung is empty (not found). The
+      image's middle stands in for the patient's: lungs in one piece far off the film's centre
+      count as one lung, and one lung reaching past the middle is split.
+
+    Ties (equal sizes, a piece equally near both lungs) go by the order of the pieces in the
+    image (rows first), so a mirrored film can then split differently.
     - ``none``: no lung; both masks empty.
     """
     lung = np.asarray(lung).astype(bool)
@@ -132,8 +137,9 @@ def _percent(infected: np.ndarray, region: np.ndarray) -> float | None:
 def quantify(infection: np.ndarray, lung: np.ndarray, rule: SeverityRule | None = None) -> dict[str, Any]:
     """Infected share of each lung and of both, the per-lung scores, the total and the grade.
 
-    Infection outside the lung mask is not counted. Percentages are ``None`` where there is no
-    lung to measure (and then the scores and grade are ``None`` too).
+    Infection outside the lung mask is not counted. A percentage is ``None`` where there is no
+    lung to measure (no lung at all, or the lung not found: ``lung_split`` ``one_lung``); the
+    scores, total and grade are ``None`` unless both lungs have a percentage.
     """
     rule = rule or SeverityRule()
     infection = np.asarray(infection).astype(bool)

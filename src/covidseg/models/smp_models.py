@@ -89,12 +89,12 @@ def build_smp(
     except KeyError as exc:
         raise ConfigError(f"encoder {encoder_name!r} has no {encoder_weights!r} weights ({exc})") from None
     except (OSError, RuntimeError, ValueError, TypeError, AttributeError, ConnectionError) as exc:
-        if timm_encoder and (encoder_weights is None or isinstance(exc, (ValueError, TypeError, AttributeError))):
+        if timm_encoder and (encoder_weights is None or isinstance(exc, (TypeError, AttributeError))):
             raise ConfigError(
                 f"smp cannot use timm's {encoder_name[3:]!r} as an encoder ({str(exc).splitlines()[0][:200]}); "
                 "it needs a convolutional or hierarchical network with feature maps at strides 2 to 32"
             ) from None
-        if encoder_weights is None:
+        if encoder_weights is None or isinstance(exc, (TypeError, AttributeError)):
             raise
         raise ConfigError(
             f"could not load the {encoder_weights!r} weights of encoder {encoder_name!r}: "
