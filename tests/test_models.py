@@ -49,7 +49,7 @@ def test_timm_encoders_build_through_the_universal_prefix() -> None:
 
 
 def test_export_tells_whether_onnx_finds_the_input_check_features(tmp_path) -> None:
-    from covidseg.export import _feature_difference, export_onnx
+    from covidseg.export import _onnx_difference, export_onnx
 
     # FPN and most encoders: the encoder's last ONNX tensor is its deepest feature map. A U-Net on
     # a four-stage timm encoder (ConvNeXt) ends its encoder with a placeholder instead: export
@@ -57,5 +57,5 @@ def test_export_tells_whether_onnx_finds_the_input_check_features(tmp_path) -> N
     for name, encoder, same in (("smp-fpn", "tu-regnetx_002", True), ("smp-unet", "tu-convnext_atto", False)):
         net = create_model({"name": name, "encoder_name": encoder, "classes": 2}).eval()
         export_onnx(net, 64, tmp_path / f"{encoder}.onnx")
-        diff = _feature_difference(net, tmp_path / f"{encoder}.onnx", 64)
+        _, _, diff = _onnx_difference(net, tmp_path / f"{encoder}.onnx", 64)
         assert (diff < 1e-4) if same else diff == float("inf")

@@ -181,13 +181,22 @@ def _metadata(run_dir: Path, checkpoint: str, state: dict[str, Any], n_out: int,
     }
 
 
-def _onnx_difference(model: torch.nn.Module, path: Path, size: int) -> tuple[float, float]:
-    """The largest logit difference between ONNX and PyTorch on a deterministic, image-like input,
-    and the largest logit magnitude (the scale the difference is judged against)."""
+def _onnx_difference(model: torch.nn.Module, path: Path, size: int) -> tuple[float, float, float | None]:
+    """ONNX against PyTorch on a deterministic, image-like input, one pass of each: the largest
+    logit difference; the largest logit magnitude (the scale that difference is judged against);
+    and, for the input check, the largest difference between the pooled encoder features that
+    onnxruntime finds in the graph and PyTorch's, relative to their largest magnitude (None for a
+    network without an encoder module; infinite when the graph's tensor is not the same feature
+    map: another shape)."""
     x = np.random.default_rng(0).random((2, 1, size, size), dtype=np.float32)
-    with torch.no_grad():
-        ref = model(torch.from_numpy(x)).numpy()
-    return float(np.abs(ref - onnx_backend(path)(x)).max()), float(np.abs(ref).max())
+    ref, ref_feat = torch_backend(model, torch.device("cpu"), features=True)(x)
+    got, got_feat = onnx_backend(path, features=True)(x)
+    diff, scale = float(np.abs(ref - got).max()), float(np.abs(ref).max())
+    if ref_feat is None:
+        return diff, scale, None
+    if got_feat is None or got_feat.shape != ref_feat.shape:
+        return diff, scale, float("inf")
+    return diff, scale, float(np.abs(ref_feat - got_feat).max() / max(float(np.abs(ref_feat).max()), 1e-6))
 
 
 def _version(package: str) -> str | None:
@@ -198,21 +207,6 @@ def _version(package: str) -> str | None:
         return version(package)
     except PackageNotFoundError:
         return None
-
-
-def _feature_difference(model: torch.nn.Module, path: Path, size: int) -> float | None:
-    """For the input check: the largest difference between the pooled encoder features that
-    onnxruntime finds in the graph and PyTorch's, relative to their largest magnitude; None for
-    a network without an encoder module; infinite when the graph's tensor is not the same
-    feature map (another shape)."""
-    x = np.random.default_rng(0).random((2, 1, size, size), dtype=np.float32)
-    _, ref = torch_backend(model, torch.device("cpu"), features=True)(x)
-    if ref is None:
-        return None
-    _, got = onnx_backend(path, features=True)(x)
-    if got is None or got.shape != ref.shape:
-        return float("inf")
-    return float(np.abs(ref - got).max() / max(float(np.abs(ref).max()), 1e-6))
 
 
 PRECISIONS = ("fp32", "fp16")
@@ -256,14 +250,13 @@ def export_bundle(
         if precision == "fp16":
             store_fp16(tmp / "model.onnx")
         meta = _metadata(run_dir, checkpoint, state, len(cfg.model.target_list), size, _count(weights))
-        diff, scale = _onnx_difference(model, tmp / "model.onnx", size)
+        diff, scale, feat = _onnx_difference(model, tmp / "model.onnx", size)
         meta["onnx_vs_torch_max_abs_logit_diff"] = diff
         # fp32: kernels differ in rounding only (1e-3, or 1e-4 of the largest logit when larger);
         # fp16 weights: 0.1
         if not diff < (0.1 if precision == "fp16" else max(1e-3, 1e-4 * scale)):
             raise CovidsegError(f"the exported ONNX model differs from PyTorch by {diff:.3g} in the logits")
         if (run_dir / CHECK_FILE).is_file():  # the bundle carries the input check: onnxruntime must see its features
-            feat = _feature_difference(model, tmp / "model.onnx", size)
             if feat is not None and not feat < (0.05 if precision == "fp16" else 1e-3):
                 raise CovidsegError(
                     f"the encoder features of the input check differ between ONNX and PyTorch (relative {feat:.3g}); "

@@ -80,10 +80,10 @@ def split_lungs(lung: np.ndarray) -> tuple[np.ndarray, np.ndarray, str]:
       middle: the whole mask is that side's lung and the other lung is empty (not found). The
       image's middle stands in for the patient's: lungs in one piece far off the film's centre
       count as one lung, and one lung reaching past the middle is split.
+    - ``none``: no lung; both masks empty.
 
     Ties (equal sizes, a piece equally near both lungs) go by the order of the pieces in the
     image (rows first), so a mirrored film can then split differently.
-    - ``none``: no lung; both masks empty.
     """
     lung = np.asarray(lung).astype(bool)
     image_left, image_right = np.zeros_like(lung), np.zeros_like(lung)
