@@ -48,14 +48,24 @@ def test_timm_encoders_build_through_the_universal_prefix() -> None:
         create_model({"name": "smp-fpn", "encoder_name": "tu-regnetx_002", "encoder_weights": "ssl"})
 
 
-def test_export_tells_whether_onnx_finds_the_input_check_features(tmp_path) -> None:
-    from covidseg.export import _onnx_difference, export_onnx
+def test_exported_onnx_gives_the_input_check_features_of_pytorch(tmp_path) -> None:
+    import onnx
 
-    # FPN and most encoders: the encoder's last ONNX tensor is its deepest feature map. A U-Net on
-    # a four-stage timm encoder (ConvNeXt) ends its encoder with a placeholder instead: export
-    # must see that (an infinite difference) and refuse to carry the input check.
-    for name, encoder, same in (("smp-fpn", "tu-regnetx_002", True), ("smp-unet", "tu-convnext_atto", False)):
+    from covidseg.export import _onnx_difference, export_onnx
+    from covidseg.inference.features import FEATURES_OUTPUT
+
+    # export_onnx writes the hooked feature map as the graph output ``features``, so every encoder
+    # gives PyTorch's features, a U-Net on a four-stage timm encoder (ConvNeXt) among them.
+    for name, encoder in (("smp-fpn", "tu-regnetx_002"), ("smp-unet", "tu-convnext_atto")):
         net = create_model({"name": name, "encoder_name": encoder, "classes": 2}).eval()
-        export_onnx(net, 64, tmp_path / f"{encoder}.onnx")
-        _, _, diff = _onnx_difference(net, tmp_path / f"{encoder}.onnx", 64)
-        assert (diff < 1e-4) if same else diff == float("inf")
+        path = export_onnx(net, 64, tmp_path / f"{encoder}.onnx")
+        assert [o.name for o in onnx.load(str(path)).graph.output] == ["logits", FEATURES_OUTPUT]
+        assert not any(net.encoder._forward_hooks.values())  # export leaves no hook behind
+        _, _, diff = _onnx_difference(net, path, 64)
+        assert diff < 1e-4
+        # A bundle from before that output (the built-in models) gets the encoder's last graph
+        # tensor: right for FPN; the four-stage U-Net ends its encoder with a placeholder, which
+        # export must see (an infinite difference) to refuse to carry the input check.
+        path = export_onnx(net, 64, tmp_path / f"{encoder}-logits-only.onnx", features=False)
+        _, _, diff = _onnx_difference(net, path, 64)
+        assert (diff < 1e-4) if encoder == "tu-regnetx_002" else diff == float("inf")

@@ -227,16 +227,24 @@ def test_a_photograph_and_noise_are_flagged(calibrated_run: Path) -> None:
         assert check["verdict"] != "ok" and check["reason"]
 
 
-def test_bundle_and_predict_carry_the_check(calibrated_run: Path, tmp_path: Path, synth_root: Path) -> None:
+@pytest.mark.parametrize("precision", ["fp32", "fp16"])
+def test_bundle_and_predict_carry_the_check(
+    calibrated_run: Path, tmp_path: Path, synth_root: Path, precision: str
+) -> None:
     bundle = tmp_path / "bundle"
-    assert main(["export", str(calibrated_run), "--out", str(bundle)]) == 0
+    assert main(["export", str(calibrated_run), "--out", str(bundle), "--precision", precision]) == 0
     config = json.loads((bundle / "config.json").read_text())
     assert {"calibration.json", "input_check.npz"} <= set(config["files"])
+    meta = json.loads((bundle / "metadata.json").read_text())
+    assert meta["onnx_vs_torch_max_rel_feature_diff"] < (0.05 if precision == "fp16" else 1e-3)
     xray = discover(synth_root).split("Val")[0].image
     run_pred, onnx_pred = Predictor.load(calibrated_run).predict(xray), Predictor.load(bundle).predict(xray)
+    tol = 1e-2 if precision == "fp16" else 1e-3  # fp16: the weights are rounded
     assert onnx_pred.input_check["verdict"] == run_pred.input_check["verdict"]
-    assert onnx_pred.input_check["score"] == pytest.approx(run_pred.input_check["score"], rel=1e-3)
-    assert onnx_pred.covid_probability == pytest.approx(run_pred.covid_probability, abs=1e-3)
+    assert onnx_pred.input_check["score"] == pytest.approx(run_pred.input_check["score"], rel=tol)
+    assert onnx_pred.covid_probability == pytest.approx(run_pred.covid_probability, abs=tol)
+    if precision == "fp16":
+        return
     out = tmp_path / "out"
     assert main(["predict", str(bundle), str(xray), "--out", str(out)]) == 0
     record = json.loads((out / "predictions.jsonl").read_text().splitlines()[0])

@@ -54,9 +54,10 @@ def onnx_backend(path: str | Path, threads: int | None = None, features: bool = 
     except Exception as exc:  # onnx and onnxruntime raise their own exception types
         raise CovidsegError(f"{path}: not a loadable ONNX model ({str(exc)[:200]})") from None
     name = session.get_inputs()[0].name
+    wanted = [o.name for o in session.get_outputs()][: 2 if found else 1]  # logits (and features)
 
     def run(x: np.ndarray):
-        out = session.run(None, {name: np.ascontiguousarray(x, dtype=np.float32)})
+        out = session.run(wanted, {name: np.ascontiguousarray(x, dtype=np.float32)})
         if not features:
             return out[0]
         return out[0], (pool(out[1]) if found else None)

@@ -5,7 +5,10 @@ A bundle holds::
     BUNDLE_DIR/model.safetensors  the weights (safetensors: loading runs no code); optional
                                   (``covidseg export --onnx-only``)
     BUNDLE_DIR/model.onnx         the same network for onnxruntime (input ``image``
-                                  (N, 1, S, S) float32 in [0, 1]; output ``logits`` (N, C, S, S))
+                                  (N, 1, S, S) float32 in [0, 1]; output ``logits`` (N, C, S, S)
+                                  and ``features``, the deepest encoder feature map that the
+                                  input check pools; bundles without it, such as the built-in
+                                  models, get the encoder's last graph tensor instead)
     BUNDLE_DIR/config.json        everything needed to use it: model spec and outputs,
                                   preprocessing, post-processing settings, severity rule,
                                   ``weights_precision`` (fp32, or fp16: weights stored as float16

@@ -7,11 +7,12 @@ deepest encoder stage (the ``encoder`` module of segmentation-models-pytorch net
 coarse layout (top/bottom, left/right) counts as well as content:
 
 - PyTorch: a forward hook on that module;
-- onnxruntime: the module's last tensor in the ONNX graph (its nodes are named after the module,
-  ``/encoder/...``) is added as a second graph output when the session is built, in memory; the
-  model file on disk is left as it is. ``covidseg export`` checks that this tensor gives
-  PyTorch's features before a bundle carries the input check (a U-Net on a four-stage timm
-  encoder does not: its export with an input check is refused).
+- onnxruntime: the graph output ``features``, which ``covidseg export`` writes beside ``logits``
+  from the same hook. Bundles exported before that output existed (covidseg-v1 and -v2 among
+  them) get the module's last tensor in the graph instead (its nodes are named after the module,
+  ``/encoder/...``), added as a second output in memory when the session is built; export
+  checked for them that this tensor gives PyTorch's features (a U-Net on a four-stage timm
+  encoder ends its encoder with another tensor, so such a network needs the ``features`` output).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import numpy as np
 import torch
 
 FEATURE_MODULES = ("encoder", "bottleneck")
+FEATURES_OUTPUT = "features"  # the ONNX graph output that holds the feature map
 GRID = 2
 
 
@@ -57,13 +59,17 @@ def torch_hook(model: torch.nn.Module) -> tuple[list[torch.Tensor], torch.utils.
     return seen, getattr(model, name).register_forward_hook(keep)
 
 
-def onnx_with_features(path: str | Path) -> tuple[bytes, bool]:
-    """The ONNX model at ``path`` with the deepest encoder tensor as a second graph output (under
-    its own name; serialised, for ``onnxruntime.InferenceSession``), and whether one was found."""
+def onnx_with_features(path: str | Path) -> tuple[str | bytes, bool]:
+    """The ONNX model at ``path``, for ``onnxruntime.InferenceSession``, with the deepest encoder
+    feature map as its second graph output, and whether it has one: the path itself when the graph
+    has the ``features`` output; else the model serialised with the encoder module's last tensor
+    appended as an output (under its own name)."""
     import onnx
 
     model = onnx.load(str(path))
     graph = model.graph
+    if [o.name for o in graph.output][1:2] == [FEATURES_OUTPUT]:
+        return str(path), True
     for module in FEATURE_MODULES:
         nodes = [n for n in graph.node if n.name.startswith(f"/{module}/")]
         if nodes:
