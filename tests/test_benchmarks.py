@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import csv
 import re
 import subprocess
 import sys
@@ -11,17 +10,16 @@ from pathlib import Path
 
 import numpy as np
 
+from covidseg.evaluation import write_rows
+
 BENCHMARKS = Path(__file__).parents[1] / "benchmarks"
-COLUMNS = ["id", "group", "tp", "fp", "fn", "tn", "dice", "lung_dice"]
 
 
 def write_eval(folder: Path, rows: list[dict[str, object]]) -> Path:
-    """A folder with ``per_image.csv`` as ``covidseg evaluate`` writes it (the columns used)."""
+    """A folder with ``per_image.csv`` written by ``covidseg evaluate``'s own writer (the columns
+    the scripts read; None for an undefined value)."""
     folder.mkdir(parents=True)
-    with open(folder / "per_image.csv", "w", newline="") as f:
-        writer = csv.DictWriter(f, COLUMNS)
-        writer.writeheader()
-        writer.writerows(rows)
+    write_rows(rows, folder / "per_image.csv")
     return folder
 
 
@@ -40,7 +38,7 @@ def dice_rows(dice: np.ndarray, groups: list[str], lung: float) -> list[dict[str
             "fp": 0,
             "fn": 0,
             "tn": 1,
-            "dice": "" if np.isnan(d) else d,
+            "dice": None if np.isnan(d) else d,
             "lung_dice": lung,
         }
         for i, (d, g) in enumerate(zip(dice, groups, strict=True))
