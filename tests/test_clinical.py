@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from conftest import copy_run
 from covidseg.cli import main
 from covidseg.config import build_config
 from covidseg.data.image_io import read_dicom_gray8, read_xray
@@ -160,6 +161,38 @@ def test_fp16_onnx_only_bundle_is_half_the_size_and_scores_like_fp32(
     capsys.readouterr()
     assert main(["evaluate", str(lung_run), "--bundle", str(builtin_path()), "--no-progress"]) == 2
     assert "does not fit the run" in capsys.readouterr().err
+
+
+def test_evaluate_bundle_reports_the_runs_tuning_only_for_the_runs_settings(
+    lung_run: Path, tmp_path: Path, capsys
+) -> None:
+    """A bundle exported before tuning applies other settings: the run's tuning record is not its own."""
+    run = copy_run(lung_run, tmp_path / "run")
+    early, tuned = tmp_path / "early", tmp_path / "tuned"
+    assert main(["export", str(run), "--out", str(early), "--onnx-only", "--no-progress"]) == 0
+    cross_fitted = {"per_image": 0.5, "per_image_covid": 0.4, "pooled": 0.45}
+    record = {
+        "settings": {"threshold": 0.3},
+        "tuned_for": "balanced",
+        "tuned_on": {"split": "Val"},
+        "cross_fit": {"cross_fitted": cross_fitted},
+    }
+    (run / "postprocess.json").write_text(json.dumps(record))
+    assert main(["export", str(run), "--out", str(tuned), "--onnx-only", "--no-progress"]) == 0
+
+    def evaluate(*extra: str) -> tuple[dict, str]:
+        capsys.readouterr()
+        assert main(["evaluate", str(run), "--panel", "0", "--no-progress", *extra]) == 0
+        name = "Val" if not extra else f"Val-{Path(extra[-1]).name}"
+        return json.loads((run / "eval" / name / "summary.json").read_text()), capsys.readouterr().out
+
+    for extra in ((), ("--bundle", str(tuned))):
+        s, out = evaluate(*extra)
+        assert s["postprocess"]["threshold"] == 0.3 and s["tuning"]["same_split"], extra
+        assert "tuned on this split for balanced: cross-fitted estimate per-image Dice 0.5000" in out
+    s, out = evaluate("--bundle", str(early))
+    assert s["postprocess"]["threshold"] != 0.3 and s["tuning"] is None
+    assert "tuned on this split" not in out
 
 
 def test_predict_real_world_inputs_and_skips_bad_ones(lung_run: Path, tmp_path: Path) -> None:

@@ -270,6 +270,7 @@ def evaluate_run(
             network's input size, the cached masks; for comparison only).
         bundle: score this exported bundle of the run (onnxruntime, its stored weights and
             settings) in place of the checkpoint; results go to ``eval/<split>-<bundle name>/``.
+            The run's tuning record is reported only when the bundle applies the run's settings.
 
     Returns:
         The summary dict, as written to ``summary.json``.
@@ -280,8 +281,11 @@ def evaluate_run(
         raise ConfigError(f"batch size must be at least 1, got {batch_size}")
     run_dir = Path(run_dir)
     predictor, cfg, state = open_run(run_dir, checkpoint, device, threshold, postprocess)
+    tuning = _tuning_record(run_dir, split, postprocess)
     if bundle is not None:
-        predictor = _bundle_predictor(bundle, cfg, threshold, postprocess)
+        run_post, predictor = predictor.post, _bundle_predictor(bundle, cfg, threshold, postprocess)
+        if predictor.post != run_post:  # the run's tuning record describes other settings
+            tuning = None
         state = {**state, "epoch": json.loads((Path(bundle) / "metadata.json").read_text()).get("epoch", -1)}
     r = open_split(cfg, split, data_root, limit, cache_dir, progress)
     truth = load_truth(r.dataset, scored_at, progress)
@@ -297,7 +301,7 @@ def evaluate_run(
             "data": SYNTHETIC_NOTE if r.synthetic else "X-rays",
             "synthetic": r.synthetic,
             "postprocess": post.as_dict(),
-            "tuning": _tuning_record(run_dir, split, postprocess),
+            "tuning": tuning,
             "checkpoint": checkpoint,
             "epoch": int(state["epoch"]),
             "data_root": str(r.data_root),
