@@ -27,7 +27,9 @@ def test_the_default_model_ships_within_its_size_limit_with_a_true_card() -> Non
     assert DEFAULT in builtin_names()
     d = describe()
     assert d["default"] and d["builtin"] and d["outputs"] == ["infection", "lung", "covid"]
-    assert d["size_bytes"] <= LIMIT_BYTES, d["size_bytes"]
+    # The limit holds for all built-in models together: they are package data of every install.
+    total = sum(describe(name)["size_bytes"] for name in builtin_names())
+    assert d["size_bytes"] <= total <= LIMIT_BYTES, total
     shipped = {"model.onnx", "config.json", "metadata.json", "calibration.json", "input_check.npz"}
     assert set(d["files"]) == shipped | {"MODEL_CARD.md"}
     card = d["card"]
