@@ -5,10 +5,10 @@
 #
 # DATA_DIR: the COVID-QU-Ex folder (or its 'Infection Segmentation Data' folder) with Train and Val.
 # WORK_DIR: a new folder for the run and the bundle (about 200 MB).
-# NAME, STEPS: covidseg-v2 and 4187 (covidseg-v2's recipe); covidseg-v3 is built with 10024.
+# NAME, STEPS: default covidseg-v2 and 4187, covidseg-v2's recipe.
 # It trains the cpu preset with the image-level COVID-19 head at 128x128 (pinned, should the
-# preset change) for a fixed number of steps (v2: 4,187 and v3: 10,024, what the preset's
-# 60-minute budget reached at 128 in fp32 on two 2-core AVX2 CPUs of the developers; with a fixed
+# preset change) for a fixed number of steps (v2: 4,187, what the preset's 60-minute budget reached
+# at 128 in fp32 on the slower of the developers' two 2-core AVX2 CPUs, 10,024 on the faster; with a fixed
 # number of steps the run does not depend on the machine's speed or load: on the same CPU, the
 # same seed gives the same weights bit for bit), scores it on Val untuned, tunes the
 # post-processing on Val (balanced Dice, cross-fitted), fits the input check and calibration
