@@ -21,9 +21,14 @@ DATA=${1:?usage: scripts/build_builtin_model.sh DATA_DIR WORK_DIR [NAME [STEPS]]
 WORK=${2:?usage: scripts/build_builtin_model.sh DATA_DIR WORK_DIR [NAME [STEPS]]}
 NAME=${3:-covidseg-v2}
 STEPS=${4:-4187}
+[[ $STEPS =~ ^[1-9][0-9]*$ ]] || { echo "STEPS must be a positive whole number, got '$STEPS'" >&2; exit 2; }
 RUN="$WORK/run"
 BUNDLE="$WORK/$NAME"
 mkdir -p "$WORK"
+if [ -f "$RUN/budget.json" ]; then  # a run being resumed or reused must be the one asked for
+  PLANNED=$(python -c 'import json, sys; print(json.load(open(sys.argv[1])).get("planned"))' "$RUN/budget.json")
+  [ "$PLANNED" = "$STEPS" ] || { echo "$RUN was trained for $PLANNED steps, not $STEPS: use another WORK_DIR" >&2; exit 2; }
+fi
 
 if [ ! -f "$RUN/budget.json" ] || ! grep -q '"finished": true' "$RUN/budget.json"; then
   if [ -f "$RUN/checkpoints/last.pt" ]; then

@@ -168,6 +168,7 @@ def test_evaluate_bundle_reports_the_runs_tuning_only_for_the_runs_settings(
 ) -> None:
     """A bundle exported before tuning applies other settings: the run's tuning record is not its own."""
     run = copy_run(lung_run, tmp_path / "run")
+    (run / "postprocess.json").unlink(missing_ok=True)  # another test of this module may have tuned it
     early, tuned = tmp_path / "early", tmp_path / "tuned"
     assert main(["export", str(run), "--out", str(early), "--onnx-only", "--no-progress"]) == 0
     cross_fitted = {"per_image": 0.5, "per_image_covid": 0.4, "pooled": 0.45}
@@ -183,7 +184,7 @@ def test_evaluate_bundle_reports_the_runs_tuning_only_for_the_runs_settings(
     def evaluate(*extra: str) -> tuple[dict, str]:
         capsys.readouterr()
         assert main(["evaluate", str(run), "--panel", "0", "--no-progress", *extra]) == 0
-        name = "Val" if not extra else f"Val-{Path(extra[-1]).name}"
+        name = f"Val-{Path(extra[-1]).name}" if "--bundle" in extra else "Val"
         return json.loads((run / "eval" / name / "summary.json").read_text()), capsys.readouterr().out
 
     for extra in ((), ("--bundle", str(tuned))):
@@ -193,6 +194,10 @@ def test_evaluate_bundle_reports_the_runs_tuning_only_for_the_runs_settings(
     s, out = evaluate("--bundle", str(early))
     assert s["postprocess"]["threshold"] != 0.3 and s["tuning"] is None
     assert "tuned on this split" not in out
+    # A --threshold also applies settings other than the tuned ones, to the run and the bundle alike.
+    for extra in (("--threshold", "0.6"), ("--threshold", "0.6", "--bundle", str(tuned))):
+        s, out = evaluate(*extra)
+        assert s["postprocess"]["threshold"] == 0.6 and s["tuning"] is None, extra
 
 
 def test_predict_real_world_inputs_and_skips_bad_ones(lung_run: Path, tmp_path: Path) -> None:

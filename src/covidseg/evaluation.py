@@ -28,7 +28,7 @@ from covidseg.data.loading import discover_root, load_dataset
 from covidseg.errors import ConfigError
 from covidseg.inference.bundle import is_bundle
 from covidseg.inference.postprocess import FILENAME as POSTPROCESS_FILE
-from covidseg.inference.postprocess import read_postprocess
+from covidseg.inference.postprocess import Postprocess, read_postprocess
 from covidseg.inference.predictor import Predictor, open_run
 from covidseg.metrics import confusion_counts, dice_iou, json_safe, summarize
 from covidseg.progress import Progress
@@ -161,12 +161,15 @@ def _summary(scored: Scored, groups: list[str], post_threshold: float, cfg: Conf
     return s
 
 
-def _tuning_record(run_dir: Path, split: str, postprocess: bool) -> dict[str, Any] | None:
-    """Where the applied settings were tuned, and their cross-fitted estimate (from ``tune``)."""
+def _tuning_record(run_dir: Path, split: str, postprocess: bool, applied: Postprocess) -> dict[str, Any] | None:
+    """Where the applied settings were tuned, and their cross-fitted estimate (from ``tune``);
+    None when the settings applied are not the tuned ones (a ``--threshold``, another bundle's)."""
     path = run_dir / POSTPROCESS_FILE
     if not postprocess or not path.is_file():
         return None
-    _, record = read_postprocess(path)
+    tuned, record = read_postprocess(path)
+    if tuned != applied:
+        return None
     out = {k: record.get(k) for k in ("tuned_for", "tuned_on", "cross_fit")}
     out["same_split"] = (record.get("tuned_on") or {}).get("split") == split
     return out
@@ -270,7 +273,7 @@ def evaluate_run(
             network's input size, the cached masks; for comparison only).
         bundle: score this exported bundle of the run (onnxruntime, its stored weights and
             settings) in place of the checkpoint; results go to ``eval/<split>-<bundle name>/``.
-            The run's tuning record is reported only when the bundle applies the run's settings.
+            The run's tuning record is reported only when the settings applied are the tuned ones.
 
     Returns:
         The summary dict, as written to ``summary.json``.
@@ -281,11 +284,8 @@ def evaluate_run(
         raise ConfigError(f"batch size must be at least 1, got {batch_size}")
     run_dir = Path(run_dir)
     predictor, cfg, state = open_run(run_dir, checkpoint, device, threshold, postprocess)
-    tuning = _tuning_record(run_dir, split, postprocess)
     if bundle is not None:
-        run_post, predictor = predictor.post, _bundle_predictor(bundle, cfg, threshold, postprocess)
-        if predictor.post != run_post:  # the run's tuning record describes other settings
-            tuning = None
+        predictor = _bundle_predictor(bundle, cfg, threshold, postprocess)
         state = {**state, "epoch": json.loads((Path(bundle) / "metadata.json").read_text()).get("epoch", -1)}
     r = open_split(cfg, split, data_root, limit, cache_dir, progress)
     truth = load_truth(r.dataset, scored_at, progress)
@@ -301,7 +301,7 @@ def evaluate_run(
             "data": SYNTHETIC_NOTE if r.synthetic else "X-rays",
             "synthetic": r.synthetic,
             "postprocess": post.as_dict(),
-            "tuning": tuning,
+            "tuning": _tuning_record(run_dir, split, postprocess, post),
             "checkpoint": checkpoint,
             "epoch": int(state["epoch"]),
             "data_root": str(r.data_root),
