@@ -58,10 +58,12 @@ def cmd_evaluate(a: argparse.Namespace) -> int:
         )
     det = s.get("detection")
     if det and det["sensitivity"] is not None and det["specificity"] is not None:
+        from covidseg.detection import call_rule
+
         auc = "n/a" if det["roc_auc"] is None else f"{det['roc_auc']:.4f}"
         print(
             f"  detection   sensitivity {det['sensitivity']:.4f}  specificity {det['specificity']:.4f}  "
-            f"ROC AUC {auc}  (call: {_call_rule(det['cutoff'])})"
+            f"ROC AUC {auc}  (call: {call_rule(det['cutoff'])})"
         )
     tuning = s.get("tuning") or {}
     cf = (tuning.get("cross_fit") or {}).get("cross_fitted")
@@ -109,10 +111,3 @@ def _evaluate_parser(sub: Any) -> None:
     sp.add_argument("--bundle", help="score this bundle of the run (from 'covidseg export') in place of its checkpoint")
     common_options(sp)
     sp.set_defaults(func=cmd_evaluate)
-
-
-def _call_rule(cutoff: float) -> str:
-    """The image-level COVID-19 call in words."""
-    if cutoff <= 0:
-        return "any predicted infection pixel"
-    return f"infection on more than {100 * cutoff:.3g}% of the image"

@@ -19,6 +19,7 @@ import re
 from pathlib import Path
 from typing import Any
 
+from covidseg.detection import call_rule
 from covidseg.errors import CovidsegError
 from covidseg.inference.builtin import sha256
 
@@ -85,7 +86,7 @@ def figures(run: Path, bundle: Path) -> str:
         cfd = cf["cross_fitted"]["detection"]
         lines += [
             "",
-            f"**COVID-19 call** (infection on more than {100 * det['cutoff']:.2f}% of the image; shipped, in-sample): "
+            f"**COVID-19 call** ({call_rule(det['cutoff'])}; shipped, in-sample): "
             f"sensitivity {det['sensitivity']:.3f}, specificity {det['specificity']:.3f} "
             f"(Normal {det['groups']['Normal']['specificity']:.3f}, "
             f"Non-COVID {det['groups']['Non-COVID']['specificity']:.3f}), "
