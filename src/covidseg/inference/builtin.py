@@ -17,7 +17,7 @@ from typing import Any
 
 from covidseg.errors import CovidsegError
 
-DEFAULT = "covidseg-v2"
+DEFAULT = "covidseg-v3"
 CARD = "MODEL_CARD.md"
 
 

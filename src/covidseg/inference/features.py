@@ -8,9 +8,9 @@ coarse layout (top/bottom, left/right) counts as well as content:
 
 - PyTorch: a forward hook on that module;
 - onnxruntime: the graph output ``features``, which ``covidseg export`` writes beside ``logits``
-  from the same hook. Bundles exported before that output existed (covidseg-v1 and -v2 among
-  them) get the module's last tensor in the graph instead (its nodes are named after the module,
-  ``/encoder/...``), added as a second output in memory when the session is built; export
+  from the same hook. Bundles exported before that output existed (the built-in covidseg-v1
+  among them) get the module's last tensor in the graph instead (its nodes are named after the
+  module, ``/encoder/...``), added as a second output in memory when the session is built; export
   checked for them that this tensor gives PyTorch's features (a U-Net on a four-stage timm
   encoder ends its encoder with another tensor, so such a network needs the ``features`` output).
 """
