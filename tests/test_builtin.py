@@ -16,8 +16,8 @@ import covidseg
 from covidseg.cli import main
 from covidseg.data.discovery import discover
 from covidseg.data.image_io import read_mask, read_xray
-from covidseg.detection import call_rule
 from covidseg.inference.builtin import DEFAULT, builtin_names, builtin_path, describe, sha256
+from covidseg.inference.postprocess import call_rule
 from covidseg.metrics import confusion_counts, dice_iou
 
 EXAMPLES = Path(covidseg.__file__).parent / "examples"
@@ -42,9 +42,10 @@ def test_the_default_model_ships_within_its_size_limit_with_a_true_card() -> Non
     assert set(listed) == shipped
     for name, digest in listed.items():
         assert sha256(builtin_path() / name) == digest, name
-    # The card states the COVID-19 call the shipped settings make.
-    cutoff = json.loads((builtin_path() / "config.json").read_text())["postprocess"]["detect_fraction"]
-    assert f"**COVID-19 call** ({call_rule(cutoff)};" in card
+    # Every built-in model's card states the COVID-19 call its shipped settings make.
+    for name in builtin_names():
+        cutoff = json.loads((builtin_path(name) / "config.json").read_text())["postprocess"]["detect_fraction"]
+        assert f"**COVID-19 call** ({call_rule(cutoff)};" in describe(name)["card"], name
 
 
 def test_predict_with_no_model_uses_the_built_in_one(tmp_path: Path, capsys) -> None:

@@ -13,6 +13,7 @@ from covidseg.errors import ConfigError, CovidsegError
 from covidseg.inference.postprocess import (
     Postprocess,
     box,
+    call_rule,
     fill_holes,
     finalize,
     load_postprocess,
@@ -194,3 +195,8 @@ def test_finalize_works_at_the_images_own_size() -> None:
     assert upsample(probs[0], 8, 8) is not None and np.array_equal(upsample(probs[0], 8, 8), probs[0])
     lung_only = finalize(probs[1:], (16, 16), Postprocess(), ("lung",))
     assert np.array_equal(lung_only.mask, lung_only.lung)
+
+
+def test_the_call_rule_names_a_zero_cutoff_as_any_pixel_and_others_as_a_share() -> None:
+    assert call_rule(0.0) == "any predicted infection pixel"
+    assert call_rule(0.00784) == "infection on more than 0.784% of the image"

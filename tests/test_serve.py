@@ -19,6 +19,7 @@ from PIL import Image
 
 from covidseg.data.discovery import discover
 from covidseg.inference.calibration import Calibration
+from covidseg.inference.postprocess import call_rule
 from covidseg.inference.predictor import Prediction, Predictor
 from covidseg.predict import prediction_record
 
@@ -264,6 +265,9 @@ def test_viewer_in_headless_chromium_uploads_and_shows_overlay_and_numbers(
         share = driver.find_element(By.ID, "r-image-share").text
         assert share == f"{expected.image_infected_share_pct:.2f} %"
         assert driver.find_element(By.ID, "r-severity").text.split(" ")[0] == expected.severity["severity"]
+        call = {None: "n/a", True: "COVID-19", False: "no COVID-19"}[expected.covid_call]
+        rule = call_rule(predictor.post.detect_fraction)
+        assert driver.find_element(By.ID, "r-call").text == f"{call} (rule: {rule})"
         # The overlay canvas holds exactly the predicted infection pixels, in red.
         red = driver.execute_script(
             "const c = document.getElementById('overlay'); const d = c.getContext('2d')"

@@ -7,7 +7,7 @@ import itertools
 import numpy as np
 import pytest
 
-from covidseg.detection import best_cutoff, call_rule, detection_summary, infected_share, roc_auc
+from covidseg.detection import best_cutoff, detection_summary, infected_share, roc_auc
 from covidseg.errors import ConfigError
 from covidseg.severity import SeverityRule, quantify, split_lungs
 
@@ -143,8 +143,3 @@ def test_cutoff_and_summary_per_group() -> None:
     assert s["groups"]["Normal"]["specificity"] == 1.0 and s["groups"]["Non-COVID"]["specificity"] == 0.0
     assert s["groups"]["Normal"]["roc_auc_vs_covid"] == 1.0
     assert s["roc_auc"] == pytest.approx(5 / 6)
-
-
-def test_the_call_rule_names_a_zero_cutoff_as_any_pixel_and_others_as_a_share() -> None:
-    assert call_rule(0.0) == "any predicted infection pixel"
-    assert call_rule(0.00784) == "infection on more than 0.784% of the image"

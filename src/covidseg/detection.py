@@ -25,13 +25,6 @@ from covidseg.groups import GROUPS
 POSITIVE = "COVID-19"
 
 
-def call_rule(cutoff: float) -> str:
-    """The image-level COVID-19 call in words, for a ``detect_fraction`` of ``cutoff``."""
-    if cutoff <= 0:
-        return "any predicted infection pixel"
-    return f"infection on more than {100 * cutoff:.3g}% of the image"
-
-
 def infected_share(stats: np.ndarray) -> np.ndarray:
     """Per image, predicted pixels over all pixels, from ``(N, 4)`` tp/fp/fn/tn counts."""
     stats = np.asarray(stats, dtype=np.float64).reshape(-1, 4)

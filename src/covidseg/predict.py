@@ -22,6 +22,7 @@ from covidseg.atomic import TMP_PREFIX, remove_leftovers, write_atomic
 from covidseg.data.discovery import INFECTION, LUNG
 from covidseg.data.image_io import DICOM_SUFFIXES, IMAGE_SUFFIXES, is_dicom, read_xray
 from covidseg.errors import CovidsegError, DataError
+from covidseg.inference.postprocess import call_rule
 from covidseg.inference.predictor import Prediction, Predictor
 from covidseg.locking import folder_lock
 from covidseg.progress import Progress, silent
@@ -92,6 +93,7 @@ def prediction_record(pred: Prediction, predictor: Predictor, shape: tuple[int, 
         "infected_pixels": int(pred.mask.sum()),
         "covid_call": pred.covid_call,
         "covid_cutoff_pct": round(100.0 * predictor.post.detect_fraction, 4),
+        "covid_call_rule": call_rule(predictor.post.detect_fraction),
         "threshold": predictor.threshold,
         "engine": predictor.engine,
     }

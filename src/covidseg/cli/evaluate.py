@@ -58,7 +58,7 @@ def cmd_evaluate(a: argparse.Namespace) -> int:
         )
     det = s.get("detection")
     if det and det["sensitivity"] is not None and det["specificity"] is not None:
-        from covidseg.detection import call_rule
+        from covidseg.inference.postprocess import call_rule
 
         auc = "n/a" if det["roc_auc"] is None else f"{det['roc_auc']:.4f}"
         print(

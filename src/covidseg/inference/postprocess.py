@@ -185,6 +185,13 @@ class Postprocess:
         return bool(mask.mean() > self.detect_fraction) if mask.size else False
 
 
+def call_rule(cutoff: float) -> str:
+    """The image-level COVID-19 call in words, for a ``detect_fraction`` of ``cutoff``."""
+    if cutoff <= 0:
+        return "any predicted infection pixel"
+    return f"infection on more than {100 * cutoff:.3g}% of the image"
+
+
 def lung_mask(prob: np.ndarray, threshold: float = 0.5) -> np.ndarray:
     """(H, W) lung probabilities -> uint8 mask: threshold, the two largest components (the two
     lungs), holes filled."""

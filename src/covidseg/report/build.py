@@ -26,6 +26,7 @@ from covidseg.config import Config
 from covidseg.data.discovery import GROUPS
 from covidseg.document import Document, slug
 from covidseg.errors import CovidsegError
+from covidseg.inference.postprocess import call_rule
 from covidseg.metrics import lookup
 from covidseg.report.describe import (
     INFECTION_COLUMNS,
@@ -231,8 +232,8 @@ class ReportBuilder:
         det = s.get("detection")
         if det:
             d.para(
-                f"COVID-19 detection on {split} (an image is called COVID-19 when its infection mask covers more "
-                f"than {100 * det['cutoff']:.3f}% of it): sensitivity {pct(det['sensitivity'])}, specificity "
+                f"COVID-19 detection on {split} (the call: {call_rule(det['cutoff'])}): "
+                f"sensitivity {pct(det['sensitivity'])}, specificity "
                 f"{pct(det['specificity'])}, ROC AUC {num(det['roc_auc'])}."
             )
             d.table(

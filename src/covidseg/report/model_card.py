@@ -19,9 +19,9 @@ import re
 from pathlib import Path
 from typing import Any
 
-from covidseg.detection import call_rule
 from covidseg.errors import CovidsegError
 from covidseg.inference.builtin import sha256
+from covidseg.inference.postprocess import call_rule
 
 TITLE = "COVID-19 infection and lung segmentation on frontal chest X-rays"
 
