@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -13,12 +14,14 @@ import pytest
 from PIL import Image
 
 import covidseg
+from conftest import copy_run
 from covidseg.cli import main
 from covidseg.data.discovery import discover
 from covidseg.data.image_io import read_mask, read_xray
 from covidseg.inference.builtin import DEFAULT, builtin_names, builtin_path, describe, sha256
 from covidseg.inference.postprocess import call_rule
 from covidseg.metrics import confusion_counts, dice_iou
+from covidseg.report import model_card
 
 EXAMPLES = Path(covidseg.__file__).parent / "examples"
 LIMIT_BYTES = 25 * 1000 * 1000
@@ -110,3 +113,15 @@ def test_built_in_model_scores_on_val_what_its_card_says(real_root: Path) -> Non
         dice.append(dice_iou(confusion_counts(pred[None], truth[None]), 1.0)[0][0])
     assert np.mean(dice) == pytest.approx(float(shipped.group(1)), abs=0.002)
     assert meta["weights_precision"] == "fp16"
+
+
+def test_a_model_card_is_refused_for_a_run_scored_on_synthetic_data(two_output_run: Path, tmp_path: Path) -> None:
+    """The card's figures would be read from the synthetic set under a COVID-QU-Ex heading."""
+    run, bundle = copy_run(two_output_run, tmp_path / "run"), tmp_path / "bundle"
+    assert main(["evaluate", str(run), "--no-postprocess", "--panel", "0", "--no-progress"]) == 0
+    shutil.copy(run / "eval" / "Val" / "summary.json", run / "eval" / "Val" / "summary_untuned.json")
+    assert main(["export", str(run), "--out", str(bundle), "--onnx-only", "--no-progress"]) == 0
+    assert main(["evaluate", str(run), "--bundle", str(bundle), "--panel", "0", "--no-progress"]) == 0
+    with pytest.raises(SystemExit, match="synthetic set"):
+        model_card.main([str(run), str(bundle), "--name", "synthetic-test"])
+    assert not (bundle / "MODEL_CARD.md").exists()

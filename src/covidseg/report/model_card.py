@@ -51,6 +51,11 @@ def figures(run: Path, bundle: Path) -> str:
     untuned = _load(run / "eval" / "Val" / "summary_untuned.json")
     tuned = _load(run / "eval" / "Val" / "summary.json")
     shipped = _load(run / "eval" / f"Val-{bundle.name}" / "summary.json")
+    if any(s.get("synthetic") for s in (untuned, tuned, shipped)):
+        raise CovidsegError(
+            f"{run} was scored on covidseg's synthetic set (a test fixture, not X-rays): "
+            "a model card describes a model of COVID-QU-Ex X-rays"
+        )
     cf = _load(run / "postprocess.json")["cross_fit"]
     precision = json.loads((bundle / "config.json").read_text()).get("weights_precision", "fp32")
     for s in (untuned, tuned, shipped):
@@ -285,7 +290,10 @@ def main(argv: list[str] | None = None) -> None:
     a = p.parse_args(argv)
     speed = Path(a.speed).read_text() if a.speed else ""
     ood = Path(a.ood).read_text() if a.ood else ""
-    print(write_card(Path(a.run), Path(a.bundle), a.name, speed, ood))
+    try:
+        print(write_card(Path(a.run), Path(a.bundle), a.name, speed, ood))
+    except CovidsegError as e:
+        raise SystemExit(f"model_card: {e}") from None
 
 
 if __name__ == "__main__":
