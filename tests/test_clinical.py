@@ -16,6 +16,7 @@ from covidseg.cli import main
 from covidseg.config import build_config
 from covidseg.data.image_io import read_dicom_gray8, read_xray
 from covidseg.data.synthetic import write_dicom
+from covidseg.engine.checkpoint import load_checkpoint, save_checkpoint
 from covidseg.engine.fit import fit
 from covidseg.errors import DataError
 from covidseg.inference.predictor import Predictor
@@ -198,6 +199,16 @@ def test_evaluate_bundle_reports_the_runs_tuning_only_for_the_runs_settings(
     for extra in (("--threshold", "0.6"), ("--threshold", "0.6", "--bundle", str(tuned))):
         s, out = evaluate(*extra)
         assert s["postprocess"]["threshold"] == 0.6 and s["tuning"] is None, extra
+    # The run's weights change (another run with the same tuned settings, in effect): the bundle's
+    # recorded source checkpoint tells its weights from the run's.
+    ckpt = run / "checkpoints" / "best.pt"
+    state = load_checkpoint(ckpt)
+    next(v for v in state["model"].values() if v.is_floating_point()).add_(0.01)
+    save_checkpoint(ckpt, state)
+    s, out = evaluate("--bundle", str(tuned))
+    assert s["postprocess"]["threshold"] == 0.3 and s["tuning"] is None
+    assert "tuned on this split" not in out
+    assert evaluate()[0]["tuning"]["same_split"]
 
 
 def test_predict_real_world_inputs_and_skips_bad_ones(lung_run: Path, tmp_path: Path) -> None:

@@ -26,6 +26,7 @@ from covidseg.data.dataset import SegmentationDataset
 from covidseg.data.discovery import GROUPS
 from covidseg.data.loading import discover_root, load_dataset
 from covidseg.errors import ConfigError
+from covidseg.inference.builtin import sha256
 from covidseg.inference.bundle import is_bundle
 from covidseg.inference.postprocess import FILENAME as POSTPROCESS_FILE
 from covidseg.inference.postprocess import Postprocess, read_postprocess
@@ -161,11 +162,14 @@ def _summary(scored: Scored, groups: list[str], post_threshold: float, cfg: Conf
     return s
 
 
-def _tuning_record(run_dir: Path, split: str, postprocess: bool, applied: Postprocess) -> dict[str, Any] | None:
+def _tuning_record(
+    run_dir: Path, split: str, postprocess: bool, applied: Postprocess, bundle: str | Path | None = None
+) -> dict[str, Any] | None:
     """Where the applied settings were tuned, and their cross-fitted estimate (from ``tune``);
-    None when the settings applied are not the tuned ones (a ``--threshold``, another bundle's)."""
+    None when the settings applied are not the tuned ones (a ``--threshold``, another bundle's)
+    or the bundle holds other weights than the run's."""
     path = run_dir / POSTPROCESS_FILE
-    if not postprocess or not path.is_file():
+    if not postprocess or not path.is_file() or (bundle is not None and not _from_run(run_dir, Path(bundle))):
         return None
     tuned, record = read_postprocess(path)
     if tuned != applied:
@@ -173,6 +177,17 @@ def _tuning_record(run_dir: Path, split: str, postprocess: bool, applied: Postpr
     out = {k: record.get(k) for k in ("tuned_for", "tuned_on", "cross_fit")}
     out["same_split"] = (record.get("tuned_on") or {}).get("split") == split
     return out
+
+
+def _from_run(run_dir: Path, bundle: Path) -> bool:
+    """Whether ``bundle`` holds the weights of the run's checkpoint as it is now (bundles exported
+    before export recorded its hash: assumed so)."""
+    meta = json.loads((bundle / "metadata.json").read_text())
+    digest, name = meta.get("source_checkpoint_sha256"), meta.get("checkpoint")
+    if digest is None:
+        return True
+    path = run_dir / "checkpoints" / f"{name}.pt"
+    return name in ("best", "last") and path.is_file() and sha256(path) == digest
 
 
 def _per_image_rows(scored: Scored, ds: SegmentationDataset, truth: Truth, cfg: Config, post: Any) -> list[dict]:
@@ -273,7 +288,8 @@ def evaluate_run(
             network's input size, the cached masks; for comparison only).
         bundle: score this exported bundle of the run (onnxruntime, its stored weights and
             settings) in place of the checkpoint; results go to ``eval/<split>-<bundle name>/``.
-            The run's tuning record is reported only when the settings applied are the tuned ones.
+            The run's tuning record is reported only when the settings applied are the tuned ones
+            and the bundle holds the run's weights (``metadata.json``: ``source_checkpoint_sha256``).
 
     Returns:
         The summary dict, as written to ``summary.json``.
@@ -301,7 +317,7 @@ def evaluate_run(
             "data": SYNTHETIC_NOTE if r.synthetic else "X-rays",
             "synthetic": r.synthetic,
             "postprocess": post.as_dict(),
-            "tuning": _tuning_record(run_dir, split, postprocess, post),
+            "tuning": _tuning_record(run_dir, split, postprocess, post, bundle),
             "checkpoint": checkpoint,
             "epoch": int(state["epoch"]),
             "data_root": str(r.data_root),

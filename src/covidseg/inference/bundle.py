@@ -8,13 +8,14 @@ A bundle holds::
                                   (N, 1, S, S) float32 in [0, 1]; output ``logits`` (N, C, S, S)
                                   and ``features``, the deepest encoder feature map that the
                                   input check pools; bundles without it, such as the built-in
-                                  models, get the encoder's last graph tensor instead)
+                                  covidseg-v1, get the encoder's last graph tensor instead)
     BUNDLE_DIR/config.json        everything needed to use it: model spec and outputs,
                                   preprocessing, post-processing settings, severity rule,
                                   ``weights_precision`` (fp32, or fp16: weights stored as float16
                                   behind casts, inference in float32)
-    BUNDLE_DIR/metadata.json      versions, shapes, source run and epoch, its Val metrics,
-                                  and the largest ONNX vs PyTorch difference measured at export
+    BUNDLE_DIR/metadata.json      versions, shapes, source run, checkpoint (and its SHA-256) and
+                                  epoch, its Val metrics, and the largest ONNX vs PyTorch
+                                  difference measured at export
 
 A bundle is untrusted input: every key of ``config.json`` is checked before use, and the ONNX
 model's input and output shapes must match what the config says.
