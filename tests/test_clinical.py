@@ -19,6 +19,7 @@ from covidseg.data.synthetic import write_dicom
 from covidseg.engine.checkpoint import load_checkpoint, save_checkpoint
 from covidseg.engine.fit import fit
 from covidseg.errors import DataError
+from covidseg.inference.builtin import sha256
 from covidseg.inference.predictor import Predictor
 
 
@@ -176,7 +177,7 @@ def test_evaluate_bundle_reports_the_runs_tuning_only_for_the_runs_settings(
     record = {
         "settings": {"threshold": 0.3},
         "tuned_for": "balanced",
-        "tuned_on": {"split": "Val"},
+        "tuned_on": {"split": "Val", "checkpoint_sha256": sha256(run / "checkpoints" / "best.pt")},
         "cross_fit": {"cross_fitted": cross_fitted},
     }
     (run / "postprocess.json").write_text(json.dumps(record))
@@ -199,16 +200,24 @@ def test_evaluate_bundle_reports_the_runs_tuning_only_for_the_runs_settings(
     for extra in (("--threshold", "0.6"), ("--threshold", "0.6", "--bundle", str(tuned))):
         s, out = evaluate(*extra)
         assert s["postprocess"]["threshold"] == 0.6 and s["tuning"] is None, extra
-    # The run's weights change (another run with the same tuned settings, in effect): the bundle's
-    # recorded source checkpoint tells its weights from the run's.
+    # The run's weights change after tuning (trained on, or another run's weights with the same
+    # settings, in effect): the record belongs to the weights tuned, which the first bundle holds.
     ckpt = run / "checkpoints" / "best.pt"
     state = load_checkpoint(ckpt)
     next(v for v in state["model"].values() if v.is_floating_point()).add_(0.01)
     save_checkpoint(ckpt, state)
-    s, out = evaluate("--bundle", str(tuned))
-    assert s["postprocess"]["threshold"] == 0.3 and s["tuning"] is None
-    assert "tuned on this split" not in out
-    assert evaluate()[0]["tuning"]["same_split"]
+    other = tmp_path / "other"
+    assert main(["export", str(run), "--out", str(other), "--onnx-only", "--no-progress"]) == 0
+    assert evaluate("--bundle", str(tuned))[0]["tuning"]["same_split"]
+    for extra in ((), ("--bundle", str(other))):
+        s, out = evaluate(*extra)
+        assert s["postprocess"]["threshold"] == 0.3 and s["tuning"] is None, extra
+        assert "tuned on this split" not in out
+    # A record from before tune kept the hash: a bundle is compared with the run's checkpoint.
+    record["tuned_on"].pop("checkpoint_sha256")
+    (run / "postprocess.json").write_text(json.dumps(record))
+    assert evaluate("--bundle", str(tuned))[0]["tuning"] is None
+    assert evaluate("--bundle", str(other))[0]["tuning"]["same_split"]
 
 
 def test_predict_real_world_inputs_and_skips_bad_ones(lung_run: Path, tmp_path: Path) -> None:

@@ -13,6 +13,7 @@ import torch
 from conftest import copy_run
 from covidseg.cli import TUNE_METRICS, main
 from covidseg.evaluation import evaluate_run, open_split
+from covidseg.inference.builtin import sha256
 from covidseg.inference.postprocess import Postprocess
 from covidseg.inference.predictor import open_run
 from covidseg.scoring import load_truth
@@ -87,6 +88,8 @@ def test_tune_then_evaluate_scores_the_same_as_tune_in_sample(two_output_run: Pa
     assert cf["cross_fitted"]["images"] == tuned["images"] == sum(cf["halves"])
     assert len(cf["chosen"]) == 2 and all(Postprocess.from_dict(c) for c in cf["chosen"])
     assert tuned["tuning"]["same_split"] and tuned["tuning"]["cross_fit"] == cf
+    # The record names the weights it suits: the checkpoint tuned, by its SHA-256.
+    assert record["tuned_on"]["checkpoint_sha256"] == sha256(run / "checkpoints" / "best.pt")
 
 
 def test_tune_starts_from_the_configured_threshold(two_output_run: Path, tmp_path: Path) -> None:

@@ -25,6 +25,7 @@ from covidseg.config import Config
 from covidseg.data.dataset import SegmentationDataset
 from covidseg.data.discovery import GROUPS
 from covidseg.data.loading import discover_root, load_dataset
+from covidseg.engine.checkpoint import checkpoint_path
 from covidseg.errors import ConfigError
 from covidseg.inference.builtin import sha256
 from covidseg.inference.bundle import is_bundle
@@ -163,31 +164,55 @@ def _summary(scored: Scored, groups: list[str], post_threshold: float, cfg: Conf
 
 
 def _tuning_record(
-    run_dir: Path, split: str, postprocess: bool, applied: Postprocess, bundle: str | Path | None = None
+    run_dir: Path, split: str, postprocess: bool, applied: Postprocess, weights: Weights
 ) -> dict[str, Any] | None:
     """Where the applied settings were tuned, and their cross-fitted estimate (from ``tune``);
     None when the settings applied are not the tuned ones (a ``--threshold``, another bundle's)
-    or the bundle holds other weights than the run's."""
+    or the weights scored are not the ones tuned (another run's bundle, a checkpoint trained on)."""
     path = run_dir / POSTPROCESS_FILE
-    if not postprocess or not path.is_file() or (bundle is not None and not _from_run(run_dir, Path(bundle))):
+    if not postprocess or not path.is_file():
         return None
     tuned, record = read_postprocess(path)
-    if tuned != applied:
+    tuned_on = record.get("tuned_on") if isinstance(record.get("tuned_on"), dict) else {}
+    if tuned != applied or not weights.match(tuned_on.get("checkpoint_sha256"), run_dir):
         return None
     out = {k: record.get(k) for k in ("tuned_for", "tuned_on", "cross_fit")}
-    out["same_split"] = (record.get("tuned_on") or {}).get("split") == split
+    out["same_split"] = tuned_on.get("split") == split
     return out
 
 
-def _from_run(run_dir: Path, bundle: Path) -> bool:
-    """Whether ``bundle`` holds the weights of the run's checkpoint as it is now (bundles exported
-    before export recorded its hash: assumed so)."""
-    meta = json.loads((bundle / "metadata.json").read_text())
-    digest, name = meta.get("source_checkpoint_sha256"), meta.get("checkpoint")
-    if digest is None:
-        return True
-    path = run_dir / "checkpoints" / f"{name}.pt"
-    return name in ("best", "last") and path.is_file() and sha256(path) == digest
+@dataclass(frozen=True)
+class Weights:
+    """The weights an evaluation scores: a run's checkpoint file, or a bundle with the SHA-256 of
+    the checkpoint it was exported from (None for bundles older than that record)."""
+
+    checkpoint: Path | None = None
+    bundle_sha256: str | None = None
+    bundle_checkpoint: str | None = None
+
+    def match(self, tuned_sha256: str | None, run_dir: Path) -> bool:
+        """Whether these are the weights tuned (``tuned_sha256``, None for runs tuned before
+        ``tune`` recorded it: then a bundle is compared with the run's checkpoint as it is now, and
+        whatever cannot be compared is taken to match)."""
+        if self.checkpoint is not None:
+            return tuned_sha256 is None or sha256(self.checkpoint) == tuned_sha256
+        if self.bundle_sha256 is None:
+            return True
+        if tuned_sha256 is not None:
+            return self.bundle_sha256 == tuned_sha256
+        path = run_dir / "checkpoints" / f"{self.bundle_checkpoint}.pt"
+        return self.bundle_checkpoint in ("best", "last") and path.is_file() and sha256(path) == self.bundle_sha256
+
+
+def _bundle_metadata(bundle: Path) -> dict[str, Any]:
+    """A bundle's ``metadata.json`` (untrusted: an object, its hash a string or absent)."""
+    try:
+        meta = json.loads((bundle / "metadata.json").read_text())
+    except ValueError:
+        meta = None
+    if not isinstance(meta, dict) or not isinstance(meta.get("source_checkpoint_sha256", ""), str):
+        raise ConfigError(f"{bundle}/metadata.json is damaged: export the bundle again")
+    return meta
 
 
 def _per_image_rows(scored: Scored, ds: SegmentationDataset, truth: Truth, cfg: Config, post: Any) -> list[dict]:
@@ -300,9 +325,12 @@ def evaluate_run(
         raise ConfigError(f"batch size must be at least 1, got {batch_size}")
     run_dir = Path(run_dir)
     predictor, cfg, state = open_run(run_dir, checkpoint, device, threshold, postprocess)
+    weights = Weights(checkpoint=checkpoint_path(run_dir, checkpoint))
     if bundle is not None:
         predictor = _bundle_predictor(bundle, cfg, threshold, postprocess)
-        state = {**state, "epoch": json.loads((Path(bundle) / "metadata.json").read_text()).get("epoch", -1)}
+        meta = _bundle_metadata(Path(bundle))
+        state = {**state, "epoch": meta["epoch"] if isinstance(meta.get("epoch"), int) else -1}
+        weights = Weights(bundle_sha256=meta.get("source_checkpoint_sha256"), bundle_checkpoint=meta.get("checkpoint"))
     r = open_split(cfg, split, data_root, limit, cache_dir, progress)
     truth = load_truth(r.dataset, scored_at, progress)
     scored = score_split(predictor, r.dataset, truth, batch_size or cfg.train.batch_size, progress)
@@ -317,7 +345,7 @@ def evaluate_run(
             "data": SYNTHETIC_NOTE if r.synthetic else "X-rays",
             "synthetic": r.synthetic,
             "postprocess": post.as_dict(),
-            "tuning": _tuning_record(run_dir, split, postprocess, post, bundle),
+            "tuning": _tuning_record(run_dir, split, postprocess, post, weights),
             "checkpoint": checkpoint,
             "epoch": int(state["epoch"]),
             "data_root": str(r.data_root),

@@ -34,8 +34,10 @@ import numpy as np
 
 from covidseg.data.discovery import GROUPS
 from covidseg.detection import best_cutoff, infected_share, roc_auc
+from covidseg.engine.checkpoint import checkpoint_path
 from covidseg.errors import ConfigError
 from covidseg.evaluation import open_split
+from covidseg.inference.builtin import sha256
 from covidseg.inference.postprocess import FILENAME, Postprocess, finalize, head_score, lung_mask, upsample
 from covidseg.inference.predictor import Predictor, open_run
 from covidseg.metrics import confusion_counts, dice_iou, nan_mean, negatives_with_false_positives, pooled
@@ -286,7 +288,14 @@ def tune_postprocess(
     record: dict[str, Any] = {
         "settings": post.as_dict(),
         "tuned_for": metric,
-        "tuned_on": {"split": "Val", "images": len(data), "scored_at": "native", "synthetic": split.synthetic},
+        "tuned_on": {
+            "split": "Val",
+            "images": len(data),
+            "scored_at": "native",
+            "synthetic": split.synthetic,
+            "checkpoint": checkpoint,
+            "checkpoint_sha256": sha256(checkpoint_path(run_dir, checkpoint)),  # the weights these settings suit
+        },
         "cross_fit": None,
         "steps": steps,
     }

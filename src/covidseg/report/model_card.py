@@ -288,11 +288,11 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--speed", help="a text file with the speed section (Markdown)")
     p.add_argument("--ood", help="a text file with the input check's table (benchmarks/ood.py --markdown)")
     a = p.parse_args(argv)
-    speed = Path(a.speed).read_text() if a.speed else ""
-    ood = Path(a.ood).read_text() if a.ood else ""
     try:
+        speed = Path(a.speed).read_text() if a.speed else ""
+        ood = Path(a.ood).read_text() if a.ood else ""
         print(write_card(Path(a.run), Path(a.bundle), a.name, speed, ood))
-    except CovidsegError as e:
+    except (CovidsegError, OSError, ValueError) as e:
         raise SystemExit(f"model_card: {e}") from None
 
 
