@@ -103,6 +103,17 @@ def test_predict_original_size_and_skips_bad_files(trained_run: Path, tmp_path: 
     assert [Path(x["image"]).name for x in lines] == ["a.png", "b.jpg"]
     assert all(0.0 <= x["image_infected_share_pct"] <= 100.0 for x in lines)
     assert lines[0]["image_infected_share_pct"] == pytest.approx(100 * (mask > 0).mean(), abs=1e-4)
+    # A second run into the same folder keeps the earlier records, replacing those of the images
+    # it writes again; a line that is not a record stays too.
+    with (out / "predictions.jsonl").open("a") as f:
+        f.write("a note of the user's\n")
+    Image.fromarray(np.full((40, 60), 90, np.uint8)).save(inputs / "c.png")
+    (inputs / "a.png").unlink()
+    assert main(["predict", str(trained_run), str(inputs), "--out", str(out), "--no-progress"]) == 0
+    text = (out / "predictions.jsonl").read_text().splitlines()
+    assert text[1] == "a note of the user's"  # after a.png's record; b.jpg's old one is gone
+    names = [Path(json.loads(x)["image"]).name for x in text if x.startswith("{")]
+    assert names == ["a.png", "b.jpg", "c.png"] and (out / "a_mask.png").is_file()
 
 
 def _error(capsys, argv: list[str]) -> str:

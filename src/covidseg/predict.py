@@ -129,7 +129,8 @@ def predict_paths(
     Unreadable files, and images above ``max_pixels`` (:data:`covidseg.data.image_io.MAX_PIXELS`
     by default), are reported and skipped; the rest go on. Every file is written under a
     temporary name and renamed into place (``predictions.jsonl`` when all images are done), so a
-    killed run leaves whole files only; its temporary files are removed by the next run.
+    killed run leaves whole files only; its temporary files are removed by the next run. An earlier
+    run's records in ``out_dir`` are kept, but those of images this run writes again.
 
     Returns:
         (number predicted, [(file, reason) skipped], number the input check flagged).
@@ -161,8 +162,29 @@ def predict_paths(
         if done == 0 and skipped:
             partial.unlink()
             raise CovidsegError(f"none of the {len(files)} input file(s) could be read; see the warnings above")
+        _keep_earlier_records(out / "predictions.jsonl", partial)
         os.replace(partial, out / "predictions.jsonl")
     return done, skipped, flagged
+
+
+def _keep_earlier_records(previous: Path, partial: Path) -> None:
+    """Put the lines of an earlier run's ``predictions.jsonl`` in ``out`` before this run's, but
+    those of images whose files this run wrote again (same mask name): nothing predicted before is
+    lost, and every record describes the files beside it. Lines that are not a record are kept."""
+    if not previous.is_file():
+        return
+    new = partial.read_text()
+    written = {json.loads(line).get("mask") for line in new.splitlines()}
+    kept = []
+    for line in previous.read_text().splitlines():
+        try:
+            record = json.loads(line)
+        except ValueError:
+            record = None
+        if not (isinstance(record, dict) and record.get("mask") in written):
+            kept.append(line + "\n")
+    if kept:
+        partial.write_text("".join(kept) + new)
 
 
 def _write_one(predictor: Predictor, gray: np.ndarray, out: Path, stem: str) -> dict[str, Any]:
