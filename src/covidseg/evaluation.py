@@ -25,7 +25,6 @@ from covidseg.config import Config
 from covidseg.data.dataset import SegmentationDataset
 from covidseg.data.discovery import GROUPS
 from covidseg.data.loading import discover_root, load_dataset
-from covidseg.engine.checkpoint import checkpoint_path
 from covidseg.errors import ConfigError
 from covidseg.inference.builtin import sha256
 from covidseg.inference.bundle import is_bundle
@@ -164,44 +163,40 @@ def _summary(scored: Scored, groups: list[str], post_threshold: float, cfg: Conf
 
 
 def _tuning_record(
-    run_dir: Path, split: str, postprocess: bool, applied: Postprocess, weights: Weights
+    run_dir: Path, split: str, postprocess: bool, applied: Postprocess, checkpoint: str, bundle: dict[str, Any] | None
 ) -> dict[str, Any] | None:
     """Where the applied settings were tuned, and their cross-fitted estimate (from ``tune``);
     None when the settings applied are not the tuned ones (a ``--threshold``, another bundle's)
-    or the weights scored are not the ones tuned (another run's bundle, a checkpoint trained on)."""
+    or the weights scored are not the ones tuned (another run's bundle, a checkpoint trained on).
+
+    The weights scored are the run's ``checkpoint``, or those of the bundle whose ``metadata.json``
+    is ``bundle`` (bundles exported before it recorded their checkpoint's hash are taken to match);
+    the weights tuned are named by the record's hash, or for records from before ``tune`` kept it,
+    by the run's checkpoint as it is now."""
     path = run_dir / POSTPROCESS_FILE
     if not postprocess or not path.is_file():
         return None
     tuned, record = read_postprocess(path)
+    if tuned != applied:
+        return None
     tuned_on = record.get("tuned_on") if isinstance(record.get("tuned_on"), dict) else {}
-    if tuned != applied or not weights.match(tuned_on.get("checkpoint_sha256"), run_dir):
+    reference = tuned_on.get("checkpoint_sha256")
+    if bundle is None:  # the run's checkpoint, hashed only when there is a hash to compare it with
+        scored = _checkpoint_sha256(run_dir, checkpoint) if reference else None
+    else:
+        scored = bundle.get("source_checkpoint_sha256")
+        reference = reference or _checkpoint_sha256(run_dir, bundle.get("checkpoint"))
+    if scored is not None and scored != reference:
         return None
     out = {k: record.get(k) for k in ("tuned_for", "tuned_on", "cross_fit")}
     out["same_split"] = tuned_on.get("split") == split
     return out
 
 
-@dataclass(frozen=True)
-class Weights:
-    """The weights an evaluation scores: a run's checkpoint file, or a bundle with the SHA-256 of
-    the checkpoint it was exported from (None for bundles older than that record)."""
-
-    checkpoint: Path | None = None
-    bundle_sha256: str | None = None
-    bundle_checkpoint: str | None = None
-
-    def match(self, tuned_sha256: str | None, run_dir: Path) -> bool:
-        """Whether these are the weights tuned (``tuned_sha256``, None for runs tuned before
-        ``tune`` recorded it: then a bundle is compared with the run's checkpoint as it is now, and
-        whatever cannot be compared is taken to match)."""
-        if self.checkpoint is not None:
-            return tuned_sha256 is None or sha256(self.checkpoint) == tuned_sha256
-        if self.bundle_sha256 is None:
-            return True
-        if tuned_sha256 is not None:
-            return self.bundle_sha256 == tuned_sha256
-        path = run_dir / "checkpoints" / f"{self.bundle_checkpoint}.pt"
-        return self.bundle_checkpoint in ("best", "last") and path.is_file() and sha256(path) == self.bundle_sha256
+def _checkpoint_sha256(run_dir: Path, name: Any) -> str | None:
+    """The SHA-256 of the run's checkpoint ``name`` (None unless ``best`` or ``last`` is there)."""
+    path = run_dir / "checkpoints" / f"{name}.pt"
+    return sha256(path) if name in ("best", "last") and path.is_file() else None
 
 
 def _bundle_metadata(bundle: Path) -> dict[str, Any]:
@@ -325,12 +320,11 @@ def evaluate_run(
         raise ConfigError(f"batch size must be at least 1, got {batch_size}")
     run_dir = Path(run_dir)
     predictor, cfg, state = open_run(run_dir, checkpoint, device, threshold, postprocess)
-    weights = Weights(checkpoint=checkpoint_path(run_dir, checkpoint))
+    meta = None
     if bundle is not None:
         predictor = _bundle_predictor(bundle, cfg, threshold, postprocess)
         meta = _bundle_metadata(Path(bundle))
         state = {**state, "epoch": meta["epoch"] if isinstance(meta.get("epoch"), int) else -1}
-        weights = Weights(bundle_sha256=meta.get("source_checkpoint_sha256"), bundle_checkpoint=meta.get("checkpoint"))
     r = open_split(cfg, split, data_root, limit, cache_dir, progress)
     truth = load_truth(r.dataset, scored_at, progress)
     scored = score_split(predictor, r.dataset, truth, batch_size or cfg.train.batch_size, progress)
@@ -345,7 +339,7 @@ def evaluate_run(
             "data": SYNTHETIC_NOTE if r.synthetic else "X-rays",
             "synthetic": r.synthetic,
             "postprocess": post.as_dict(),
-            "tuning": _tuning_record(run_dir, split, postprocess, post, weights),
+            "tuning": _tuning_record(run_dir, split, postprocess, post, checkpoint, meta),
             "checkpoint": checkpoint,
             "epoch": int(state["epoch"]),
             "data_root": str(r.data_root),

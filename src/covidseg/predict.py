@@ -142,7 +142,8 @@ def predict_paths(
         raise CovidsegError(f"--out {out} is a file, not a folder")
     out.mkdir(parents=True, exist_ok=True)
     skipped: list[tuple[str, str]] = []
-    done = flagged = 0
+    written: set[str] = set()  # the mask file of every image predicted
+    flagged = 0
     stems = output_stems(files, base)
     with folder_lock(out, "predict"):
         remove_leftovers(out)
@@ -157,24 +158,22 @@ def predict_paths(
                     continue
                 record = {"image": str(f), **_write_one(predictor, gray, out, stems[f])}
                 lines.write(json.dumps(record) + "\n")
-                done += 1
+                written.add(record["mask"])
                 flagged += (record["input_check"] or {}).get("verdict", "ok") != "ok"
-        if done == 0 and skipped:
+        if not written and skipped:
             partial.unlink()
             raise CovidsegError(f"none of the {len(files)} input file(s) could be read; see the warnings above")
-        _keep_earlier_records(out / "predictions.jsonl", partial)
+        _keep_earlier_records(out / "predictions.jsonl", partial, written)
         os.replace(partial, out / "predictions.jsonl")
-    return done, skipped, flagged
+    return len(written), skipped, flagged
 
 
-def _keep_earlier_records(previous: Path, partial: Path) -> None:
+def _keep_earlier_records(previous: Path, partial: Path, written: set[str]) -> None:
     """Put the lines of an earlier run's ``predictions.jsonl`` in ``out`` before this run's, but
     those of images whose files this run wrote again (same mask name): nothing predicted before is
     lost, and every record describes the files beside it. Lines that are not a record are kept."""
     if not previous.is_file():
         return
-    new = partial.read_text()
-    written = {json.loads(line).get("mask") for line in new.splitlines()}
     kept = []
     for line in previous.read_text().splitlines():
         try:
@@ -184,7 +183,7 @@ def _keep_earlier_records(previous: Path, partial: Path) -> None:
         if not (isinstance(record, dict) and record.get("mask") in written):
             kept.append(line + "\n")
     if kept:
-        partial.write_text("".join(kept) + new)
+        partial.write_text("".join(kept) + partial.read_text())
 
 
 def _write_one(predictor: Predictor, gray: np.ndarray, out: Path, stem: str) -> dict[str, Any]:
