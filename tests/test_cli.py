@@ -116,7 +116,6 @@ def test_predict_original_size_and_skips_bad_files(trained_run: Path, tmp_path: 
     assert names == ["a.png", "b.jpg", "c.png"] and (out / "a_mask.png").is_file()
 
 
-
 def test_predict_that_reads_nothing_leaves_no_folder(trained_run: Path, tmp_path: Path, capsys) -> None:
     (tmp_path / "broken.png").write_bytes(b"garbage")
     out = tmp_path / "new" / "out"
@@ -126,6 +125,7 @@ def test_predict_that_reads_nothing_leaves_no_folder(trained_run: Path, tmp_path
     out.mkdir(parents=True)  # a folder that was there stays, empty or not
     assert main(["predict", str(trained_run), str(tmp_path / "broken.png"), "--out", str(out), "--no-progress"]) == 2
     assert out.is_dir()
+
 
 def _error(capsys, argv: list[str]) -> str:
     rc = main(argv)
