@@ -183,7 +183,11 @@ def _remove_if_only_lock(created: list[Path]) -> None:
     they hold nothing but the run's lock file."""
     if not created or not created[0].is_dir() or [x.name for x in created[0].iterdir()] != [LOCK_NAME]:
         return
-    (created[0] / LOCK_NAME).unlink()
+    try:
+        with folder_lock(created[0], "predict cleanup"):  # not while another process holds it
+            (created[0] / LOCK_NAME).unlink()
+    except CovidsegError:
+        return
     for folder in created:
         if any(folder.iterdir()):
             return
