@@ -50,7 +50,7 @@ print("torch", torch.__version__, "| cuda", torch.cuda.is_available(),
 EOF
 step train train --data "$data" --out "$run" --preset gpu --no-progress "$@"
 step evaluate-plain evaluate "$run" --split Val --no-postprocess --no-progress
-cp "$run/eval/Val/summary.json" "$out/summary_plain.json"
+cp "$run/eval/Val-untuned/summary.json" "$out/summary_plain.json"
 step tune tune "$run" --metric balanced --no-progress
 cp "$run/postprocess.json" "$out/postprocess.json"
 step evaluate-tuned evaluate "$run" --split Val --no-progress

@@ -39,7 +39,6 @@ if [ ! -f "$RUN/budget.json" ] || ! grep -q '"finished": true' "$RUN/budget.json
   fi
 fi
 covidseg evaluate "$RUN" --split Val --no-postprocess --panel 0
-cp "$RUN/eval/Val/summary.json" "$RUN/eval/Val/summary_untuned.json"
 covidseg tune "$RUN" --metric balanced
 covidseg evaluate "$RUN" --split Val
 covidseg calibrate "$RUN"

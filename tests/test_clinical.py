@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -157,6 +158,7 @@ def test_fp16_onnx_only_bundle_is_half_the_size_and_scores_like_fp32(
     assert main(["evaluate", str(lung_run), "--bundle", str(half), "--panel", "0", "--no-progress"]) == 0
     s = json.loads((lung_run / "eval" / "Val-half" / "summary.json").read_text())
     assert s["bundle"]["engine"] == "onnx" and s["scored_at"] == "native" and s["images"] > 0
+    assert s["checkpoint"] == json.loads((half / "metadata.json").read_text())["checkpoint"]  # exported from
     # A bundle of another model (the built-in one: 128 px) is refused, not scored on this run's cache.
     from covidseg.inference.builtin import builtin_path
 
@@ -186,8 +188,9 @@ def test_evaluate_bundle_reports_the_runs_tuning_only_for_the_runs_settings(
     def evaluate(*extra: str) -> tuple[dict, str]:
         capsys.readouterr()
         assert main(["evaluate", str(run), "--panel", "0", "--no-progress", *extra]) == 0
-        name = f"Val-{Path(extra[-1]).name}" if "--bundle" in extra else "Val"
-        return json.loads((run / "eval" / name / "summary.json").read_text()), capsys.readouterr().out
+        out = capsys.readouterr().out
+        folder = Path(re.search(r"^written to (.+)$", out, re.M).group(1))
+        return json.loads((folder / "summary.json").read_text()), out
 
     for extra in ((), ("--bundle", str(tuned))):
         s, out = evaluate(*extra)

@@ -200,3 +200,8 @@ def test_finalize_works_at_the_images_own_size() -> None:
 def test_the_call_rule_names_a_zero_cutoff_as_any_pixel_and_others_as_a_share() -> None:
     assert call_rule(0.0) == "any predicted infection pixel"
     assert call_rule(0.00784) == "infection on more than 0.784% of the image"
+    # A gate empties the mask of an image whose score does not pass it: the call names it too.
+    assert call_rule(0.005, 0.05, head=True) == (
+        "the image head's COVID-19 probability above 0.05 and infection on more than 0.5% of the image"
+    )
+    assert call_rule(0.0, 0.9) == "the highest infection probability above 0.9 and any predicted infection pixel"

@@ -266,7 +266,8 @@ def test_viewer_in_headless_chromium_uploads_and_shows_overlay_and_numbers(
         assert share == f"{expected.image_infected_share_pct:.2f} %"
         assert driver.find_element(By.ID, "r-severity").text.split(" ")[0] == expected.severity["severity"]
         call = {None: "n/a", True: "COVID-19", False: "no COVID-19"}[expected.covid_call]
-        rule = call_rule(predictor.post.detect_fraction)
+        post = predictor.post
+        rule = call_rule(post.detect_fraction, post.image_gate, "covid" in predictor.targets)
         assert driver.find_element(By.ID, "r-call").text == f"{call} (rule: {rule})"
         # The overlay canvas holds exactly the predicted infection pixels, in red.
         red = driver.execute_script(

@@ -14,7 +14,7 @@ from conftest import copy_run
 from covidseg.cli import TUNE_METRICS, main
 from covidseg.evaluation import evaluate_run, open_split
 from covidseg.inference.builtin import sha256
-from covidseg.inference.postprocess import Postprocess
+from covidseg.inference.postprocess import Postprocess, call_rule
 from covidseg.inference.predictor import open_run
 from covidseg.scoring import load_truth
 from covidseg.tune import METRICS, THRESHOLDS, collect, halves, stats_generic, stats_of
@@ -90,6 +90,39 @@ def test_tune_then_evaluate_scores_the_same_as_tune_in_sample(two_output_run: Pa
     assert tuned["tuning"]["same_split"] and tuned["tuning"]["cross_fit"] == cf
     # The record names the weights it suits: the checkpoint tuned, by its SHA-256.
     assert record["tuned_on"]["checkpoint_sha256"] == sha256(run / "checkpoints" / "best.pt")
+
+
+def test_each_kind_of_evaluation_keeps_its_own_folder(two_output_run: Path, tmp_path: Path, capsys) -> None:
+    """Untuned, tuned, a quick --limit check and a --threshold trial never overwrite one another."""
+    run = copy_run(two_output_run, tmp_path / "run")
+    assert main(["tune", str(run), "--metric", "balanced", "--no-cross-fit", "--no-progress"]) == 0
+    record = json.loads((run / "postprocess.json").read_text())
+    record["settings"]["threshold"] = 0.35  # tuned settings that surely differ from the untuned ones
+    (run / "postprocess.json").write_text(json.dumps(record))
+    runs = {
+        "Val": [],
+        "Val-untuned": ["--no-postprocess"],
+        "Val-limit6": ["--limit", "6"],
+        "Val-last-untuned-t0.7-at-input": ["--checkpoint", "last", "--no-postprocess", "--threshold", "0.7",
+                                           "--scored-at", "input"],
+    }  # fmt: skip
+    for name, extra in runs.items():
+        capsys.readouterr()
+        assert main(["evaluate", str(run), "--panel", "2", "--no-progress", *extra]) == 0
+        assert capsys.readouterr().out.rstrip().endswith(f"written to {run / 'eval' / name}")
+    read = {n: json.loads((run / "eval" / n / "summary.json").read_text()) for n in runs}
+    tuned = record["settings"]
+    assert read["Val"]["postprocess"] == tuned and read["Val"]["images"] == read["Val-untuned"]["images"] > 6
+    assert read["Val-untuned"]["threshold"] == 0.5 and read["Val-limit6"]["threshold"] == 0.35
+    assert read["Val-limit6"]["images"] == 6
+    assert read["Val"]["detection"]["rule"] == call_rule(tuned["detect_fraction"], tuned["image_gate"], head=False)
+    last = read["Val-last-untuned-t0.7-at-input"]
+    assert last["threshold"] == 0.7 and last["checkpoint"] == "last" and last["scored_at"] == "input"
+    assert all((run / "plots" / f"predictions_{n}.png").is_file() for n in runs)
+    # The run's own evaluation is what export reads into the bundle's metadata.
+    assert main(["export", str(run), "--out", str(tmp_path / "b"), "--onnx-only", "--no-progress"]) == 0
+    meta = json.loads((tmp_path / "b" / "metadata.json").read_text())
+    assert meta["val_metrics"]["threshold"] == 0.35 and meta["val_metrics"]["images"] == read["Val"]["images"]
 
 
 def test_tune_starts_from_the_configured_threshold(two_output_run: Path, tmp_path: Path) -> None:

@@ -3,8 +3,10 @@
 The masks scored are those :class:`~covidseg.inference.predictor.Predictor` gives (the run's
 post-processing applied at each X-ray's own size), against the original mask files at their
 own size (``scored_at: native``; :mod:`covidseg.scoring`). Writes
-``RUN_DIR/eval/<split>/summary.json`` (every definition of :mod:`covidseg.metrics`),
-``per_image.csv`` and the prediction panel ``RUN_DIR/plots/predictions_<split>.png``.
+``RUN_DIR/eval/<name>/summary.json`` (every definition of :mod:`covidseg.metrics`),
+``per_image.csv`` and the prediction panel ``RUN_DIR/plots/predictions_<name>.png``, where
+``<name>`` is the split, followed by what differs from the run's own settings (:func:`eval_name`),
+so that no evaluation overwrites another kind.
 (The per-epoch check during training, :mod:`covidseg.engine.epoch_check`, scores at the network's
 input size instead: it only chooses the best epoch.)
 """
@@ -29,7 +31,7 @@ from covidseg.errors import ConfigError
 from covidseg.inference.builtin import sha256
 from covidseg.inference.bundle import is_bundle
 from covidseg.inference.postprocess import FILENAME as POSTPROCESS_FILE
-from covidseg.inference.postprocess import Postprocess, read_postprocess
+from covidseg.inference.postprocess import Postprocess, call_rule, read_postprocess
 from covidseg.inference.predictor import Predictor, open_run
 from covidseg.metrics import confusion_counts, dice_iou, json_safe, summarize
 from covidseg.progress import Progress
@@ -235,6 +237,7 @@ def _add_clinical(summary: dict, rows: list[dict], scored: Scored, truth: Truth,
     if cfg.model.target_list[0] != "infection":
         return
     summary["detection"] = detection.detection_summary(scored.shares, groups, post.detect_fraction)
+    summary["detection"]["rule"] = call_rule(post.detect_fraction, post.image_gate, "covid" in cfg.model.target_list)
     rule = SeverityRule.from_text(cfg.eval.severity_extent, cfg.eval.severity_grades)
     truth_sev = [quantify(inf, lung, rule) for inf, lung in zip(truth.infection, truth.lung)]
     summary["severity"] = severity_summary(scored.records, truth_sev, groups, rule)
@@ -254,7 +257,7 @@ def _add_clinical(summary: dict, rows: list[dict], scored: Scored, truth: Truth,
 
 
 def _draw_panel(run_dir: Path, predictor: Predictor, ds: SegmentationDataset, truth: Truth, scored: Scored, n: int,
-                split: str, synthetic: bool) -> None:  # fmt: skip
+                name: str, synthetic: bool) -> None:  # fmt: skip
     from covidseg.data.image_io import read_xray
     from covidseg.figures import plot_predictions
 
@@ -274,9 +277,38 @@ def _draw_panel(run_dir: Path, predictor: Predictor, ds: SegmentationDataset, tr
     kind = "synthetic " if synthetic else ""
     plot_predictions(
         panels,
-        run_dir / "plots" / f"predictions_{split}.png",
-        title=f"{kind}{split}: X-ray, true mask, prediction (worst, median, best per group)",
+        run_dir / "plots" / f"predictions_{name}.png",
+        title=f"{kind}{name}: X-ray, true mask, prediction (worst, median, best per group)",
     )
+
+
+def eval_name(
+    split: str,
+    bundle: str | Path | None = None,
+    checkpoint: str = "best",
+    threshold: float | None = None,
+    postprocess: bool = True,
+    limit: int | None = None,
+    scored_at: str = "native",
+) -> str:
+    """The folder name under ``RUN_DIR/eval/`` of one kind of evaluation: the split, then each
+    setting that differs from the run's own (``Val``; ``Val-untuned``; ``Val-covidseg-v3``;
+    ``Val-last-t0.4-limit50-at-input``). The run's own is what ``export`` and the leaderboard read;
+    a quick ``--limit`` check or an untuned score never replaces it."""
+    parts = [split]
+    if bundle is not None:
+        parts.append(Path(bundle).name)
+    elif checkpoint != "best":  # a bundle holds its own weights
+        parts.append(checkpoint)
+    if not postprocess:
+        parts.append("untuned")
+    if threshold is not None:
+        parts.append(f"t{threshold:g}")
+    if limit is not None:
+        parts.append(f"limit{limit}")
+    if scored_at != "native":
+        parts.append(f"at-{scored_at}")
+    return "-".join(parts)
 
 
 def evaluate_run(
@@ -307,12 +339,12 @@ def evaluate_run(
         scored_at: ``native`` (each X-ray's own size, the original masks) or ``input`` (the
             network's input size, the cached masks; for comparison only).
         bundle: score this exported bundle of the run (onnxruntime, its stored weights and
-            settings) in place of the checkpoint; results go to ``eval/<split>-<bundle name>/``.
+            settings) in place of the checkpoint.
             The run's tuning record is reported only when the settings applied are the tuned ones
             and the bundle holds the run's weights (``metadata.json``: ``source_checkpoint_sha256``).
 
     Returns:
-        The summary dict, as written to ``summary.json``.
+        The summary dict, as written to ``RUN_DIR/eval/<name>/summary.json`` (:func:`eval_name`).
     """
     if split not in ("Train", "Val", "Test"):
         raise ConfigError(f"split must be Train, Val or Test, got {split!r}")
@@ -340,7 +372,7 @@ def evaluate_run(
             "synthetic": r.synthetic,
             "postprocess": post.as_dict(),
             "tuning": _tuning_record(run_dir, split, postprocess, post, checkpoint, meta),
-            "checkpoint": checkpoint,
+            "checkpoint": checkpoint if meta is None else meta.get("checkpoint"),  # a bundle's: exported from
             "epoch": int(state["epoch"]),
             "data_root": str(r.data_root),
             "image_size": cfg.data.image_size,
@@ -351,12 +383,13 @@ def evaluate_run(
     summary = json_safe(summary)
     if bundle is not None:
         summary["bundle"] = {"path": str(bundle), "engine": predictor.engine}
-    out = run_dir / "eval" / (split if bundle is None else f"{split}-{Path(bundle).name}")
+    name = eval_name(split, bundle, checkpoint, threshold, postprocess, limit, scored_at)
+    out = run_dir / "eval" / name
     out.mkdir(parents=True, exist_ok=True)
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     write_rows(rows, out / "per_image.csv")
     if panel and bundle is None:
-        _draw_panel(run_dir, predictor, r.dataset, truth, scored, panel, split, r.synthetic)
+        _draw_panel(run_dir, predictor, r.dataset, truth, scored, panel, name, r.synthetic)
     log.info("wrote %s and %s (scored at %s size)", out / "summary.json", out / "per_image.csv", scored_at)
     return summary
 

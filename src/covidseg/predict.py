@@ -93,7 +93,9 @@ def prediction_record(pred: Prediction, predictor: Predictor, shape: tuple[int, 
         "infected_pixels": int(pred.mask.sum()),
         "covid_call": pred.covid_call,
         "covid_cutoff_pct": round(100.0 * predictor.post.detect_fraction, 4),
-        "covid_call_rule": call_rule(predictor.post.detect_fraction),
+        "covid_call_rule": call_rule(
+            predictor.post.detect_fraction, predictor.post.image_gate, "covid" in predictor.targets
+        ),
         "threshold": predictor.threshold,
         "engine": predictor.engine,
     }

@@ -18,7 +18,7 @@ from covidseg.cli.common import (
 
 
 def cmd_evaluate(a: argparse.Namespace) -> int:
-    from covidseg.evaluation import evaluate_run
+    from covidseg.evaluation import eval_name, evaluate_run
 
     setup_logging(a.verbose)
     s = evaluate_run(
@@ -58,12 +58,10 @@ def cmd_evaluate(a: argparse.Namespace) -> int:
         )
     det = s.get("detection")
     if det and det["sensitivity"] is not None and det["specificity"] is not None:
-        from covidseg.inference.postprocess import call_rule
-
         auc = "n/a" if det["roc_auc"] is None else f"{det['roc_auc']:.4f}"
         print(
             f"  detection   sensitivity {det['sensitivity']:.4f}  specificity {det['specificity']:.4f}  "
-            f"ROC AUC {auc}  (call: {call_rule(det['cutoff'])})"
+            f"ROC AUC {auc}  (call: {det['rule']})"
         )
     tuning = s.get("tuning") or {}
     cf = (tuning.get("cross_fit") or {}).get("cross_fitted")
@@ -80,7 +78,8 @@ def cmd_evaluate(a: argparse.Namespace) -> int:
             f"(within one grade {sev['grade_within_one']:.1%}), "
             f"infected-lung % mean abs. error {sev['infected_share_mae_points']:.2f} points"
         )
-    print(f"written to {Path(a.run_dir) / 'eval' / (s['split'] + (f'-{Path(a.bundle).name}' if a.bundle else ''))}")
+    name = eval_name(a.split, a.bundle, a.checkpoint, a.threshold, a.postprocess, a.limit, a.scored_at)
+    print(f"written to {Path(a.run_dir) / 'eval' / name}")
     return 0
 
 

@@ -185,11 +185,17 @@ class Postprocess:
         return bool(mask.mean() > self.detect_fraction) if mask.size else False
 
 
-def call_rule(cutoff: float) -> str:
-    """The image-level COVID-19 call in words, for a ``detect_fraction`` of ``cutoff``."""
+def call_rule(cutoff: float, image_gate: float = 0.0, head: bool = False) -> str:
+    """The image-level COVID-19 call in words, for a ``detect_fraction`` of ``cutoff``; with an
+    ``image_gate`` the call also needs the image's score above it (else the mask is emptied): the
+    COVID-19 head's probability (``head``), else the highest infection probability."""
+    share = f"infection on more than {100 * cutoff:.3g}% of the image"
     if cutoff <= 0:
-        return "any predicted infection pixel"
-    return f"infection on more than {100 * cutoff:.3g}% of the image"
+        share = "any predicted infection pixel"
+    if image_gate <= 0:
+        return share
+    score = "the image head's COVID-19 probability" if head else "the highest infection probability"
+    return f"{score} above {image_gate:.3g} and {share}"
 
 
 def lung_mask(prob: np.ndarray, threshold: float = 0.5) -> np.ndarray:

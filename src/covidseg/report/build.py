@@ -232,7 +232,7 @@ class ReportBuilder:
         det = s.get("detection")
         if det:
             d.para(
-                f"COVID-19 detection on {split} (the call: {call_rule(det['cutoff'])}): "
+                f"COVID-19 detection on {split} (the call: {det.get('rule') or call_rule(det['cutoff'])}): "
                 f"sensitivity {pct(det['sensitivity'])}, specificity "
                 f"{pct(det['specificity'])}, ROC AUC {num(det['roc_auc'])}."
             )

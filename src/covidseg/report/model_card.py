@@ -6,7 +6,8 @@ hashes, every Val figure the run's evaluations hold (native resolution; untuned,
 tuned cross-fitted; the bundle's stored precision against fp32), lung, detection and severity
 figures, the input check and calibration (``BUNDLE/calibration.json``), speed, intended use and
 known failure modes. The figures are read, never typed: the
-evaluations it reads are ``RUN/eval/Val/summary_untuned.json`` (``evaluate --no-postprocess``),
+evaluations it reads are ``RUN/eval/Val-untuned/summary.json`` (``evaluate --no-postprocess``;
+``RUN/eval/Val/summary_untuned.json`` in runs scored before that folder existed),
 ``RUN/eval/Val/summary.json`` (tuned), ``RUN/postprocess.json`` (cross-fitting) and
 ``RUN/eval/Val-<bundle>/summary.json`` (``evaluate --bundle``).
 """
@@ -48,7 +49,10 @@ def _cf_row(label: str, c: dict[str, Any]) -> str:
 
 def figures(run: Path, bundle: Path) -> str:
     """The Val tables of the card."""
-    untuned = _load(run / "eval" / "Val" / "summary_untuned.json")
+    untuned_path = run / "eval" / "Val-untuned" / "summary.json"
+    if not untuned_path.is_file() and (run / "eval" / "Val" / "summary_untuned.json").is_file():
+        untuned_path = run / "eval" / "Val" / "summary_untuned.json"  # a run scored before Val-untuned/
+    untuned = _load(untuned_path)
     tuned = _load(run / "eval" / "Val" / "summary.json")
     shipped = _load(run / "eval" / f"Val-{bundle.name}" / "summary.json")
     if any(s.get("synthetic") for s in (untuned, tuned, shipped)):
@@ -91,7 +95,7 @@ def figures(run: Path, bundle: Path) -> str:
         cfd = cf["cross_fitted"]["detection"]
         lines += [
             "",
-            f"**COVID-19 call** ({call_rule(det['cutoff'])}; shipped, in-sample): "
+            f"**COVID-19 call** ({det.get('rule') or call_rule(det['cutoff'])}; shipped, in-sample): "
             f"sensitivity {det['sensitivity']:.3f}, specificity {det['specificity']:.3f} "
             f"(Normal {det['groups']['Normal']['specificity']:.3f}, "
             f"Non-COVID {det['groups']['Non-COVID']['specificity']:.3f}), "
