@@ -141,17 +141,19 @@ def test_bad_uploads_get_a_4xx_with_a_clear_message(predictor: Predictor, case: 
     data, status, text = BAD_UPLOADS[case]
     if data is None:
         data = _png_bytes(np.full((64, 64), 100, np.uint8))[:60]
-    r = _client(predictor).post("/api/predict", files={"file": ("x.png", data, "application/octet-stream")})
+    r = _client(predictor).post("/api/predict", files={"file": ("scan 1.png", data, "application/octet-stream")})
     assert r.status_code == status, r.text
     detail = r.json()["detail"]
     assert text in detail and "covidseg-serve-" not in detail  # no server path in the message
+    assert "'scan 1.png'" in detail  # the file as the user named it
 
 
 def test_upload_limits_and_missing_file(predictor: Predictor, xray: Path) -> None:
     client = _client(predictor, max_upload_bytes=1000)
     r = client.post("/api/predict", files={"file": ("x.png", b"\0" * 5000, "image/png")})
     assert r.status_code == 413 and "limit" in r.json()["detail"]
-    assert _client(predictor).post("/api/predict", data={"other": "1"}).status_code == 422
+    r = _client(predictor).post("/api/predict", data={"other": "1"})
+    assert r.status_code == 422 and r.json()["detail"].startswith("send the X-ray as the multipart form field 'file'")
     small = _client(predictor, max_pixels=100)
     r = small.post("/api/predict", files={"file": (xray.name, xray.read_bytes(), "image/png")})
     assert r.status_code == 422 and "above the limit of 100 pixels" in r.json()["detail"]

@@ -16,7 +16,8 @@ Routes:
 
 Uploads are untrusted: the body is refused above ``max_upload_bytes`` (413) and without a
 Content-Length (411); the image header is checked against ``max_pixels`` before decoding
-(422, as are non-images and broken DICOMs). At most ``queue_size`` requests wait for the model
+(422, as are non-images and broken DICOMs, named by the upload's file name, and a request
+without the ``file`` field). At most ``queue_size`` requests wait for the model
 at once; one more gets 503. The upload is decoded from a temporary folder that is removed
 before the response leaves.
 """
@@ -35,6 +36,7 @@ from typing import Any
 import numpy as np
 from fastapi import FastAPI, File, HTTPException, Request, UploadFile
 from fastapi.concurrency import run_in_threadpool
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse
 from PIL import Image
 
@@ -104,6 +106,13 @@ def heat_picture(pred: Prediction, grid: int) -> np.ndarray:
     return np.round(np.clip(prob, 0.0, 1.0) * 255).astype(np.uint8)
 
 
+def upload_name(filename: str) -> str:
+    """How an error message names an upload: its file name as sent, quoted, at most 100
+    characters of it, printable characters only (the name is untrusted); "the upload" without one."""
+    name = "".join(c for c in Path(filename).name if c.isprintable())[:100]
+    return repr(name) if name else "the upload"
+
+
 def predict_upload(predictor: Predictor, data: bytes, filename: str, limits: Limits) -> dict[str, Any]:
     """Decode an uploaded file (from a temporary folder) and predict it: the API's JSON."""
     suffix = Path(filename).suffix.lower()
@@ -113,11 +122,11 @@ def predict_upload(predictor: Predictor, data: bytes, filename: str, limits: Lim
         path.write_bytes(data)
         try:
             gray = read_xray(path, limits.max_pixels)
-        except DataError as exc:  # the message names the upload, not the server's temporary path
-            raise DataError(str(exc).replace(str(path), "upload")) from None
+        except DataError as exc:  # the message names the upload as sent, not the server's temporary path
+            raise DataError(str(exc).replace(str(path), upload_name(filename))) from None
     pred = predictor.predict(gray)
     record = prediction_record(pred, predictor, gray.shape)
-    record["filename"] = Path(filename).name[:200]
+    record["filename"] = Path(filename).name[:200]  # as predictions.jsonl's "image": the name the user knows
     record["xray_jpeg"] = _jpeg_base64(gray)
     record["mask_png"] = _png_base64(pred.mask * 255)
     record["lung_png"] = _png_base64(pred.lung * 255) if pred.lung is not None else None
@@ -169,6 +178,15 @@ def create_app(
             return await call_next(request)
         finally:
             queue.leave()
+
+    @app.exception_handler(RequestValidationError)
+    async def one_line(request: Request, exc: RequestValidationError) -> JSONResponse:
+        """A request of the wrong shape gets one line, as every other error does."""
+        if request.url.path == "/api/predict":
+            detail = "send the X-ray as the multipart form field 'file' (PNG, JPEG, TIFF, BMP or DICOM)"
+        else:
+            detail = "; ".join(f"{'.'.join(map(str, e.get('loc', ())))}: {e.get('msg', '')}" for e in exc.errors())
+        return JSONResponse({"detail": detail}, status_code=422)
 
     @app.get("/", response_class=HTMLResponse)
     def index() -> str:
