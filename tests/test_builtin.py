@@ -44,10 +44,13 @@ def test_the_default_model_ships_within_its_size_limit_with_a_true_card() -> Non
     assert set(listed) == shipped
     for name, digest in listed.items():
         assert sha256(builtin_path() / name) == digest, name
-    # Every built-in model's card states the COVID-19 call its shipped settings make.
+    # Every built-in model's card states the COVID-19 call its shipped settings make, gate included.
     for name in builtin_names():
-        cutoff = json.loads((builtin_path(name) / "config.json").read_text())["postprocess"]["detect_fraction"]
-        assert f"{call_rule(cutoff)}; shipped, in-sample)" in describe(name)["card"], name
+        cfg = json.loads((builtin_path(name) / "config.json").read_text())
+        post, head = cfg["postprocess"], "covid" in cfg["outputs"]
+        rule = call_rule(post["detect_fraction"], post["image_gate"], head)
+        assert f"**COVID-19 call** ({rule}; shipped, in-sample)" in describe(name)["card"], name
+        assert ("image head's" in rule) == head and ("above" in rule) == (post["image_gate"] > 0), name
 
 
 def test_predict_with_no_model_uses_the_built_in_one(tmp_path: Path, capsys) -> None:

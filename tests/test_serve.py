@@ -145,7 +145,7 @@ def test_bad_uploads_get_a_4xx_with_a_clear_message(predictor: Predictor, case: 
     assert r.status_code == status, r.text
     detail = r.json()["detail"]
     assert text in detail and "covidseg-serve-" not in detail  # no server path in the message
-    assert "'scan 1.png'" in detail  # the file as the user named it
+    assert "'scan 1.png'" in detail and "''" not in detail  # the file as the user named it, quoted once
 
 
 def test_upload_limits_and_missing_file(predictor: Predictor, xray: Path) -> None:

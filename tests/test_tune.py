@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from dataclasses import replace
 from pathlib import Path
 
@@ -119,6 +120,13 @@ def test_each_kind_of_evaluation_keeps_its_own_folder(two_output_run: Path, tmp_
     last = read["Val-last-untuned-t0.7-at-input"]
     assert last["threshold"] == 0.7 and last["checkpoint"] == "last" and last["scored_at"] == "input"
     assert all((run / "plots" / f"predictions_{n}.png").is_file() for n in runs)
+    # Another data folder is named; the run's own, named again, is not.
+    elsewhere = tmp_path / "elsewhere"
+    shutil.copytree(read["Val"]["data_root"], elsewhere)
+    for data, name in ((elsewhere, "Val-data-elsewhere-limit6"), (read["Val"]["data_root"], "Val-limit6")):
+        capsys.readouterr()
+        assert main(["evaluate", str(run), "--data", str(data), "--limit", "6", "--panel", "0", "--no-progress"]) == 0
+        assert capsys.readouterr().out.rstrip().endswith(f"written to {run / 'eval' / name}")
     # The run's own evaluation is what export reads into the bundle's metadata.
     assert main(["export", str(run), "--out", str(tmp_path / "b"), "--onnx-only", "--no-progress"]) == 0
     meta = json.loads((tmp_path / "b" / "metadata.json").read_text())

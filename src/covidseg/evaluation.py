@@ -27,7 +27,7 @@ from covidseg.config import Config
 from covidseg.data.dataset import SegmentationDataset
 from covidseg.data.discovery import GROUPS
 from covidseg.data.loading import discover_root, load_dataset
-from covidseg.errors import ConfigError
+from covidseg.errors import ConfigError, CovidsegError
 from covidseg.inference.builtin import sha256
 from covidseg.inference.bundle import is_bundle
 from covidseg.inference.postprocess import FILENAME as POSTPROCESS_FILE
@@ -290,16 +290,20 @@ def eval_name(
     postprocess: bool = True,
     limit: int | None = None,
     scored_at: str = "native",
+    other_data: str | Path | None = None,
 ) -> str:
     """The folder name under ``RUN_DIR/eval/`` of one kind of evaluation: the split, then each
     setting that differs from the run's own (``Val``; ``Val-untuned``; ``Val-covidseg-v3``;
-    ``Val-last-t0.4-limit50-at-input``). The run's own is what ``export`` and the leaderboard read;
-    a quick ``--limit`` check or an untuned score never replaces it."""
+    ``Val-last-t0.4-limit50-at-input``; ``Val-data-<folder>`` for a data folder other than the
+    one the run was trained on). The run's own is what ``export`` and the leaderboard read; a
+    quick ``--limit`` check or an untuned score never replaces it."""
     parts = [split]
     if bundle is not None:
-        parts.append(Path(bundle).name)
+        parts.append(Path(bundle).resolve().name)
     elif checkpoint != "best":  # a bundle holds its own weights
         parts.append(checkpoint)
+    if other_data is not None:
+        parts.append(f"data-{Path(other_data).resolve().name}")
     if not postprocess:
         parts.append("untuned")
     if threshold is not None:
@@ -383,7 +387,9 @@ def evaluate_run(
     summary = json_safe(summary)
     if bundle is not None:
         summary["bundle"] = {"path": str(bundle), "engine": predictor.engine}
-    name = eval_name(split, bundle, checkpoint, threshold, postprocess, limit, scored_at)
+    other = _other_data(data_root, cfg.data.root, r.data_root)
+    name = eval_name(split, bundle, checkpoint, threshold, postprocess, limit, scored_at, other)
+    summary["eval_name"] = name
     out = run_dir / "eval" / name
     out.mkdir(parents=True, exist_ok=True)
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
@@ -392,6 +398,18 @@ def evaluate_run(
         _draw_panel(run_dir, predictor, r.dataset, truth, scored, panel, name, r.synthetic)
     log.info("wrote %s and %s (scored at %s size)", out / "summary.json", out / "per_image.csv", scored_at)
     return summary
+
+
+def _other_data(asked: str | None, trained_on: str | None, found: Path) -> Path | None:
+    """The data folder asked for when it is not the one the run was trained on (None when it is,
+    however it was named; a trained-on folder that is gone counts as another)."""
+    if asked is None:
+        return None
+    try:
+        same = bool(trained_on) and discover_root(trained_on).root.resolve() == found.resolve()
+    except (CovidsegError, OSError):
+        same = False
+    return None if same else Path(asked).expanduser()
 
 
 def _bundle_predictor(bundle: str | Path, cfg: Config, threshold: float | None, postprocess: bool) -> Predictor:

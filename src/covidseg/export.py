@@ -134,8 +134,11 @@ def store_fp16(path: str | Path) -> int:
     return converted
 
 
-def _val_metrics(run_dir: Path) -> dict[str, Any] | None:
-    path = run_dir / "eval" / "Val" / "summary.json"
+def _val_metrics(run_dir: Path, checkpoint: str) -> dict[str, Any] | None:
+    """The run's own Val evaluation of the checkpoint exported (``covidseg evaluate``), if any."""
+    from covidseg.evaluation import eval_name
+
+    path = run_dir / "eval" / eval_name("Val", checkpoint=checkpoint) / "summary.json"
     if not path.is_file():
         return None
     s = json.loads(path.read_text())
@@ -204,7 +207,7 @@ def _metadata(run_dir: Path, checkpoint: str, state: dict[str, Any], n_out: int,
         "input_shape": ["batch", 1, size, size],
         "output_shape": ["batch", n_out, size, size],
         "parameters": params,
-        "val_metrics": _val_metrics(run_dir),
+        "val_metrics": _val_metrics(run_dir, checkpoint),
     }
 
 

@@ -18,7 +18,7 @@ from covidseg.cli.common import (
 
 
 def cmd_evaluate(a: argparse.Namespace) -> int:
-    from covidseg.evaluation import eval_name, evaluate_run
+    from covidseg.evaluation import evaluate_run
 
     setup_logging(a.verbose)
     s = evaluate_run(
@@ -78,8 +78,7 @@ def cmd_evaluate(a: argparse.Namespace) -> int:
             f"(within one grade {sev['grade_within_one']:.1%}), "
             f"infected-lung % mean abs. error {sev['infected_share_mae_points']:.2f} points"
         )
-    name = eval_name(a.split, a.bundle, a.checkpoint, a.threshold, a.postprocess, a.limit, a.scored_at)
-    print(f"written to {Path(a.run_dir) / 'eval' / name}")
+    print(f"written to {Path(a.run_dir) / 'eval' / s['eval_name']}")
     return 0
 
 

@@ -29,7 +29,7 @@ TITLE = "COVID-19 infection and lung segmentation on frontal chest X-rays"
 
 def _load(path: Path) -> dict[str, Any]:
     if not path.is_file():
-        raise CovidsegError(f"{path} is missing; see the recipe at the top of covidseg/report/model_card.py")
+        raise CovidsegError(f"{path} is missing; scripts/build_builtin_model.sh makes every file a card reads")
     return json.loads(path.read_text())
 
 
@@ -61,7 +61,8 @@ def figures(run: Path, bundle: Path) -> str:
             "a model card describes a model of COVID-QU-Ex X-rays"
         )
     cf = _load(run / "postprocess.json")["cross_fit"]
-    precision = json.loads((bundle / "config.json").read_text()).get("weights_precision", "fp32")
+    config = json.loads((bundle / "config.json").read_text())
+    precision = config.get("weights_precision", "fp32")
     for s in (untuned, tuned, shipped):
         if s.get("scored_at") != "native":
             raise CovidsegError("the card reports figures at native resolution; evaluate without --scored-at input")
@@ -95,7 +96,7 @@ def figures(run: Path, bundle: Path) -> str:
         cfd = cf["cross_fitted"]["detection"]
         lines += [
             "",
-            f"**COVID-19 call** ({det.get('rule') or call_rule(det['cutoff'])}; shipped, in-sample): "
+            f"**COVID-19 call** ({shipped_rule(config)}; shipped, in-sample): "
             f"sensitivity {det['sensitivity']:.3f}, specificity {det['specificity']:.3f} "
             f"(Normal {det['groups']['Normal']['specificity']:.3f}, "
             f"Non-COVID {det['groups']['Non-COVID']['specificity']:.3f}), "
@@ -197,13 +198,24 @@ def _outputs(outputs: list[str]) -> str:
     return text + (head if "covid" in outputs else "")
 
 
-def _call_rule(outputs: list[str]) -> str:
-    if "covid" in outputs:
-        return (
-            "The COVID-19 call needs both the image head's probability above its gate (else the mask is "
-            "emptied) and the infected share above its cutoff"
-        )
-    return "The COVID-19 call is a cutoff on the infected share"
+def shipped_rule(config: dict[str, Any]) -> str:
+    """The COVID-19 call a bundle's settings make, in words (its ``config.json``)."""
+    post = config["postprocess"]
+    return call_rule(post["detect_fraction"], post["image_gate"], "covid" in config["outputs"])
+
+
+def _call_rule(config: dict[str, Any]) -> str:
+    gate = config["postprocess"]["image_gate"]
+    if "covid" in config["outputs"]:
+        score = "the image head's probability"
+    elif gate > 0:
+        score = "the highest infection probability"
+    else:
+        return "The COVID-19 call is a cutoff on the infected share"
+    return (
+        f"The COVID-19 call needs both {score} above its gate (else the mask is emptied) and the infected "
+        "share above its cutoff"
+    )
 
 
 def write_card(run: Path, bundle: Path, name: str, speed: str = "", ood: str = "") -> Path:
@@ -268,7 +280,7 @@ comparable with the figures above.
   infection: see the specificity on Non-COVID above.
 - Small or faint infections are missed more often than large ones; the infected share and the
   severity grade inherit the mask's errors.
-- {_call_rule(cfg["outputs"])}; the COVID-19 probability beside it is calibrated on Val X-rays
+- {_call_rule(cfg)}; the COVID-19 probability beside it is calibrated on Val X-rays
   of this dataset and means less on others.
 
 ## Files

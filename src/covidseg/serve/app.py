@@ -123,7 +123,8 @@ def predict_upload(predictor: Predictor, data: bytes, filename: str, limits: Lim
         try:
             gray = read_xray(path, limits.max_pixels)
         except DataError as exc:  # the message names the upload as sent, not the server's temporary path
-            raise DataError(str(exc).replace(str(path), upload_name(filename))) from None
+            message, shown = str(exc), upload_name(filename)
+            raise DataError(message.replace(repr(str(path)), shown).replace(str(path), shown)) from None
     pred = predictor.predict(gray)
     record = prediction_record(pred, predictor, gray.shape)
     record["filename"] = Path(filename).name[:200]  # as predictions.jsonl's "image": the name the user knows
@@ -217,7 +218,7 @@ def create_app(
 
         def run() -> dict[str, Any]:
             with queue.model:
-                return predict_upload(predictor, data, file.filename or "upload", limits)
+                return predict_upload(predictor, data, file.filename or "", limits)
 
         try:
             return await run_in_threadpool(run)
