@@ -205,13 +205,9 @@ def shipped_rule(config: dict[str, Any]) -> str:
 
 
 def _call_rule(config: dict[str, Any]) -> str:
-    gate = config["postprocess"]["image_gate"]
-    if "covid" in config["outputs"]:
-        score = "the image head's probability"
-    elif gate > 0:
-        score = "the highest infection probability"
-    else:
+    if config["postprocess"]["image_gate"] <= 0:
         return "The COVID-19 call is a cutoff on the infected share"
+    score = "the image head's probability" if "covid" in config["outputs"] else "the highest infection probability"
     return (
         f"The COVID-19 call needs both {score} above its gate (else the mask is emptied) and the infected "
         "share above its cutoff"
