@@ -47,7 +47,10 @@ PRESETS: dict[str, dict[str, Any]] = {
         # FPN on MobileNetV2: first of the sweep cpu-budget (the same 10-minute budget per trial,
         # fp32, on the developers' 2-core AVX2 CPU) on COVID-19, all-image and pooled Dice against
         # U-Net on ResNet-18, MobileNetV2 and EfficientNet-B0: it takes 1.4-2.5x their steps in
-        # the budget. 4.2 M parameters: 8 MB as the built-in model's fp16 weights.
+        # the budget. 4.2 M parameters: 8 MB as the built-in model's fp16 weights. On a 2-core CPU
+        # with AVX512-BF16, U-Net on ResNet-18 without the head drew COVID-19 infection better in
+        # the same hour (cross-fitted 0.762 against 0.739) and lost over all X-rays (0.805 against
+        # 0.858): with the head it is the next candidate (docs/results/2026-12-06).
         "model.name": "smp-fpn",
         "model.encoder_name": "mobilenet_v2",
         # An image-level COVID-19 head on the encoder decides the image gate: against the same
