@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from covidseg.errors import CovidsegError
+from covidseg.evaluation import eval_name
 from covidseg.inference.builtin import sha256
 from covidseg.inference.postprocess import call_rule
 
@@ -49,12 +50,12 @@ def _cf_row(label: str, c: dict[str, Any]) -> str:
 
 def figures(run: Path, bundle: Path) -> str:
     """The Val tables of the card."""
-    untuned_path = run / "eval" / "Val-untuned" / "summary.json"
+    untuned_path = run / "eval" / eval_name("Val", postprocess=False) / "summary.json"
     if not untuned_path.is_file() and (run / "eval" / "Val" / "summary_untuned.json").is_file():
         untuned_path = run / "eval" / "Val" / "summary_untuned.json"  # a run scored before Val-untuned/
     untuned = _load(untuned_path)
-    tuned = _load(run / "eval" / "Val" / "summary.json")
-    shipped = _load(run / "eval" / f"Val-{bundle.name}" / "summary.json")
+    tuned = _load(run / "eval" / eval_name("Val") / "summary.json")
+    shipped = _load(run / "eval" / eval_name("Val", bundle) / "summary.json")
     if any(s.get("synthetic") for s in (untuned, tuned, shipped)):
         raise CovidsegError(
             f"{run} was scored on covidseg's synthetic set (a test fixture, not X-rays): "
