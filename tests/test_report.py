@@ -146,6 +146,17 @@ def test_report_compares_real_data_results_with_published_ones(sweep_dir: Path, 
     assert "SYNTHETIC" not in md
 
 
+def test_report_names_the_other_evaluations_of_a_run_without_its_own(sweep_dir: Path, tmp_path: Path) -> None:
+    """A run scored only untuned shows no metrics table, and says which evaluation it does have."""
+    run = tmp_path / "run"
+    shutil.copytree(sorted((sweep_dir / "trials").iterdir())[0], run)
+    (run / "eval" / "Val").rename(run / "eval" / "Val-untuned")
+    assert main(["report", str(run), "--out", str(tmp_path / "report"), "--no-progress"]) == 0
+    md = (tmp_path / "report" / "report.md").read_text()
+    assert "Not evaluated with its own settings yet. It has only evaluations of another kind (`eval/Val-untuned`" in md
+    assert "Dice, per image, COVID-19 images" not in md
+
+
 CHROMIUM, CHROMEDRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")
 
 

@@ -110,7 +110,7 @@ class ReportBuilder:
         summaries = {s: load_json(run / "eval" / s / "summary.json") for s in ("Val", "Test")}
         summaries = {k: v for k, v in summaries.items() if v}
         if not summaries:
-            d.para(f"Not evaluated yet: run `covidseg evaluate {run}` for the metrics.")
+            d.para(self._not_evaluated(run))
             self._trust_section(run)
             return
         d.heading(f"{run.name}: metrics", sub)
@@ -132,6 +132,18 @@ class ReportBuilder:
             f"{run.name}-predictions-{val['split']}",
             f"{val['split']} predictions: X-ray, true mask, predicted overlay (truth outline in green)",
         )
+
+    @staticmethod
+    def _not_evaluated(run: Path) -> str:
+        """What to say of a run without its own Val or Test evaluation, naming the other kinds it has
+        (untuned, limited, another checkpoint or data folder), which a report does not show as its
+        figures."""
+        others = sorted(p.parent.name for p in (run / "eval").glob("*/summary.json"))
+        has = ""
+        if others:
+            names = ", ".join(f"`eval/{o}`" for o in others)
+            has = f" It has only evaluations of another kind ({names}: untuned, limited or other data)."
+        return f"Not evaluated with its own settings yet.{has} Run `covidseg evaluate {run}` for its metrics."
 
     def _training_section(self, run: Path) -> None:
         from covidseg.engine.run_folder import read_history
