@@ -31,7 +31,7 @@ from covidseg.errors import ConfigError, CovidsegError
 from covidseg.inference.builtin import sha256
 from covidseg.inference.bundle import is_bundle
 from covidseg.inference.postprocess import FILENAME as POSTPROCESS_FILE
-from covidseg.inference.postprocess import Postprocess, call_rule, read_postprocess
+from covidseg.inference.postprocess import Postprocess, read_postprocess
 from covidseg.inference.predictor import Predictor, open_run
 from covidseg.metrics import confusion_counts, dice_iou, json_safe, summarize
 from covidseg.progress import Progress
@@ -237,7 +237,7 @@ def _add_clinical(summary: dict, rows: list[dict], scored: Scored, truth: Truth,
     if cfg.model.target_list[0] != "infection":
         return
     summary["detection"] = detection.detection_summary(scored.shares, groups, post.detect_fraction)
-    summary["detection"]["rule"] = call_rule(post.detect_fraction, post.image_gate, "covid" in cfg.model.target_list)
+    summary["detection"]["rule"] = post.call_rule(cfg.model.target_list)
     rule = SeverityRule.from_text(cfg.eval.severity_extent, cfg.eval.severity_grades)
     truth_sev = [quantify(inf, lung, rule) for inf, lung in zip(truth.infection, truth.lung)]
     summary["severity"] = severity_summary(scored.records, truth_sev, groups, rule)

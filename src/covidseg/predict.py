@@ -22,7 +22,6 @@ from covidseg.atomic import TMP_PREFIX, remove_leftovers, write_atomic
 from covidseg.data.discovery import INFECTION, LUNG
 from covidseg.data.image_io import DICOM_SUFFIXES, IMAGE_SUFFIXES, is_dicom, read_xray
 from covidseg.errors import CovidsegError, DataError
-from covidseg.inference.postprocess import call_rule
 from covidseg.inference.predictor import Prediction, Predictor
 from covidseg.locking import LOCK_NAME, folder_lock
 from covidseg.progress import Progress, silent
@@ -93,9 +92,7 @@ def prediction_record(pred: Prediction, predictor: Predictor, shape: tuple[int, 
         "infected_pixels": int(pred.mask.sum()),
         "covid_call": pred.covid_call,
         "covid_cutoff_pct": round(100.0 * predictor.post.detect_fraction, 4),
-        "covid_call_rule": call_rule(
-            predictor.post.detect_fraction, predictor.post.image_gate, "covid" in predictor.targets
-        ),
+        "covid_call_rule": predictor.post.call_rule(predictor.targets),
         "threshold": predictor.threshold,
         "engine": predictor.engine,
     }

@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any
@@ -179,6 +179,11 @@ class Postprocess:
         """The image gate's score: the highest probability (inside ``lung`` when given; 0 if empty)."""
         inside = prob[lung.astype(bool)] if lung is not None else prob
         return np.float32(inside.max(initial=0))
+
+    def call_rule(self, targets: Sequence[str]) -> str:
+        """The COVID-19 call these settings make, in words, for a network with these outputs (the
+        gate's score is the image head's probability when ``covid`` is one of them)."""
+        return call_rule(self.detect_fraction, self.image_gate, "covid" in targets)
 
     def detected(self, mask: np.ndarray) -> bool:
         """The image-level call from one final infection mask."""

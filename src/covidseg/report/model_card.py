@@ -23,7 +23,7 @@ from typing import Any
 from covidseg.errors import CovidsegError
 from covidseg.evaluation import eval_name
 from covidseg.inference.builtin import sha256
-from covidseg.inference.postprocess import call_rule
+from covidseg.inference.postprocess import Postprocess
 
 TITLE = "COVID-19 infection and lung segmentation on frontal chest X-rays"
 
@@ -201,8 +201,7 @@ def _outputs(outputs: list[str]) -> str:
 
 def shipped_rule(config: dict[str, Any]) -> str:
     """The COVID-19 call a bundle's settings make, in words (its ``config.json``)."""
-    post = config["postprocess"]
-    return call_rule(post["detect_fraction"], post["image_gate"], "covid" in config["outputs"])
+    return Postprocess.from_dict(config["postprocess"], "the bundle's config.json").call_rule(config["outputs"])
 
 
 def _call_rule(config: dict[str, Any]) -> str:
