@@ -335,3 +335,13 @@ def _log_result(metric: str, steps: list[dict], in_sample: dict, record: dict, p
         ", ".join(kept) or "nothing",
         path,
     )
+    if cf and cf["cross_fitted"][metric] < steps[0][metric]:
+        log.warning(
+            "the cross-fitted %s Dice (%.4f) is below the untuned %.4f: on this split the tuning fits the "
+            "images it chose on more than it helps new ones; 'covidseg evaluate --no-postprocess' scores "
+            "without it, and deleting %s makes predict use the plain threshold",
+            metric,
+            cf["cross_fitted"][metric],
+            steps[0][metric],
+            path,
+        )
