@@ -338,10 +338,9 @@ def _log_result(metric: str, steps: list[dict], in_sample: dict, record: dict, p
     if cf and cf["cross_fitted"][metric] < steps[0][metric]:
         log.warning(
             "the cross-fitted %s Dice (%.4f) is below the untuned %.4f: on this split the tuning fits the "
-            "images it chose on more than it helps new ones; 'covidseg evaluate --no-postprocess' scores "
-            "without it, and deleting %s makes predict use the plain threshold",
+            "images it chose on more than it helps new ones; evaluate and predict with --no-postprocess "
+            "work without it",
             metric,
             cf["cross_fitted"][metric],
             steps[0][metric],
-            path,
         )
