@@ -8,12 +8,12 @@
 # NAME, STEPS: default covidseg-v3 and 10024, covidseg-v3's recipe (covidseg-v2: covidseg-v2 4187).
 # It trains the cpu preset as FPN on MobileNetV2 with the image-level COVID-19 head at 128x128
 # (pinned, should the preset change) for a fixed number of steps (v3: 10,024, what the preset's
-# 60-minute budget reached at 128 in fp32 on the faster of the developers' two 2-core AVX2 CPUs;
-# v2: 4,187 on the slower; with a fixed number of steps the run does not depend on the machine's
-# speed or load: on the same CPU, the same seed gives the same weights bit for bit), scores it on
-# Val untuned, tunes the post-processing on Val (balanced Dice, cross-fitted), fits the input
-# check and calibration (Train/Val), exports an fp16 ONNX-only bundle, scores the bundle, measures predict latency and
-# the input check on out-of-distribution images, and writes the model card. Then copy
+# 60-minute budget reached at 128 in fp32 on the faster of the developers' two 2-core AVX2 CPUs; v2:
+# 4,187 on the slower; with a fixed number of steps the run does not depend on the machine's speed
+# or load: on the same CPU, the same seed gives the same weights bit for bit), scores it on Val
+# untuned, tunes the post-processing on Val (balanced Dice, cross-fitted), fits the input check and
+# calibration (Train/Val), exports an fp16 ONNX-only bundle, scores the bundle, measures predict
+# latency and the input check on out-of-distribution images, and writes the model card. Then copy
 # WORK_DIR/NAME into src/covidseg/pretrained/NAME (only when it is measurably better than the
 # shipped one: every replacement stays in the repository's history).
 set -euo pipefail
