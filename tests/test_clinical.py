@@ -249,6 +249,57 @@ def test_predict_real_world_inputs_and_skips_bad_ones(lung_run: Path, tmp_path: 
         } <= set(r)
 
 
+def test_evaluate_model_scores_a_bundle_without_its_run_as_the_run_scores_it(
+    lung_run: Path, synth_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys
+) -> None:
+    """``evaluate --model B --data D``: the same figures and rows as ``evaluate RUN --bundle B``;
+    its folder is replaced only by the same kind of evaluation, and nothing else is overwritten."""
+    run, bundle = copy_run(lung_run, tmp_path / "run"), tmp_path / "bundle"
+    assert main(["export", str(run), "--out", str(bundle), "--onnx-only", "--no-progress"]) == 0
+    assert main(["evaluate", str(run), "--bundle", str(bundle), "--panel", "0", "--no-progress"]) == 0
+    by_run = run / "eval" / "Val-bundle"
+    out = tmp_path / "scores"
+    argv = ["evaluate", "--model", str(bundle), "--data", str(synth_root), "--out", str(out), "--no-progress"]
+    capsys.readouterr()
+    assert main([*argv, "--panel", "2"]) == 0
+    printed = capsys.readouterr().out
+    assert "SYNTHETIC Val" in printed and f"written to {out}" in printed and "in-sample" not in printed
+    s, ref = (json.loads((d / "summary.json").read_text()) for d in (out, by_run))
+    for key in ("images", "pooled", "per_image", "per_image_covid", "lung", "detection", "severity", "postprocess"):
+        assert s[key] == ref[key], key
+    assert s["model"]["sha256"] == sha256(bundle / "model.onnx") and not s["model"]["builtin"]
+    assert (out / "per_image.csv").read_text() == (by_run / "per_image.csv").read_text()
+    assert (out / "predictions.png").stat().st_size > 0
+    # The same evaluation again replaces its own files; another kind into the same folder is refused.
+    assert main([*argv, "--panel", "0"]) == 0
+    before = (out / "summary.json").read_text()
+    for extra in (("--threshold", "0.9"), ("--limit", "6")):
+        capsys.readouterr()
+        assert main([*argv, *extra]) == 2, extra
+        assert "holds another evaluation" in capsys.readouterr().err
+    assert (out / "summary.json").read_text() == before
+    (out / "notes.txt").write_text("mine")
+    assert main(argv) == 2 and (out / "notes.txt").read_text() == "mine"
+    assert "holds other files (notes.txt)" in capsys.readouterr().err
+    # Without --out: one folder per kind under ./covidseg-eval, named after model, split and data.
+    monkeypatch.chdir(tmp_path)
+    assert main(["evaluate", "--model", str(bundle), "--data", str(synth_root), "--limit", "6", "--panel", "0"]) == 0
+    assert (tmp_path / "covidseg-eval" / "bundle" / f"Val-data-{synth_root.name}-limit6" / "summary.json").is_file()
+    # Wrong combinations: one line each.
+    for bad, says in (
+        (["evaluate", "--model", str(bundle)], "needs --data"),
+        (["evaluate", str(run), "--model", str(bundle), "--data", str(synth_root)], "not both"),
+        (["evaluate", "--model", str(run), "--data", str(synth_root)], "is a run folder"),
+        (["evaluate", "--model", str(bundle), "--data", str(synth_root), "--checkpoint", "last"], "--checkpoint"),
+        (["evaluate", str(run), "--out", str(tmp_path / "o")], "--out is for --model"),
+        (["evaluate", "--model", "no-such-model", "--data", str(synth_root)], "neither a run folder"),
+    ):
+        capsys.readouterr()
+        assert main([*bad, "--no-progress"]) == 2, bad
+        err = capsys.readouterr().err
+        assert says in err and len(err.strip().splitlines()) == 1, (bad, err)
+
+
 @pytest.mark.parametrize(
     ("change", "message"),
     [

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -61,3 +62,19 @@ def test_short_two_output_training_on_a_real_subset(real_root: Path, tmp_path: P
     for g in ("Normal", "Non-COVID"):
         assert sev[g]["true"]["none"] == s["groups"][g]["images"]
     assert sev["COVID-19"]["true"]["none"] <= 0.05 * s["groups"]["COVID-19"]["images"]
+
+
+def test_the_builtin_model_scores_on_real_val_what_its_card_says(real_root: Path, tmp_path: Path) -> None:
+    """``evaluate --model``'s route, on the data the built-in model's figures came from, gives
+    those figures (``metadata.json`` -> ``val_metrics``, written when the model was built)."""
+    from covidseg.inference.builtin import builtin_path
+    from covidseg.model_evaluation import evaluate_model
+
+    card = json.loads((builtin_path() / "metadata.json").read_text())["val_metrics"]
+    s = evaluate_model(None, real_root, "Val", tmp_path / "out", panel=0)
+    assert s["images"] == card["images"] == 932 and s["sizes"] == {"256x256": 932}
+    assert s["model"]["builtin"] and s["synthetic"] is False
+    for key in ("pooled", "per_image", "per_image_covid"):
+        assert abs(s[key]["dice"] - card[key]["dice"]) < 1e-3, (key, s[key], card[key])
+    assert abs(s["lung"]["per_image"]["dice"] - card["lung"]["per_image"]["dice"]) < 1e-3
+    assert abs(s["negatives_with_false_positives"] - card["negatives_with_false_positives"]) <= 1 / 466

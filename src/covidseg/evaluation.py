@@ -164,6 +164,51 @@ def _summary(scored: Scored, groups: list[str], post_threshold: float, cfg: Conf
     return s
 
 
+@dataclass
+class Evaluated:
+    """One split scored: the summary (every definition), the per-image rows, and what they came
+    from (for the panel)."""
+
+    summary: dict[str, Any]
+    rows: list[dict[str, Any]]
+    dataset: SegmentationDataset
+    truth: Truth
+    scored: Scored
+
+
+def score_and_summarize(
+    predictor: Predictor,
+    cfg: Config,
+    r: OpenSplit,
+    split: str,
+    scored_at: str = "native",
+    batch_size: int = 8,
+    progress: Progress | None = None,
+) -> Evaluated:
+    """Score ``r``'s X-rays as ``predict`` segments them with ``predictor``: the summary
+    (:func:`covidseg.metrics.summarize`, lungs, detection, severity) and the per-image rows."""
+    truth = load_truth(r.dataset, scored_at, progress)
+    scored = score_split(predictor, r.dataset, truth, batch_size, progress)
+    groups = [s.group for s in r.dataset.split.samples]
+    post = predictor.post
+    summary = _summary(scored, groups, post.threshold, cfg, split)
+    summary.update(
+        {
+            "target": predictor.targets[0],
+            "scored_at": scored_at,
+            "sizes": truth.sizes(),
+            "data": SYNTHETIC_NOTE if r.synthetic else "X-rays",
+            "synthetic": r.synthetic,
+            "postprocess": post.as_dict(),
+            "data_root": str(r.data_root),
+            "image_size": cfg.data.image_size,
+        }
+    )
+    rows = _per_image_rows(scored, r.dataset, truth, cfg, post)
+    _add_clinical(summary, rows, scored, truth, groups, cfg, predictor)
+    return Evaluated(summary, rows, r.dataset, truth, scored)
+
+
 def _tuning_record(
     run_dir: Path, split: str, postprocess: bool, applied: Postprocess, checkpoint: str, bundle: dict[str, Any] | None
 ) -> dict[str, Any] | None:
@@ -232,13 +277,15 @@ def _per_image_rows(scored: Scored, ds: SegmentationDataset, truth: Truth, cfg: 
     return rows
 
 
-def _add_clinical(summary: dict, rows: list[dict], scored: Scored, truth: Truth, groups: list[str], cfg: Config, post):
-    """Detection and severity, for infection models."""
+def _add_clinical(
+    summary: dict, rows: list[dict], scored: Scored, truth: Truth, groups: list[str], cfg: Config, predictor: Predictor
+) -> None:
+    """Detection and severity, for infection models (the true grades by the predictor's rule)."""
     if cfg.model.target_list[0] != "infection":
         return
+    post, rule = predictor.post, predictor.severity
     summary["detection"] = detection.detection_summary(scored.shares, groups, post.detect_fraction)
     summary["detection"]["rule"] = post.call_rule(cfg.model.target_list)
-    rule = SeverityRule.from_text(cfg.eval.severity_extent, cfg.eval.severity_grades)
     truth_sev = [quantify(inf, lung, rule) for inf, lung in zip(truth.infection, truth.lung)]
     summary["severity"] = severity_summary(scored.records, truth_sev, groups, rule)
     for k, row in enumerate(rows):
@@ -256,15 +303,16 @@ def _add_clinical(summary: dict, rows: list[dict], scored: Scored, truth: Truth,
                 row[key] = rec[key]
 
 
-def _draw_panel(run_dir: Path, predictor: Predictor, ds: SegmentationDataset, truth: Truth, scored: Scored, n: int,
-                name: str, synthetic: bool) -> None:  # fmt: skip
+def draw_panel(path: Path, predictor: Predictor, e: Evaluated, n: int, name: str, synthetic: bool) -> None:
+    """The prediction panel: X-ray, true mask and prediction of the worst, median and best
+    X-ray of each group (``n`` in all)."""
     from covidseg.data.image_io import read_xray
     from covidseg.figures import plot_predictions
 
-    dice, _ = dice_iou(scored.stats)
-    show = panel_indices(ds.groups, dice, n)
+    ds, truth = e.dataset, e.truth
+    dice, _ = dice_iou(e.scored.stats)
     panels = []
-    for k in show:
+    for k in panel_indices(ds.groups, dice, n):
         s = ds.split.samples[k]
         image = read_xray(s.image) if truth.scored_at == "native" else np.asarray(ds.split.images[k])
         mask = predictor.from_probabilities(
@@ -275,11 +323,7 @@ def _draw_panel(run_dir: Path, predictor: Predictor, ds: SegmentationDataset, tr
         d = "n/a" if np.isnan(dice[k]) else f"{dice[k]:.3f}"
         panels.append((image, ref.astype(np.uint8), mask, f"{s.group}: {s.image.name}\nDice {d}"))
     kind = "synthetic " if synthetic else ""
-    plot_predictions(
-        panels,
-        run_dir / "plots" / f"predictions_{name}.png",
-        title=f"{kind}{name}: X-ray, true mask, prediction (worst, median, best per group)",
-    )
+    plot_predictions(panels, path, title=f"{kind}{name}: X-ray, true mask, prediction (worst, median, best per group)")
 
 
 def eval_name(
@@ -362,28 +406,15 @@ def evaluate_run(
         meta = _bundle_metadata(Path(bundle))
         state = {**state, "epoch": meta["epoch"] if isinstance(meta.get("epoch"), int) else -1}
     r = open_split(cfg, split, data_root, limit, cache_dir, progress)
-    truth = load_truth(r.dataset, scored_at, progress)
-    scored = score_split(predictor, r.dataset, truth, batch_size or cfg.train.batch_size, progress)
-    groups = [s.group for s in r.dataset.split.samples]
-    post = predictor.post
-    summary = _summary(scored, groups, post.threshold, cfg, split)
+    e = score_and_summarize(predictor, cfg, r, split, scored_at, batch_size or cfg.train.batch_size, progress)
+    summary = e.summary
     summary.update(
         {
-            "target": predictor.targets[0],
-            "scored_at": scored_at,
-            "sizes": truth.sizes(),
-            "data": SYNTHETIC_NOTE if r.synthetic else "X-rays",
-            "synthetic": r.synthetic,
-            "postprocess": post.as_dict(),
-            "tuning": _tuning_record(run_dir, split, postprocess, post, checkpoint, meta),
+            "tuning": _tuning_record(run_dir, split, postprocess, predictor.post, checkpoint, meta),
             "checkpoint": checkpoint if meta is None else meta.get("checkpoint"),  # a bundle's: exported from
             "epoch": int(state["epoch"]),
-            "data_root": str(r.data_root),
-            "image_size": cfg.data.image_size,
         }
     )
-    rows = _per_image_rows(scored, r.dataset, truth, cfg, post)
-    _add_clinical(summary, rows, scored, truth, groups, cfg, post)
     summary = json_safe(summary)
     if bundle is not None:
         summary["bundle"] = {"path": str(bundle), "engine": predictor.engine}
@@ -393,9 +424,9 @@ def evaluate_run(
     out = run_dir / "eval" / name
     out.mkdir(parents=True, exist_ok=True)
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
-    write_rows(rows, out / "per_image.csv")
+    write_rows(e.rows, out / "per_image.csv")
     if panel and bundle is None:
-        _draw_panel(run_dir, predictor, r.dataset, truth, scored, panel, name, r.synthetic)
+        draw_panel(run_dir / "plots" / f"predictions_{name}.png", predictor, e, panel, name, r.synthetic)
     log.info("wrote %s and %s (scored at %s size)", out / "summary.json", out / "per_image.csv", scored_at)
     return summary
 

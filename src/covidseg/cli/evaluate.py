@@ -15,12 +15,17 @@ from covidseg.cli.common import (
     setup_logging,
     threshold_option,
 )
+from covidseg.errors import CovidsegError
 
 
 def cmd_evaluate(a: argparse.Namespace) -> int:
+    setup_logging(a.verbose)
+    if a.model is not None or a.run_dir is None:
+        return _evaluate_model(a)
+    if a.out is not None:
+        raise CovidsegError(f"--out is for --model; a run's evaluations go to {Path(a.run_dir) / 'eval'}")
     from covidseg.evaluation import evaluate_run
 
-    setup_logging(a.verbose)
     s = evaluate_run(
         a.run_dir,
         a.data,
@@ -37,6 +42,49 @@ def cmd_evaluate(a: argparse.Namespace) -> int:
         scored_at=a.scored_at,
         bundle=a.bundle,
     )
+    _print_summary(s)
+    print(f"written to {Path(a.run_dir) / 'eval' / s['eval_name']}")
+    return 0
+
+
+def _evaluate_model(a: argparse.Namespace) -> int:
+    """``evaluate --model NAME --data D``: a built-in model or a bundle, no run folder."""
+    if a.run_dir is not None:
+        raise CovidsegError("name either a run folder or --model, not both")
+    if a.data is None:
+        raise CovidsegError("evaluate --model needs --data: the labelled data folder to score it on")
+    for flag, given in (("--bundle", a.bundle is not None), ("--checkpoint", a.checkpoint != "best")):
+        if given:
+            raise CovidsegError(f"{flag} is for a run folder; --model names the model scored")
+    from covidseg.model_evaluation import evaluate_model
+
+    s = evaluate_model(
+        a.model,
+        a.data,
+        a.split,
+        a.out,
+        a.threshold,
+        a.batch_size or 8,
+        a.limit,
+        a.panel,
+        a.cache_dir,
+        progress_bar(a.progress),
+        postprocess=a.postprocess,
+        scored_at=a.scored_at,
+    )
+    print(f"model {s['model']['name']}:")
+    _print_summary(s)
+    if s["model"]["builtin"] and s["split"] == "Val" and a.postprocess:
+        print(
+            f"  note: {s['model']['name']}'s post-processing was tuned on COVID-QU-Ex Val; on that split these "
+            "figures are in-sample (its model card, 'covidseg models', gives the cross-fitted ones)"
+        )
+    print(f"written to {s['out']}")
+    return 0
+
+
+def _print_summary(s: dict[str, Any]) -> None:
+    """The figures of an evaluation's summary, a line per definition."""
     p, pi, pc = s["pooled"], s["per_image"], s["per_image_covid"]
     data = "SYNTHETIC " if s.get("synthetic") else ""
     where = "each X-ray's own size" if s["scored_at"] == "native" else f"the network's input size {s['image_size']}"
@@ -78,14 +126,26 @@ def cmd_evaluate(a: argparse.Namespace) -> int:
             f"(within one grade {sev['grade_within_one']:.1%}), "
             f"infected-lung % mean abs. error {sev['infected_share_mae_points']:.2f} points"
         )
-    print(f"written to {Path(a.run_dir) / 'eval' / s['eval_name']}")
-    return 0
 
 
 def _evaluate_parser(sub: Any) -> None:
     """The parsers of evaluate."""
-    sp = sub.add_parser("evaluate", help="score a run on a split: summary.json, per_image.csv, prediction panel")
-    sp.add_argument("run_dir")
+    sp = sub.add_parser(
+        "evaluate",
+        help="score a run, a bundle or the built-in model on a labelled split: summary.json, per_image.csv, panel",
+        description="Score a run folder's model (evaluate RUN_DIR; results in RUN_DIR/eval/), or a built-in "
+        "model or bundle on any labelled data folder (evaluate --model covidseg-v3 --data D; results in --out), "
+        "as predict segments the X-rays: at each X-ray's own size, with the model's post-processing.",
+    )
+    sp.add_argument("run_dir", nargs="?", help="a run folder from 'covidseg train' (or name --model instead)")
+    sp.add_argument(
+        "--model",
+        help="score a built-in model (see 'covidseg models') or a bundle from 'covidseg export' instead of a run; "
+        "needs --data (with no run folder, the default built-in model is scored)",
+    )
+    sp.add_argument(
+        "--out", help="with --model: the results folder (default covidseg-eval/<model>/<split>-data-<folder>)"
+    )
     sp.add_argument("--data", help="data folder (default: the one the run was trained on)")
     sp.add_argument("--split", default="Val", choices=("Train", "Val", "Test"), help="default Val")
     checkpoint_option(sp)

@@ -1,0 +1,134 @@
+"""``evaluate_model``: score a built-in model or a bundle on labelled X-rays, no run folder needed.
+
+What ``covidseg evaluate --model NAME --data D`` runs: the masks ``predict`` gives with that model
+(its own post-processing, at each X-ray's own size) scored against the data folder's mask files
+under every definition of :mod:`covidseg.metrics`, as :func:`covidseg.evaluation.evaluate_run`
+scores a run. The figures a user can expect from the model on their own labelled X-rays, or on
+COVID-QU-Ex's held-out Test split. Writes ``OUT/summary.json``, ``OUT/per_image.csv`` and the
+panel ``OUT/predictions.png``; an ``OUT`` that holds anything else is refused, never overwritten.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+from covidseg.atomic import write_atomic
+from covidseg.config import Config, apply_overrides
+from covidseg.data.loading import discover_root
+from covidseg.errors import ConfigError
+from covidseg.evaluation import draw_panel, eval_name, open_split, score_and_summarize, write_rows
+from covidseg.inference.builtin import pretrained_root, resolve_model, sha256
+from covidseg.inference.bundle import is_bundle
+from covidseg.inference.predictor import Predictor
+from covidseg.metrics import json_safe
+from covidseg.progress import Progress
+
+log = logging.getLogger(__name__)
+
+FILES = ("summary.json", "per_image.csv", "predictions.png")
+
+
+def model_record(path: Path) -> dict[str, Any]:
+    """Which model was scored: its name, folder, whether it is built in, and its network's hash."""
+    builtin = path.parent.resolve() == pretrained_root().resolve()
+    record: dict[str, Any] = {"name": path.name, "path": str(path), "builtin": builtin}
+    weights = next((path / f for f in ("model.onnx", "model.safetensors") if (path / f).is_file()), None)
+    if weights is not None:
+        record["file"], record["sha256"] = weights.name, sha256(weights)
+    if builtin:
+        record["tuned_on"] = "COVID-QU-Ex Val (post-processing and calibration; its model card)"
+    return record
+
+
+def identity(summary: dict[str, Any]) -> dict[str, Any]:
+    """What makes two evaluations the same kind: the evaluation's name, data folder, model file
+    and post-processing."""
+    model = summary.get("model") if isinstance(summary.get("model"), dict) else {}
+    return {
+        "eval_name": summary.get("eval_name"),
+        "data_root": summary.get("data_root"),
+        "model_sha256": model.get("sha256"),
+        "postprocess": summary.get("postprocess"),
+    }
+
+
+def check_out(out: Path, mine: dict[str, Any]) -> None:
+    """Refuse an ``out`` folder that holds anything but an earlier evaluation of the same kind
+    (:func:`identity` equal to ``mine``), the one thing replaced."""
+    if not out.exists():
+        return
+    if not out.is_dir():
+        raise ConfigError(f"--out {out} is a file; name a folder")
+    others = sorted(p.name for p in out.iterdir() if p.name not in FILES)
+    if others:
+        raise ConfigError(f"--out {out} holds other files ({', '.join(others[:3])}); choose another folder")
+    if not (out / "summary.json").is_file():
+        return
+    try:
+        old = json.loads((out / "summary.json").read_text())
+    except (ValueError, OSError, UnicodeDecodeError):
+        old = None
+    if not isinstance(old, dict) or identity(old) != json.loads(json.dumps(mine)):
+        raise ConfigError(
+            f"--out {out} holds another evaluation (of another model, data folder or settings); choose another folder"
+        )
+
+
+def bundle_config(predictor: Predictor) -> Config:
+    """The settings scoring needs, from the model itself: its input size and outputs."""
+    return apply_overrides(
+        Config(), {"data.image_size": predictor.image_size, "model.targets": "+".join(predictor.targets)}
+    )
+
+
+def evaluate_model(
+    model: str | Path | None,
+    data_root: str | Path,
+    split: str = "Val",
+    out: str | Path | None = None,
+    threshold: float | None = None,
+    batch_size: int = 8,
+    limit: int | None = None,
+    panel: int = 6,
+    cache_dir: str | None = None,
+    progress: Progress | None = None,
+    postprocess: bool = True,
+    scored_at: str = "native",
+) -> dict[str, Any]:
+    """Score ``model`` (a built-in model's name, ``None`` for the default one, or a bundle folder
+    from ``covidseg export``) on ``split`` of ``data_root`` and write the results to ``out``
+    (default ``covidseg-eval/<model>/<split>[-...]-data-<folder>``, one folder per kind of
+    evaluation: :func:`covidseg.evaluation.eval_name`). Arguments as :func:`covidseg.evaluation.evaluate_run`.
+
+    Returns:
+        The summary dict, as written to ``OUT/summary.json``; ``summary["out"]`` is ``OUT``.
+    """
+    if split not in ("Train", "Val", "Test"):
+        raise ConfigError(f"split must be Train, Val or Test, got {split!r}")
+    if batch_size < 1:
+        raise ConfigError(f"batch size must be at least 1, got {batch_size}")
+    path = resolve_model(model)
+    if not is_bundle(path):
+        raise ConfigError(f"{path} is a run folder: score it with 'covidseg evaluate {path}'")
+    predictor = Predictor.load(path, threshold=threshold, postprocess=postprocess)
+    cfg = bundle_config(predictor)
+    kind = {"threshold": threshold, "postprocess": postprocess, "limit": limit, "scored_at": scored_at}
+    name = eval_name(split, other_data=data_root, **kind)
+    out = Path(out) if out is not None else Path("covidseg-eval") / path.name / name
+    root = discover_root(str(data_root)).root  # before decoding: a refused --out costs nothing
+    head = {"eval_name": name, "data_root": str(root), "postprocess": json_safe(predictor.post.as_dict())}
+    head["model"] = model_record(path)
+    check_out(out, identity(head))
+    r = open_split(cfg, split, str(data_root), limit, cache_dir, progress)
+    e = score_and_summarize(predictor, cfg, r, split, scored_at, batch_size, progress)
+    summary = json_safe({**e.summary, **head, "engine": predictor.engine, "out": str(out)})
+    out.mkdir(parents=True, exist_ok=True)
+    write_atomic(out / "summary.json", json.dumps(summary, indent=2))
+    write_rows(e.rows, out / "per_image.csv")
+    if panel:
+        draw_panel(out / "predictions.png", predictor, e, panel, f"{path.name} {name}", r.synthetic)
+    log.info("wrote %s and %s", out / "summary.json", out / "per_image.csv")
+    return summary
