@@ -27,20 +27,7 @@ def cmd_evaluate(a: argparse.Namespace) -> int:
     from covidseg.evaluation import evaluate_run
 
     s = evaluate_run(
-        a.run_dir,
-        a.data,
-        a.split,
-        a.checkpoint,
-        a.threshold,
-        a.device,
-        a.batch_size,
-        a.limit,
-        a.panel,
-        a.cache_dir,
-        progress_bar(a.progress),
-        postprocess=a.postprocess,
-        scored_at=a.scored_at,
-        bundle=a.bundle,
+        a.run_dir, a.data, a.split, a.checkpoint, device=a.device, batch_size=a.batch_size, bundle=a.bundle, **_kind(a)
     )
     _print_summary(s)
     print(f"written to {Path(a.run_dir) / 'eval' / s['eval_name']}")
@@ -58,20 +45,7 @@ def _evaluate_model(a: argparse.Namespace) -> int:
             raise CovidsegError(f"{flag} is for a run folder; --model names the model scored")
     from covidseg.model_evaluation import evaluate_model
 
-    s = evaluate_model(
-        a.model,
-        a.data,
-        a.split,
-        a.out,
-        a.threshold,
-        a.batch_size or 8,
-        a.limit,
-        a.panel,
-        a.cache_dir,
-        progress_bar(a.progress),
-        postprocess=a.postprocess,
-        scored_at=a.scored_at,
-    )
+    s = evaluate_model(a.model, a.data, a.split, a.out, batch_size=a.batch_size or 8, **_kind(a))
     print(f"model {s['model']['name']}:")
     _print_summary(s)
     if s["model"]["builtin"] and s["split"] == "Val" and a.postprocess:
@@ -81,6 +55,19 @@ def _evaluate_model(a: argparse.Namespace) -> int:
         )
     print(f"written to {s['out']}")
     return 0
+
+
+def _kind(a: argparse.Namespace) -> dict[str, Any]:
+    """The options both kinds of evaluation take alike."""
+    return {
+        "threshold": a.threshold,
+        "limit": a.limit,
+        "panel": a.panel,
+        "cache_dir": a.cache_dir,
+        "progress": progress_bar(a.progress),
+        "postprocess": a.postprocess,
+        "scored_at": a.scored_at,
+    }
 
 
 def _print_summary(s: dict[str, Any]) -> None:
