@@ -288,6 +288,7 @@ def test_evaluate_model_scores_a_bundle_without_its_run_as_the_run_scores_it(
     # Wrong combinations: one line each.
     for bad, says in (
         (["evaluate", "--model", str(bundle)], "needs --data"),
+        (["evaluate"], "needs a run folder, or --data D"),
         (["evaluate", str(run), "--model", str(bundle), "--data", str(synth_root)], "not both"),
         (["evaluate", "--model", str(run), "--data", str(synth_root)], "is a run folder"),
         (["evaluate", "--model", str(bundle), "--data", str(synth_root), "--checkpoint", "last"], "--checkpoint"),

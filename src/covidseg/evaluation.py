@@ -14,6 +14,7 @@ input size instead: it only chooses the best epoch.)
 from __future__ import annotations
 
 import csv
+import io
 import json
 import logging
 from dataclasses import dataclass
@@ -23,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from covidseg import detection
+from covidseg.atomic import write_atomic
 from covidseg.config import Config
 from covidseg.data.dataset import SegmentationDataset
 from covidseg.data.discovery import GROUPS
@@ -48,15 +50,17 @@ def _fmt(x: float) -> str:
 
 
 def write_rows(rows: list[dict[str, Any]], path: Path) -> None:
-    """``per_image.csv``: one row per image, empty cells for undefined values."""
+    """``per_image.csv``: one row per image, empty cells for undefined values (written whole or
+    not at all)."""
     fields: list[str] = []
     for row in rows:
         fields += [k for k in row if k not in fields]
-    with path.open("w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=fields)
-        w.writeheader()
-        for row in rows:
-            w.writerow({k: "" if row.get(k) is None else row.get(k) for k in fields})
+    f = io.StringIO(newline="")
+    w = csv.DictWriter(f, fieldnames=fields)
+    w.writeheader()
+    for row in rows:
+        w.writerow({k: "" if row.get(k) is None else row.get(k) for k in fields})
+    write_atomic(path, f.getvalue())
 
 
 def severity_summary(
@@ -423,7 +427,7 @@ def evaluate_run(
     summary["eval_name"] = name
     out = run_dir / "eval" / name
     out.mkdir(parents=True, exist_ok=True)
-    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    write_atomic(out / "summary.json", json.dumps(summary, indent=2))
     write_rows(e.rows, out / "per_image.csv")
     if panel and bundle is None:
         draw_panel(run_dir / "plots" / f"predictions_{name}.png", predictor, e, panel, name, r.synthetic)

@@ -38,6 +38,8 @@ def _evaluate_model(a: argparse.Namespace) -> int:
     """``evaluate --model NAME --data D``: a built-in model or a bundle, no run folder."""
     if a.run_dir is not None:
         raise CovidsegError("name either a run folder or --model, not both")
+    if a.data is None and a.model is None:
+        raise CovidsegError("evaluate needs a run folder, or --data D to score the built-in model (or --model M) on D")
     if a.data is None:
         raise CovidsegError("evaluate --model needs --data: the labelled data folder to score it on")
     for flag, given in (("--bundle", a.bundle is not None), ("--checkpoint", a.checkpoint != "best")):
