@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import json
 import re
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -278,9 +279,34 @@ def test_evaluate_model_scores_a_bundle_without_its_run_as_the_run_scores_it(
         assert main([*argv, *extra]) == 2, extra
         assert "holds another evaluation" in capsys.readouterr().err
     assert (out / "summary.json").read_text() == before
+    # The leftover of a killed write does not block the same evaluation, which clears it.
+    (out / ".covidseg-tmp-summary.json").write_text("{")
+    assert main([*argv, "--panel", "0"]) == 0 and not (out / ".covidseg-tmp-summary.json").exists()
+    # The same data named another way is the same kind; other data under the same name is not.
+    monkeypatch.chdir(synth_root.parent)
+    assert main([*argv[:4], synth_root.name, *argv[5:], "--panel", "0"]) == 0
+    other = tmp_path / "elsewhere" / synth_root.name
+    shutil.copytree(synth_root, other)
+    capsys.readouterr()
+    monkeypatch.chdir(other.parent)
+    assert main([*argv[:4], synth_root.name, *argv[5:]]) == 2
+    assert "holds another evaluation" in capsys.readouterr().err
+    # So does a run's evaluation of another data folder, whose name is all its folder says.
+    third = tmp_path / "third" / synth_root.name
+    shutil.copytree(synth_root, third)
+    assert main(["evaluate", str(run), "--data", str(other), "--panel", "0", "--no-progress"]) == 0
+    kept = (run / "eval" / f"Val-data-{synth_root.name}" / "summary.json").read_text()
+    assert main(["evaluate", str(run), "--data", str(third), "--panel", "0", "--no-progress"]) == 2
+    assert "another data folder of the same name" in capsys.readouterr().err
+    assert (run / "eval" / f"Val-data-{synth_root.name}" / "summary.json").read_text() == kept
     (out / "notes.txt").write_text("mine")
     assert main(argv) == 2 and (out / "notes.txt").read_text() == "mine"
     assert "holds other files (notes.txt)" in capsys.readouterr().err
+    # A folder with files named like an evaluation's, but none, is not taken for one.
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "per_image.csv").write_text("my own table")
+    assert main([*argv[:6], str(mine)]) == 2 and (mine / "per_image.csv").read_text() == "my own table"
     # Without --out: one folder per kind under ./covidseg-eval, named after model, split and data.
     monkeypatch.chdir(tmp_path)
     assert main(["evaluate", "--model", str(bundle), "--data", str(synth_root), "--limit", "6", "--panel", "0"]) == 0
@@ -294,11 +320,40 @@ def test_evaluate_model_scores_a_bundle_without_its_run_as_the_run_scores_it(
         (["evaluate", "--model", str(bundle), "--data", str(synth_root), "--checkpoint", "last"], "--checkpoint"),
         (["evaluate", str(run), "--out", str(tmp_path / "o")], "--out is for --model"),
         (["evaluate", "--model", "no-such-model", "--data", str(synth_root)], "neither a run folder"),
+        (["evaluate", "--model", str(synth_root), "--data", str(synth_root)], "is not a bundle"),
+        (["evaluate", "--model", str(bundle), "--data", str(synth_root), "--device", "cuda"], "--device"),
+        (["evaluate", "--model", str(bundle), "--data", str(synth_root), "--batch-size", "0"], "batch size"),
+        (["evaluate", "--model", str(bundle), "--data", str(synth_root), "--panel", "-1"], "panel"),
+        (["evaluate", str(run), "--panel", "-1"], "panel"),
     ):
         capsys.readouterr()
         assert main([*bad, "--no-progress"]) == 2, bad
         err = capsys.readouterr().err
         assert says in err and len(err.strip().splitlines()) == 1, (bad, err)
+
+
+def test_evaluation_without_some_lung_masks_scores_the_rest(
+    lung_run: Path, synth_root: Path, tmp_path: Path, capsys
+) -> None:
+    """An X-ray whose lung mask file is missing has no true severity; the rest are scored."""
+    data = tmp_path / "data"
+    shutil.copytree(synth_root, data)
+    lungs = data / "Infection Segmentation Data" / "Val" / "COVID-19" / "lung masks"
+    gone = sorted(lungs.iterdir())[0]
+    gone.unlink()
+    run, bundle = copy_run(lung_run, tmp_path / "run"), tmp_path / "bundle"
+    assert main(["export", str(run), "--out", str(bundle), "--onnx-only", "--no-progress"]) == 0
+    argv = ["--data", str(data), "--panel", "0", "--no-progress"]
+    assert main(["evaluate", "--model", str(bundle), "--out", str(tmp_path / "out"), *argv]) == 0
+    assert main(["evaluate", str(run), *argv]) == 0
+    for folder in (tmp_path / "out", run / "eval" / "Val-data-data"):
+        s = json.loads((folder / "summary.json").read_text())
+        rows = {r["id"]: r for r in csv.DictReader((folder / "per_image.csv").open())}
+        no_lung = rows[f"Val/COVID-19/{gone.stem}"]
+        assert no_lung["true_infected_share_pct"] == "" and no_lung["true_severity"] == ""
+        assert "lung" not in s  # the lung output is scored only where every X-ray has its mask
+        covid = s["groups"]["COVID-19"]["images"]
+        assert sum(s["severity"]["groups"]["COVID-19"]["true"].values()) == covid - 1
 
 
 @pytest.mark.parametrize(

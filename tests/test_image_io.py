@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from covidseg.data.image_io import preprocess_image, read_gray8, resize_mask
+from covidseg.data.image_io import preprocess_image, read_gray8, read_mask, resize_mask
 from covidseg.errors import DataError
 
 GRAD = np.tile(np.arange(0, 256, 4, dtype=np.uint8), (40, 1))  # (40, 64), 0..252
@@ -62,3 +62,42 @@ def test_unreadable_files_raise_data_error(tmp_path: Path, content: bytes | None
         path.write_bytes(content)
     with pytest.raises(DataError, match="bad.png"):
         read_gray8(path)
+
+
+def test_a_mask_of_zeros_and_ones_is_refused_not_read_as_empty(tmp_path: Path) -> None:
+    """Masks are read as > 127; a 0/1 (or label) mask would be empty without a word."""
+    mask = np.zeros((32, 32), np.uint8)
+    mask[8:20, 8:20] = 1
+    Image.fromarray(mask).save(tmp_path / "ones.png")
+    with pytest.raises(DataError, match="none above 127.*scale a 0/1 mask by 255"):
+        read_mask(tmp_path / "ones.png")
+    Image.fromarray(mask * 255).save(tmp_path / "full.png")
+    assert read_mask(tmp_path / "full.png").sum() == 144
+    stray = np.zeros((32, 32), np.uint8)
+    stray[0, :3] = 1  # a few stray low values on an empty mask: empty, as before
+    Image.fromarray(stray).save(tmp_path / "stray.png")
+    assert not read_mask(tmp_path / "stray.png").any()
+
+
+def test_a_figure_is_written_whole_or_not_at_all(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import matplotlib.figure
+
+    from covidseg.figures import plot_predictions
+
+    path = tmp_path / "panel.png"
+    path.write_bytes(b"the earlier panel")
+    image = np.zeros((16, 16), np.uint8)
+    panels = [(image, image, image, "x")]
+    real_savefig = matplotlib.figure.Figure.savefig
+
+    def killed(self, fname, **kwargs):  # a write cut off half way
+        Path(fname).write_bytes(b"\x89PNG half")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(matplotlib.figure.Figure, "savefig", killed)
+    with pytest.raises(KeyboardInterrupt):
+        plot_predictions(panels, path)
+    assert path.read_bytes() == b"the earlier panel"
+    monkeypatch.setattr(matplotlib.figure.Figure, "savefig", real_savefig)
+    plot_predictions(panels, path)
+    assert Image.open(path).format == "PNG" and [p.name for p in tmp_path.iterdir()] == ["panel.png"]

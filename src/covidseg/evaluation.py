@@ -27,7 +27,7 @@ from covidseg import detection
 from covidseg.atomic import write_atomic
 from covidseg.config import Config
 from covidseg.data.dataset import SegmentationDataset
-from covidseg.data.discovery import GROUPS
+from covidseg.data.discovery import GROUPS, Discovery
 from covidseg.data.loading import discover_root, load_dataset
 from covidseg.errors import ConfigError, CovidsegError
 from covidseg.inference.builtin import sha256
@@ -402,6 +402,8 @@ def evaluate_run(
         raise ConfigError(f"split must be Train, Val or Test, got {split!r}")
     if batch_size is not None and batch_size < 1:
         raise ConfigError(f"batch size must be at least 1, got {batch_size}")
+    if panel < 0:
+        raise ConfigError(f"panel must be 0 (none) or more examples, got {panel}")
     run_dir = Path(run_dir)
     predictor, cfg, state = open_run(run_dir, checkpoint, device, threshold, postprocess)
     meta = None
@@ -410,6 +412,11 @@ def evaluate_run(
         meta = _bundle_metadata(Path(bundle))
         state = {**state, "epoch": meta["epoch"] if isinstance(meta.get("epoch"), int) else -1}
     r = open_split(cfg, split, data_root, limit, cache_dir, progress)
+    other = _other_data(data_root, cfg.data.root, r.data_root)
+    name = eval_name(split, bundle, checkpoint, threshold, postprocess, limit, scored_at, other)
+    out = run_dir / "eval" / name
+    if other is not None:
+        _refuse_other_data(out, r.data_root)
     e = score_and_summarize(predictor, cfg, r, split, scored_at, batch_size or cfg.train.batch_size, progress)
     summary = e.summary
     summary.update(
@@ -422,10 +429,7 @@ def evaluate_run(
     summary = json_safe(summary)
     if bundle is not None:
         summary["bundle"] = {"path": str(bundle), "engine": predictor.engine}
-    other = _other_data(data_root, cfg.data.root, r.data_root)
-    name = eval_name(split, bundle, checkpoint, threshold, postprocess, limit, scored_at, other)
     summary["eval_name"] = name
-    out = run_dir / "eval" / name
     out.mkdir(parents=True, exist_ok=True)
     write_atomic(out / "summary.json", json.dumps(summary, indent=2))
     write_rows(e.rows, out / "per_image.csv")
@@ -445,6 +449,18 @@ def _other_data(asked: str | None, trained_on: str | None, found: Path) -> Path 
     except (CovidsegError, OSError):
         same = False
     return None if same else Path(asked).expanduser()
+
+
+def _refuse_other_data(out: Path, root: Path) -> None:
+    """Refuse to replace the evaluation in ``out`` of another data folder that had the same name."""
+    try:
+        before = Path(json.loads((out / "summary.json").read_text())["data_root"]).resolve()
+    except (OSError, ValueError, KeyError, TypeError, UnicodeDecodeError):
+        return
+    if before != root.resolve():
+        raise ConfigError(
+            f"{out} holds the evaluation of another data folder of the same name ({before}); rename one of the two"
+        )
 
 
 def _bundle_predictor(bundle: str | Path, cfg: Config, threshold: float | None, postprocess: bool) -> Predictor:
@@ -474,11 +490,13 @@ def open_split(
     limit: int | None = None,
     cache_dir: str | None = None,
     progress: Progress | None = None,
+    discovery: Discovery | None = None,
 ) -> OpenSplit:
-    """The preprocessed ``split`` a run is scored on (data root and cache default to the run's)."""
+    """The preprocessed ``split`` a run is scored on (data root and cache default to the run's;
+    ``discovery``: the data folder already discovered)."""
     if limit is not None and limit < 1:
         raise ConfigError(f"limit must be at least 1, got {limit}")
     d = cfg.data
-    discovery = discover_root(data_root or d.root)
+    discovery = discovery or discover_root(data_root or d.root)
     ds = load_dataset(discovery, split, d.image_size, cache_dir or d.cache_dir, limit, cfg.train.seed, progress)
     return OpenSplit(ds, discovery.root, discovery.synthetic)

@@ -9,12 +9,15 @@ selected here, on first use, never at import time of the package.
 from __future__ import annotations
 
 import math
+import os
 import textwrap
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from covidseg.atomic import TMP_PREFIX
 
 INFECTION_RGB = (1.0, 0.15, 0.1)
 TRUTH_RGB = (0.1, 0.9, 0.2)
@@ -45,8 +48,12 @@ def overlay(
 def _save(fig: Any, path: str | Path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110, bbox_inches="tight")
-    _pyplot().close(fig)
+    tmp = path.with_name(f"{TMP_PREFIX}{path.name}")  # whole or not at all, as covidseg.atomic writes
+    try:
+        fig.savefig(tmp, dpi=110, bbox_inches="tight", format=path.suffix.lstrip(".") or "png")
+        os.replace(tmp, path)
+    finally:
+        _pyplot().close(fig)
     return path
 
 

@@ -15,7 +15,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from covidseg.atomic import write_atomic
+from covidseg.atomic import TMP_PREFIX, remove_leftovers, write_atomic
 from covidseg.config import Config, apply_overrides
 from covidseg.data.loading import discover_root
 from covidseg.errors import ConfigError
@@ -23,6 +23,7 @@ from covidseg.evaluation import draw_panel, eval_name, open_split, score_and_sum
 from covidseg.inference.builtin import pretrained_root, resolve_model, sha256
 from covidseg.inference.bundle import is_bundle
 from covidseg.inference.predictor import Predictor
+from covidseg.locking import LOCK_NAME, folder_lock
 from covidseg.metrics import json_safe
 from covidseg.progress import Progress
 
@@ -44,37 +45,42 @@ def model_record(path: Path) -> dict[str, Any]:
 
 
 def identity(summary: dict[str, Any]) -> dict[str, Any]:
-    """What makes two evaluations the same kind: the evaluation's name, data folder, model file
-    and post-processing."""
+    """What makes two evaluations the same kind: the model file, the data folder (resolved), the
+    split and subset, where it is scored, and the post-processing applied."""
     model = summary.get("model") if isinstance(summary.get("model"), dict) else {}
-    return {
-        "eval_name": summary.get("eval_name"),
-        "data_root": summary.get("data_root"),
-        "model_sha256": model.get("sha256"),
-        "postprocess": summary.get("postprocess"),
-    }
+    keys = ("data_root", "split", "limit", "scored_at", "postprocess")
+    return {"model_sha256": model.get("sha256"), **{k: summary.get(k) for k in keys}}
 
 
 def check_out(out: Path, mine: dict[str, Any]) -> None:
     """Refuse an ``out`` folder that holds anything but an earlier evaluation of the same kind
-    (:func:`identity` equal to ``mine``), the one thing replaced."""
+    (:func:`identity` equal to ``mine``), the one thing replaced; its lock and the leftovers of a
+    killed write do not count."""
     if not out.exists():
         return
     if not out.is_dir():
         raise ConfigError(f"--out {out} is a file; name a folder")
-    others = sorted(p.name for p in out.iterdir() if p.name not in FILES)
+    held = sorted(p.name for p in out.iterdir() if p.name != LOCK_NAME and not p.name.startswith(TMP_PREFIX))
+    if not held:
+        return
+    others = [name for name in held if name not in FILES or not (out / name).is_file()]
     if others:
         raise ConfigError(f"--out {out} holds other files ({', '.join(others[:3])}); choose another folder")
-    if not (out / "summary.json").is_file():
-        return
     try:
         old = json.loads((out / "summary.json").read_text())
     except (ValueError, OSError, UnicodeDecodeError):
         old = None
     if not isinstance(old, dict) or identity(old) != json.loads(json.dumps(mine)):
         raise ConfigError(
-            f"--out {out} holds another evaluation (of another model, data folder or settings); choose another folder"
+            f"--out {out} holds another evaluation (of another model, data folder or settings), or files of "
+            "none; choose another folder"
         )
+
+
+def _not_a_bundle(path: Path) -> str:
+    if (path / "checkpoints").is_dir() or (path / "config.yaml").is_file():
+        return f"{path} is a run folder: score it with 'covidseg evaluate {path}'"
+    return f"{path} is not a bundle from 'covidseg export' (no readable config.json of one)"
 
 
 def bundle_config(predictor: Predictor) -> Config:
@@ -110,25 +116,29 @@ def evaluate_model(
         raise ConfigError(f"split must be Train, Val or Test, got {split!r}")
     if batch_size < 1:
         raise ConfigError(f"batch size must be at least 1, got {batch_size}")
+    if panel < 0:
+        raise ConfigError(f"panel must be 0 (none) or more examples, got {panel}")
     path = resolve_model(model)
     if not is_bundle(path):
-        raise ConfigError(f"{path} is a run folder: score it with 'covidseg evaluate {path}'")
+        raise ConfigError(_not_a_bundle(path))
     predictor = Predictor.load(path, threshold=threshold, postprocess=postprocess)
     cfg = bundle_config(predictor)
+    found = discover_root(str(data_root))
     kind = {"threshold": threshold, "postprocess": postprocess, "limit": limit, "scored_at": scored_at}
     name = eval_name(split, other_data=data_root, **kind)
     out = Path(out) if out is not None else Path("covidseg-eval") / path.name / name
-    root = discover_root(str(data_root)).root  # before decoding: a refused --out costs nothing
-    head = {"eval_name": name, "data_root": str(root), "postprocess": json_safe(predictor.post.as_dict())}
-    head["model"] = model_record(path)
+    head = {"eval_name": name, "data_root": str(found.root.resolve()), "split": split, "limit": limit}
+    head.update(scored_at=scored_at, postprocess=json_safe(predictor.post.as_dict()), model=model_record(path))
     check_out(out, identity(head))
-    r = open_split(cfg, split, str(data_root), limit, cache_dir, progress)
-    e = score_and_summarize(predictor, cfg, r, split, scored_at, batch_size, progress)
-    summary = json_safe({**e.summary, **head, "engine": predictor.engine, "out": str(out)})
-    out.mkdir(parents=True, exist_ok=True)
-    write_atomic(out / "summary.json", json.dumps(summary, indent=2))
-    write_rows(e.rows, out / "per_image.csv")
-    if panel:
-        draw_panel(out / "predictions.png", predictor, e, panel, f"{path.name} {name}", r.synthetic)
+    with folder_lock(out, "evaluate"):  # made here: an --out that cannot be written fails before the scoring
+        check_out(out, identity(head))
+        remove_leftovers(out)
+        r = open_split(cfg, split, None, limit, cache_dir, progress, found)
+        e = score_and_summarize(predictor, cfg, r, split, scored_at, batch_size, progress)
+        summary = json_safe({**e.summary, **head, "engine": predictor.engine, "out": str(out)})
+        write_atomic(out / "summary.json", json.dumps(summary, indent=2))
+        write_rows(e.rows, out / "per_image.csv")
+        if panel:
+            draw_panel(out / "predictions.png", predictor, e, panel, f"{path.name} {name}", r.synthetic)
     log.info("wrote %s and %s", out / "summary.json", out / "per_image.csv")
     return summary

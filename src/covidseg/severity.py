@@ -134,16 +134,16 @@ def _percent(infected: np.ndarray, region: np.ndarray) -> float | None:
     return round(100.0 * int((infected & region).sum()) / area, 3) if area else None
 
 
-def quantify(infection: np.ndarray, lung: np.ndarray, rule: SeverityRule | None = None) -> dict[str, Any]:
+def quantify(infection: np.ndarray, lung: np.ndarray | None, rule: SeverityRule | None = None) -> dict[str, Any]:
     """Infected share of each lung and of both, the per-lung scores, the total and the grade.
 
     Infection outside the lung mask is not counted. A percentage is ``None`` where there is no
-    lung to measure (no lung at all, or the lung not found: ``lung_split`` ``one_lung``); the
-    scores, total and grade are ``None`` unless both lungs have a percentage.
+    lung to measure (no lung mask, no lung in it, or the lung not found: ``lung_split``
+    ``one_lung``); the scores, total and grade are ``None`` unless both lungs have a percentage.
     """
     rule = rule or SeverityRule()
     infection = np.asarray(infection).astype(bool)
-    lung = np.asarray(lung).astype(bool)
+    lung = np.zeros(infection.shape, bool) if lung is None else np.asarray(lung).astype(bool)
     right, left, how = split_lungs(lung)
     out: dict[str, Any] = {
         "lung_pixels": int(lung.sum()),

@@ -79,7 +79,9 @@ def _run(a: argparse.Namespace) -> int:
         print(f"covidseg: error: {exc.strerror or exc}{where}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print(
-            "covidseg: interrupted; a training run continues with 'covidseg train --out RUN --resume'", file=sys.stderr
-        )
+        then = {
+            "train": "; the run continues with 'covidseg train --out RUN --resume'",
+            "sweep": "; the same command again continues it",
+        }.get(getattr(a, "command", ""), "")
+        print(f"covidseg: interrupted{then}", file=sys.stderr)
         return 130

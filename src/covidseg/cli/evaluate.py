@@ -42,15 +42,21 @@ def _evaluate_model(a: argparse.Namespace) -> int:
         raise CovidsegError("evaluate needs a run folder, or --data D to score the built-in model (or --model M) on D")
     if a.data is None:
         raise CovidsegError("evaluate --model needs --data: the labelled data folder to score it on")
-    for flag, given in (("--bundle", a.bundle is not None), ("--checkpoint", a.checkpoint != "best")):
+    for flag, given in (
+        ("--bundle", a.bundle is not None),
+        ("--checkpoint", a.checkpoint != "best"),
+        ("--device", a.device != "auto"),  # a bundle runs in onnxruntime on the CPU
+    ):
         if given:
             raise CovidsegError(f"{flag} is for a run folder; --model names the model scored")
     from covidseg.model_evaluation import evaluate_model
 
-    s = evaluate_model(a.model, a.data, a.split, a.out, batch_size=a.batch_size or 8, **_kind(a))
+    batch = 8 if a.batch_size is None else a.batch_size
+    s = evaluate_model(a.model, a.data, a.split, a.out, batch_size=batch, **_kind(a))
     print(f"model {s['model']['name']}:")
     _print_summary(s)
-    if s["model"]["builtin"] and s["split"] == "Val" and a.postprocess:
+    covid_qu_ex_val = Path(s["data_root"]).name == "Infection Segmentation Data" and s["split"] == "Val"
+    if s["model"]["builtin"] and covid_qu_ex_val and not s["synthetic"] and a.postprocess:
         print(
             f"  note: {s['model']['name']}'s post-processing was tuned on COVID-QU-Ex Val; on that split these "
             "figures are in-sample (its model card, 'covidseg models', gives the cross-fitted ones)"

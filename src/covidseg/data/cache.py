@@ -23,14 +23,15 @@ from pathlib import Path
 import numpy as np
 
 from covidseg.data.discovery import Sample
-from covidseg.data.image_io import read_gray8, read_xray, resize_image, resize_mask
+from covidseg.data.image_io import read_mask_gray8, read_xray, resize_image, resize_mask
 from covidseg.errors import DataError
 from covidseg.progress import Progress, silent
 
 log = logging.getLogger(__name__)
 
-# Bump when the preprocessing code changes what it writes.
-CACHE_VERSION = 2
+# Bump when the preprocessing code changes what it writes (3: masks of 0 and 1 are left out, not
+# cached as empty).
+CACHE_VERSION = 3
 
 
 @dataclass
@@ -83,12 +84,12 @@ def decode_sample(sample: Sample, size: int) -> tuple[np.ndarray, np.ndarray, np
         DataError: a file cannot be read, or a mask's size differs from its image's.
     """
     image = read_xray(sample.image)
-    infection = read_gray8(sample.infection)
+    infection = read_mask_gray8(sample.infection)
     if infection.shape != image.shape:
         raise DataError(f"{sample.infection}: infection mask is {infection.shape[::-1]}, image is {image.shape[::-1]}")
     lung = None
     if sample.lung is not None:
-        lung = read_gray8(sample.lung)
+        lung = read_mask_gray8(sample.lung)
         if lung.shape != image.shape:
             raise DataError(f"{sample.lung}: lung mask is {lung.shape[::-1]}, image is {image.shape[::-1]}")
     return resize_image(image, size), resize_mask(infection, size), None if lung is None else resize_mask(lung, size)

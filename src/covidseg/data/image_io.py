@@ -50,7 +50,25 @@ def read_gray8(path: str | Path) -> np.ndarray:
 
 def read_mask(path: str | Path) -> np.ndarray:
     """A mask file at its own size as bool: pixels > 127 (of the 8-bit gray image) are set."""
-    return read_gray8(path) > 127
+    return read_mask_gray8(path) > 127
+
+
+def read_mask_gray8(path: str | Path) -> np.ndarray:
+    """A mask file as 8-bit gray (:func:`read_gray8`), refused when it marks pixels that "> 127"
+    would not see: values above 0 on more than a few stray pixels, none above 127 (a 0/1 mask,
+    or one of label numbers), which would otherwise count as an empty mask without a word.
+
+    Raises:
+        DataError: as :func:`read_gray8`, or such a mask.
+    """
+    gray = read_gray8(path)
+    top = int(gray.max(initial=0))
+    if 0 < top <= 127 and np.count_nonzero(gray) >= 16:
+        raise DataError(
+            f"{path}: mask values run 0-{top}, none above 127, and masks are read as > 127 (0 and 255); "
+            "scale a 0/1 mask by 255"
+        )
+    return gray
 
 
 def to_gray8(img: Image.Image) -> np.ndarray:
