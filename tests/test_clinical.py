@@ -299,6 +299,11 @@ def test_evaluate_model_scores_a_bundle_without_its_run_as_the_run_scores_it(
     assert main(["evaluate", str(run), "--data", str(third), "--panel", "0", "--no-progress"]) == 2
     assert "another data folder of the same name" in capsys.readouterr().err
     assert (run / "eval" / f"Val-data-{synth_root.name}" / "summary.json").read_text() == kept
+    monkeypatch.chdir(tmp_path)  # the same folder by another relative path, from elsewhere: the same data
+    assert main(["evaluate", str(run), "--data", f"elsewhere/{synth_root.name}", "--panel", "0"]) == 0
+    # A command that fails before writing leaves no folder behind.
+    assert main([*argv[:6], str(tmp_path / "fresh" / "x"), "--limit", "0"]) == 2
+    assert not (tmp_path / "fresh").exists()
     (out / "notes.txt").write_text("mine")
     assert main(argv) == 2 and (out / "notes.txt").read_text() == "mine"
     assert "holds other files (notes.txt)" in capsys.readouterr().err
@@ -354,6 +359,13 @@ def test_evaluation_without_some_lung_masks_scores_the_rest(
         assert "lung" not in s  # the lung output is scored only where every X-ray has its mask
         covid = s["groups"]["COVID-19"]["images"]
         assert sum(s["severity"]["groups"]["COVID-19"]["true"].values()) == covid - 1
+    # A mask stored as 0 and 1 stops the command in one line; read as > 127 it would be empty.
+    mask = next((data / "Infection Segmentation Data" / "Val" / "COVID-19" / "infection masks").iterdir())
+    Image.fromarray((read_xray(mask) > 127).astype(np.uint8)).save(mask)
+    capsys.readouterr()
+    assert main(["evaluate", "--model", str(bundle), "--out", str(tmp_path / "out2"), *argv]) == 2
+    err = capsys.readouterr().err
+    assert mask.name in err and "store it as 8-bit 0 and 255" in err and len(err.strip().splitlines()) == 1
 
 
 @pytest.mark.parametrize(

@@ -7,7 +7,7 @@ import pytest
 from PIL import Image
 
 from covidseg.data.image_io import preprocess_image, read_gray8, read_mask, resize_mask
-from covidseg.errors import DataError
+from covidseg.errors import DataError, MaskEncodingError
 
 GRAD = np.tile(np.arange(0, 256, 4, dtype=np.uint8), (40, 1))  # (40, 64), 0..252
 
@@ -69,8 +69,15 @@ def test_a_mask_of_zeros_and_ones_is_refused_not_read_as_empty(tmp_path: Path) -
     mask = np.zeros((32, 32), np.uint8)
     mask[8:20, 8:20] = 1
     Image.fromarray(mask).save(tmp_path / "ones.png")
-    with pytest.raises(DataError, match="none above 127.*scale a 0/1 mask by 255"):
+    with pytest.raises(MaskEncodingError, match="none above half.*store it as 8-bit 0 and 255"):
         read_mask(tmp_path / "ones.png")
+    # 16 bits: 0 and 1, or 0 and 255, mark nothing above half the range either; 0 and 65535 do.
+    for top in (1, 255):
+        Image.fromarray(mask.astype(np.uint16) * top).save(tmp_path / f"w{top}.png")
+        with pytest.raises(MaskEncodingError, match=f"values 0 to {top} "):
+            read_mask(tmp_path / f"w{top}.png")
+    Image.fromarray(mask.astype(np.uint16) * 65535).save(tmp_path / "w65535.png")
+    assert read_mask(tmp_path / "w65535.png").sum() == 144
     Image.fromarray(mask * 255).save(tmp_path / "full.png")
     assert read_mask(tmp_path / "full.png").sum() == 144
     stray = np.zeros((32, 32), np.uint8)

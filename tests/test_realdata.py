@@ -75,6 +75,6 @@ def test_the_builtin_model_scores_on_real_val_what_its_card_says(real_root: Path
     assert s["images"] == card["images"] == 932 and s["sizes"] == {"256x256": 932}
     assert s["model"]["builtin"] and s["synthetic"] is False
     for key in ("pooled", "per_image", "per_image_covid"):
-        assert abs(s[key]["dice"] - card[key]["dice"]) < 1e-3, (key, s[key], card[key])
-    assert abs(s["lung"]["per_image"]["dice"] - card["lung"]["per_image"]["dice"]) < 1e-3
+        assert abs(s[key]["dice"] - card[key]["dice"]) < 2e-4, (key, s[key], card[key])
+    assert abs(s["lung"]["per_image"]["dice"] - card["lung"]["per_image"]["dice"]) < 2e-4
     assert abs(s["negatives_with_false_positives"] - card["negatives_with_false_positives"]) <= 1 / 466

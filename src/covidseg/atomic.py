@@ -1,7 +1,8 @@
 """Whole files or none: write beside the target under a temporary name, then rename into place.
 
-A killed or failed write leaves the old file intact and at most a ``.covidseg-tmp-*`` file, which
-the next command into that folder removes (:func:`remove_leftovers`).
+A failed or interrupted write leaves the old file intact; a killed one may leave a
+``.covidseg-tmp-*`` file too (hidden), which the next ``predict`` or ``evaluate --model`` into that
+folder removes (:func:`remove_leftovers`).
 """
 
 from __future__ import annotations
@@ -16,8 +17,12 @@ def write_atomic(path: str | Path, data: bytes | str) -> None:
     """Write ``data`` (text as UTF-8) to ``path`` through a temporary file and a rename."""
     path = Path(path)
     tmp = path.with_name(f"{TMP_PREFIX}{path.name}")
-    tmp.write_bytes(data.encode() if isinstance(data, str) else data)
-    os.replace(tmp, path)
+    try:
+        tmp.write_bytes(data.encode() if isinstance(data, str) else data)
+        os.replace(tmp, path)
+    except BaseException:  # an error or Ctrl-C: no half-written file left behind (a kill still can)
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def remove_leftovers(folder: str | Path) -> int:

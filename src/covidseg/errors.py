@@ -16,6 +16,11 @@ class DataError(CovidsegError):
     """The data folder is missing, empty or not in the COVID-QU-Ex layout."""
 
 
+class MaskEncodingError(DataError):
+    """A mask file stored in a way the masks' rule (> 127 of 255) cannot read, such as 0 and 1: a
+    property of the whole data set, so it stops the command instead of leaving one X-ray out."""
+
+
 class ConfigError(CovidsegError, ValueError):
     """An unknown preset, key or an invalid value in the configuration."""
 

@@ -204,7 +204,7 @@ def score_and_summarize(
             "data": SYNTHETIC_NOTE if r.synthetic else "X-rays",
             "synthetic": r.synthetic,
             "postprocess": post.as_dict(),
-            "data_root": str(r.data_root),
+            "data_root": str(r.data_root.resolve()),
             "image_size": cfg.data.image_size,
         }
     )
@@ -340,7 +340,8 @@ def eval_name(
     scored_at: str = "native",
     other_data: str | Path | None = None,
 ) -> str:
-    """The folder name under ``RUN_DIR/eval/`` of one kind of evaluation: the split, then each
+    """The folder name of one kind of evaluation (under ``RUN_DIR/eval/``, or
+    ``covidseg-eval/<model>/`` for ``evaluate --model``): the split, then each
     setting that differs from the run's own (``Val``; ``Val-untuned``; ``Val-covidseg-v3``;
     ``Val-last-t0.4-limit50-at-input``; ``Val-data-<folder>`` for a data folder other than the
     one the run was trained on). The run's own is what ``export`` and the leaderboard read; a
@@ -411,12 +412,13 @@ def evaluate_run(
         predictor = _bundle_predictor(bundle, cfg, threshold, postprocess)
         meta = _bundle_metadata(Path(bundle))
         state = {**state, "epoch": meta["epoch"] if isinstance(meta.get("epoch"), int) else -1}
-    r = open_split(cfg, split, data_root, limit, cache_dir, progress)
-    other = _other_data(data_root, cfg.data.root, r.data_root)
+    found = discover_root(data_root or cfg.data.root)
+    other = _other_data(data_root, cfg.data.root, found.root)
     name = eval_name(split, bundle, checkpoint, threshold, postprocess, limit, scored_at, other)
     out = run_dir / "eval" / name
     if other is not None:
-        _refuse_other_data(out, r.data_root)
+        _refuse_other_data(out, found.root)
+    r = open_split(cfg, split, data_root, limit, cache_dir, progress, found)
     e = score_and_summarize(predictor, cfg, r, split, scored_at, batch_size or cfg.train.batch_size, progress)
     summary = e.summary
     summary.update(
@@ -452,12 +454,13 @@ def _other_data(asked: str | None, trained_on: str | None, found: Path) -> Path 
 
 
 def _refuse_other_data(out: Path, root: Path) -> None:
-    """Refuse to replace the evaluation in ``out`` of another data folder that had the same name."""
+    """Refuse to replace the evaluation in ``out`` of another data folder that had the same name
+    (evaluations from before data folders were stored resolved cannot tell, and are replaced)."""
     try:
-        before = Path(json.loads((out / "summary.json").read_text())["data_root"]).resolve()
+        before = Path(json.loads((out / "summary.json").read_text())["data_root"])
     except (OSError, ValueError, KeyError, TypeError, UnicodeDecodeError):
         return
-    if before != root.resolve():
+    if before.is_absolute() and before.resolve() != root.resolve():
         raise ConfigError(
             f"{out} holds the evaluation of another data folder of the same name ({before}); rename one of the two"
         )
@@ -493,10 +496,10 @@ def open_split(
     discovery: Discovery | None = None,
 ) -> OpenSplit:
     """The preprocessed ``split`` a run is scored on (data root and cache default to the run's;
-    ``discovery``: the data folder already discovered)."""
+    ``discovery``: the data folder already discovered, in place of ``data_root``)."""
     if limit is not None and limit < 1:
         raise ConfigError(f"limit must be at least 1, got {limit}")
     d = cfg.data
-    discovery = discovery or discover_root(data_root or d.root)
+    discovery = discover_root(data_root or d.root) if discovery is None else discovery
     ds = load_dataset(discovery, split, d.image_size, cache_dir or d.cache_dir, limit, cfg.train.seed, progress)
     return OpenSplit(ds, discovery.root, discovery.synthetic)

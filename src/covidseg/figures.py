@@ -52,6 +52,9 @@ def _save(fig: Any, path: str | Path) -> Path:
     try:
         fig.savefig(tmp, dpi=110, bbox_inches="tight", format=path.suffix.lstrip(".") or "png")
         os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     finally:
         _pyplot().close(fig)
     return path

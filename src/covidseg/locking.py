@@ -38,3 +38,24 @@ def folder_lock(folder: str | Path, what: str) -> Iterator[None]:
         yield
     finally:
         os.close(fd)
+
+
+def new_folders(out: Path) -> list[Path]:
+    """The folders a command writing into ``out`` creates: ``out`` and its parents not there yet."""
+    return [d for d in (out, *out.parents) if not d.exists()]
+
+
+def remove_if_only_lock(created: list[Path], what: str) -> None:
+    """Remove the folders a failed command created (``out`` first, then its new parents, as
+    :func:`new_folders` lists them), as long as they hold nothing but its lock file."""
+    if not created or not created[0].is_dir() or [x.name for x in created[0].iterdir()] != [LOCK_NAME]:
+        return
+    try:
+        with folder_lock(created[0], f"{what} cleanup"):  # not while another process holds it
+            (created[0] / LOCK_NAME).unlink()
+    except CovidsegError:
+        return
+    for folder in created:
+        if any(folder.iterdir()):
+            return
+        folder.rmdir()

@@ -15,15 +15,15 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from covidseg.atomic import TMP_PREFIX, remove_leftovers, write_atomic
+from covidseg.atomic import remove_leftovers, write_atomic
 from covidseg.config import Config, apply_overrides
 from covidseg.data.loading import discover_root
 from covidseg.errors import ConfigError
-from covidseg.evaluation import draw_panel, eval_name, open_split, score_and_summarize, write_rows
+from covidseg.evaluation import OpenSplit, draw_panel, eval_name, open_split, score_and_summarize, write_rows
 from covidseg.inference.builtin import pretrained_root, resolve_model, sha256
 from covidseg.inference.bundle import is_bundle
 from covidseg.inference.predictor import Predictor
-from covidseg.locking import LOCK_NAME, folder_lock
+from covidseg.locking import folder_lock, new_folders, remove_if_only_lock
 from covidseg.metrics import json_safe
 from covidseg.progress import Progress
 
@@ -46,21 +46,21 @@ def model_record(path: Path) -> dict[str, Any]:
 
 def identity(summary: dict[str, Any]) -> dict[str, Any]:
     """What makes two evaluations the same kind: the model file, the data folder (resolved), the
-    split and subset, where it is scored, and the post-processing applied."""
+    split and subset, where it is scored, the post-processing applied and the severity rule."""
     model = summary.get("model") if isinstance(summary.get("model"), dict) else {}
-    keys = ("data_root", "split", "limit", "scored_at", "postprocess")
+    keys = ("data_root", "split", "limit", "scored_at", "postprocess", "severity_rule")
     return {"model_sha256": model.get("sha256"), **{k: summary.get(k) for k in keys}}
 
 
 def check_out(out: Path, mine: dict[str, Any]) -> None:
     """Refuse an ``out`` folder that holds anything but an earlier evaluation of the same kind
-    (:func:`identity` equal to ``mine``), the one thing replaced; its lock and the leftovers of a
-    killed write do not count."""
+    (:func:`identity` equal to ``mine``), the one thing replaced; hidden files (its lock, the
+    leftovers of a killed write) do not count."""
     if not out.exists():
         return
     if not out.is_dir():
         raise ConfigError(f"--out {out} is a file; name a folder")
-    held = sorted(p.name for p in out.iterdir() if p.name != LOCK_NAME and not p.name.startswith(TMP_PREFIX))
+    held = sorted(p.name for p in out.iterdir() if not p.name.startswith("."))  # lock, leftovers, .DS_Store
     if not held:
         return
     others = [name for name in held if name not in FILES or not (out / name).is_file()]
@@ -106,39 +106,62 @@ def evaluate_model(
 ) -> dict[str, Any]:
     """Score ``model`` (a built-in model's name, ``None`` for the default one, or a bundle folder
     from ``covidseg export``) on ``split`` of ``data_root`` and write the results to ``out``
-    (default ``covidseg-eval/<model>/<split>[-...]-data-<folder>``, one folder per kind of
-    evaluation: :func:`covidseg.evaluation.eval_name`). Arguments as :func:`covidseg.evaluation.evaluate_run`.
+    (default ``covidseg-eval/<model>/<split>-data-<folder>[-...]``, one folder per kind of
+    evaluation: :func:`covidseg.evaluation.eval_name`). Arguments as
+    :func:`covidseg.evaluation.evaluate_run`; scored with the definitions' defaults (an X-ray
+    with empty truth and empty mask scores 1), as a bundle does not record a run's settings.
 
     Returns:
         The summary dict, as written to ``OUT/summary.json``; ``summary["out"]`` is ``OUT``.
     """
-    if split not in ("Train", "Val", "Test"):
-        raise ConfigError(f"split must be Train, Val or Test, got {split!r}")
-    if batch_size < 1:
-        raise ConfigError(f"batch size must be at least 1, got {batch_size}")
-    if panel < 0:
-        raise ConfigError(f"panel must be 0 (none) or more examples, got {panel}")
-    path = resolve_model(model)
+    _check_arguments(split, batch_size, panel, scored_at)
+    path = resolve_model(model).resolve()
     if not is_bundle(path):
         raise ConfigError(_not_a_bundle(path))
     predictor = Predictor.load(path, threshold=threshold, postprocess=postprocess)
-    cfg = bundle_config(predictor)
     found = discover_root(str(data_root))
     kind = {"threshold": threshold, "postprocess": postprocess, "limit": limit, "scored_at": scored_at}
     name = eval_name(split, other_data=data_root, **kind)
     out = Path(out) if out is not None else Path("covidseg-eval") / path.name / name
     head = {"eval_name": name, "data_root": str(found.root.resolve()), "split": split, "limit": limit}
     head.update(scored_at=scored_at, postprocess=json_safe(predictor.post.as_dict()), model=model_record(path))
+    head["severity_rule"] = predictor.severity.as_dict()
     check_out(out, identity(head))
-    with folder_lock(out, "evaluate"):  # made here: an --out that cannot be written fails before the scoring
-        check_out(out, identity(head))
-        remove_leftovers(out)
-        r = open_split(cfg, split, None, limit, cache_dir, progress, found)
-        e = score_and_summarize(predictor, cfg, r, split, scored_at, batch_size, progress)
-        summary = json_safe({**e.summary, **head, "engine": predictor.engine, "out": str(out)})
-        write_atomic(out / "summary.json", json.dumps(summary, indent=2))
-        write_rows(e.rows, out / "per_image.csv")
-        if panel:
-            draw_panel(out / "predictions.png", predictor, e, panel, f"{path.name} {name}", r.synthetic)
+    new = new_folders(out)
+    try:
+        with folder_lock(out, "evaluate"):  # made here: an --out that cannot be written fails before the scoring
+            check_out(out, identity(head))
+            remove_leftovers(out)
+            r = open_split(bundle_config(predictor), split, None, limit, cache_dir, progress, found)
+            summary = _score_into(out, predictor, r, head, batch_size, panel, progress)
+    except BaseException:
+        remove_if_only_lock(new, "evaluate")  # a command that wrote nothing leaves no folders behind
+        raise
     log.info("wrote %s and %s", out / "summary.json", out / "per_image.csv")
+    return summary
+
+
+def _check_arguments(split: str, batch_size: int, panel: int, scored_at: str) -> None:
+    if split not in ("Train", "Val", "Test"):
+        raise ConfigError(f"split must be Train, Val or Test, got {split!r}")
+    if batch_size < 1:
+        raise ConfigError(f"batch size must be at least 1, got {batch_size}")
+    if panel < 0:
+        raise ConfigError(f"panel must be 0 (none) or more examples, got {panel}")
+    if scored_at not in ("native", "input"):
+        raise ConfigError(f"scored_at must be native or input, got {scored_at!r}")
+
+
+def _score_into(
+    out: Path, predictor: Predictor, r: OpenSplit, head: dict[str, Any], batch_size: int, panel: int, progress
+) -> dict[str, Any]:
+    """Score the split and write ``summary.json``, ``per_image.csv`` and the panel into ``out``."""
+    cfg = bundle_config(predictor)
+    e = score_and_summarize(predictor, cfg, r, head["split"], head["scored_at"], batch_size, progress)
+    summary = json_safe({**e.summary, **head, "engine": predictor.engine, "out": str(out)})
+    write_atomic(out / "summary.json", json.dumps(summary, indent=2))
+    write_rows(e.rows, out / "per_image.csv")
+    if panel:
+        title = f"{head['model']['name']} {head['eval_name']}"
+        draw_panel(out / "predictions.png", predictor, e, panel, title, r.synthetic)
     return summary

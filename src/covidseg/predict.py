@@ -23,7 +23,7 @@ from covidseg.data.discovery import INFECTION, LUNG
 from covidseg.data.image_io import DICOM_SUFFIXES, IMAGE_SUFFIXES, is_dicom, read_xray
 from covidseg.errors import CovidsegError, DataError
 from covidseg.inference.predictor import Prediction, Predictor
-from covidseg.locking import LOCK_NAME, folder_lock
+from covidseg.locking import folder_lock, new_folders, remove_if_only_lock
 from covidseg.progress import Progress, silent
 
 __all__ = ["Prediction", "Predictor", "list_inputs", "png_bytes", "predict_paths", "prediction_record"]
@@ -139,11 +139,11 @@ def predict_paths(
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise CovidsegError(f"--out {out} is a file, not a folder")
-    new = [d for d in (out, *out.parents) if not d.exists()]  # the folders this run creates
+    new = new_folders(out)
     try:
         return _predict_into(predictor, files, base, out, progress, max_pixels)
     except BaseException:
-        _remove_if_only_lock(new)  # a run that wrote nothing leaves no folders behind
+        remove_if_only_lock(new, "predict")  # a run that wrote nothing leaves no folders behind
         raise
 
 
@@ -175,22 +175,6 @@ def _predict_into(
         _keep_earlier_records(out / "predictions.jsonl", partial, written)
         os.replace(partial, out / "predictions.jsonl")
     return len(written), skipped, flagged
-
-
-def _remove_if_only_lock(created: list[Path]) -> None:
-    """Remove the folders a failed run created (``out`` first, then its new parents), as long as
-    they hold nothing but the run's lock file."""
-    if not created or not created[0].is_dir() or [x.name for x in created[0].iterdir()] != [LOCK_NAME]:
-        return
-    try:
-        with folder_lock(created[0], "predict cleanup"):  # not while another process holds it
-            (created[0] / LOCK_NAME).unlink()
-    except CovidsegError:
-        return
-    for folder in created:
-        if any(folder.iterdir()):
-            return
-        folder.rmdir()
 
 
 def _keep_earlier_records(previous: Path, partial: Path, written: set[str]) -> None:

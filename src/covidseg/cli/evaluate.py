@@ -58,8 +58,8 @@ def _evaluate_model(a: argparse.Namespace) -> int:
     covid_qu_ex_val = Path(s["data_root"]).name == "Infection Segmentation Data" and s["split"] == "Val"
     if s["model"]["builtin"] and covid_qu_ex_val and not s["synthetic"] and a.postprocess:
         print(
-            f"  note: {s['model']['name']}'s post-processing was tuned on COVID-QU-Ex Val; on that split these "
-            "figures are in-sample (its model card, 'covidseg models', gives the cross-fitted ones)"
+            f"  note: {s['model']['name']}'s post-processing was tuned on COVID-QU-Ex Val; if this is that split, "
+            "these figures are in-sample (its model card, 'covidseg models', gives the cross-fitted ones)"
         )
     print(f"written to {s['out']}")
     return 0
@@ -141,12 +141,14 @@ def _evaluate_parser(sub: Any) -> None:
     sp.add_argument(
         "--out", help="with --model: the results folder (default covidseg-eval/<model>/<split>-data-<folder>)"
     )
-    sp.add_argument("--data", help="data folder (default: the one the run was trained on)")
+    sp.add_argument("--data", help="data folder (default: the one the run was trained on; needed with --model)")
     sp.add_argument("--split", default="Val", choices=("Train", "Val", "Test"), help="default Val")
     checkpoint_option(sp)
     threshold_option(sp)
     device_option(sp)
-    sp.add_argument("--batch-size", type=int, help="images per forward pass (default: the run's training batch)")
+    sp.add_argument(
+        "--batch-size", type=int, help="images per forward pass (default: the run's training batch; 8 with --model)"
+    )
     sp.add_argument("--limit", type=int, help="evaluate a group-stratified subset of N images")
     sp.add_argument("--panel", type=int, default=6, help="examples in the prediction panel (default 6)")
     postprocess_option(sp)

@@ -24,7 +24,7 @@ import numpy as np
 
 from covidseg.data.discovery import Sample
 from covidseg.data.image_io import read_mask_gray8, read_xray, resize_image, resize_mask
-from covidseg.errors import DataError
+from covidseg.errors import DataError, MaskEncodingError
 from covidseg.progress import Progress, silent
 
 log = logging.getLogger(__name__)
@@ -103,6 +103,8 @@ def _build(samples: list[Sample], size: int, progress: Progress, desc: str) -> C
     for sample in progress(samples, desc=desc, total=len(samples)):
         try:
             image, infection, lung = decode_sample(sample, size)
+        except MaskEncodingError:
+            raise  # the data set's masks, not this X-ray's: one line, not a sample left out
         except DataError as exc:
             skipped.append((str(sample.image), str(exc)))
             continue

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from covidseg.errors import DataError
+from covidseg.errors import DataError, MaskEncodingError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
 # The largest image ``read_xray`` decodes unless told otherwise (``predict``/``serve --max-pixels``):
@@ -55,18 +55,24 @@ def read_mask(path: str | Path) -> np.ndarray:
 
 def read_mask_gray8(path: str | Path) -> np.ndarray:
     """A mask file as 8-bit gray (:func:`read_gray8`), refused when it marks pixels that "> 127"
-    would not see: values above 0 on more than a few stray pixels, none above 127 (a 0/1 mask,
-    or one of label numbers), which would otherwise count as an empty mask without a word.
+    would not see: values above 0 on more than a few stray pixels but none above half the range
+    of the file's type (a 0/1 mask, one of label numbers, a 16-bit mask of 0 and 255), which
+    would otherwise count as an empty mask without a word.
 
     Raises:
-        DataError: as :func:`read_gray8`, or such a mask.
+        DataError: as :func:`read_gray8`; MaskEncodingError: such a mask.
     """
     gray = read_gray8(path)
-    top = int(gray.max(initial=0))
-    if 0 < top <= 127 and np.count_nonzero(gray) >= 16:
-        raise DataError(
-            f"{path}: mask values run 0-{top}, none above 127, and masks are read as > 127 (0 and 255); "
-            "scale a 0/1 mask by 255"
+    if gray.max(initial=0) > 127:
+        return gray
+    stored = gray
+    with Image.open(path) as img:  # the values as stored, where 8 bits are a scaled copy
+        if img.mode.startswith(("I", "F")):
+            stored = np.asarray(img)
+    if np.count_nonzero(stored) >= 16:
+        raise MaskEncodingError(
+            f"{path}: a mask with values 0 to {stored.max():g} ({np.count_nonzero(stored)} pixels above 0) "
+            "but none above half its type's range, which masks need (> 127 of 255): store it as 8-bit 0 and 255"
         )
     return gray
 

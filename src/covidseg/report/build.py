@@ -351,7 +351,7 @@ class ReportBuilder:
             + ["per_image_dice", "covid_dice", "pooled_dice", "pooled_iou", "pixel_accuracy", "negatives_fp_share"]
         )
         d.table(cols, [[r.get(c) for c in cols] for r in rows], caption=f"Val metrics, sorted by {sort_by}")
-        for png in sorted((sweep / "plots").glob("*.png")):
+        for png in sorted(p for p in (sweep / "plots").glob("*.png") if not p.name.startswith(".")):
             caption = (
                 "Val per-image Dice and loss per epoch, all trials overlaid"
                 if png.name.startswith("curves")
