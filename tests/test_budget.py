@@ -70,7 +70,7 @@ def test_a_budgeted_run_ends_in_time_with_its_schedule_complete(tiny_cfg, tmp_pa
     assert hist[-1]["steps"] == hist[-1]["planned_steps"]  # the schedule reached its end
     record = json.loads((tmp_path / "run" / "budget.json").read_text())
     assert record["progress"] == pytest.approx(1.0) and record["seconds"] == budget
-    assert record["elapsed"] <= budget
+    assert record["elapsed"] <= budget * 1.05  # the promise: within the budget + 5%
     # The learning rate at the end is the schedule's last value (one-cycle: lr / 25e4), and it
     # peaked on the way there.
     state = torch.load(tmp_path / "run" / "checkpoints" / "last.pt", weights_only=True)
