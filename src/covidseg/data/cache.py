@@ -29,8 +29,8 @@ from covidseg.progress import Progress, silent
 
 log = logging.getLogger(__name__)
 
-# Bump when the preprocessing code changes what it writes (3: masks of 0 and 1 are left out, not
-# cached as empty).
+# Bump when the preprocessing code changes what it writes (3: a mask of 0 and 1 stops the command
+# instead of being cached as empty).
 CACHE_VERSION = 3
 
 
