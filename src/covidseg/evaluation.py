@@ -37,7 +37,7 @@ from covidseg.inference.postprocess import Postprocess, read_postprocess
 from covidseg.inference.predictor import Predictor, open_run
 from covidseg.metrics import confusion_counts, dice_iou, json_safe, summarize
 from covidseg.progress import Progress
-from covidseg.scoring import Truth, load_truth, network_input, split_probabilities
+from covidseg.scoring import SCORED_AT, Truth, load_truth, network_input, split_probabilities
 from covidseg.severity import GRADES, SeverityRule, quantify
 
 log = logging.getLogger(__name__)
@@ -364,6 +364,18 @@ def eval_name(
     return "-".join(parts)
 
 
+def check_arguments(split: str, batch_size: int | None, panel: int, scored_at: str) -> None:
+    """Refuse the settings of an evaluation that cannot be scored, before any work."""
+    if split not in ("Train", "Val", "Test"):
+        raise ConfigError(f"split must be Train, Val or Test, got {split!r}")
+    if batch_size is not None and batch_size < 1:
+        raise ConfigError(f"batch size must be at least 1, got {batch_size}")
+    if panel < 0:
+        raise ConfigError(f"panel must be 0 (none) or more examples, got {panel}")
+    if scored_at not in SCORED_AT:
+        raise ConfigError(f"scored_at must be one of {list(SCORED_AT)}, got {scored_at!r}")
+
+
 def evaluate_run(
     run_dir: str | Path,
     data_root: str | None = None,
@@ -399,12 +411,7 @@ def evaluate_run(
     Returns:
         The summary dict, as written to ``RUN_DIR/eval/<name>/summary.json`` (:func:`eval_name`).
     """
-    if split not in ("Train", "Val", "Test"):
-        raise ConfigError(f"split must be Train, Val or Test, got {split!r}")
-    if batch_size is not None and batch_size < 1:
-        raise ConfigError(f"batch size must be at least 1, got {batch_size}")
-    if panel < 0:
-        raise ConfigError(f"panel must be 0 (none) or more examples, got {panel}")
+    check_arguments(split, batch_size, panel, scored_at)
     run_dir = Path(run_dir)
     predictor, cfg, state = open_run(run_dir, checkpoint, device, threshold, postprocess)
     meta = None

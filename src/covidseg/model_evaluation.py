@@ -19,7 +19,15 @@ from covidseg.atomic import remove_leftovers, write_atomic
 from covidseg.config import Config, apply_overrides
 from covidseg.data.loading import discover_root
 from covidseg.errors import ConfigError
-from covidseg.evaluation import OpenSplit, draw_panel, eval_name, open_split, score_and_summarize, write_rows
+from covidseg.evaluation import (
+    OpenSplit,
+    check_arguments,
+    draw_panel,
+    eval_name,
+    open_split,
+    score_and_summarize,
+    write_rows,
+)
 from covidseg.inference.builtin import pretrained_root, resolve_model, sha256
 from covidseg.inference.bundle import is_bundle
 from covidseg.inference.predictor import Predictor
@@ -114,7 +122,7 @@ def evaluate_model(
     Returns:
         The summary dict, as written to ``OUT/summary.json``; ``summary["out"]`` is ``OUT``.
     """
-    _check_arguments(split, batch_size, panel, scored_at)
+    check_arguments(split, batch_size, panel, scored_at)
     path = resolve_model(model).resolve()
     if not is_bundle(path):
         raise ConfigError(_not_a_bundle(path))
@@ -132,8 +140,9 @@ def evaluate_model(
         with folder_lock(out, "evaluate"):  # made here: an --out that cannot be written fails before the scoring
             check_out(out, identity(head))
             remove_leftovers(out)
-            r = open_split(bundle_config(predictor), split, None, limit, cache_dir, progress, found)
-            summary = _score_into(out, predictor, r, head, batch_size, panel, progress)
+            cfg = bundle_config(predictor)
+            r = open_split(cfg, split, None, limit, cache_dir, progress, found)
+            summary = _score_into(out, predictor, cfg, r, head, batch_size, panel, progress)
     except BaseException:
         remove_if_only_lock(new, "evaluate")  # a command that wrote nothing leaves no folders behind
         raise
@@ -141,22 +150,17 @@ def evaluate_model(
     return summary
 
 
-def _check_arguments(split: str, batch_size: int, panel: int, scored_at: str) -> None:
-    if split not in ("Train", "Val", "Test"):
-        raise ConfigError(f"split must be Train, Val or Test, got {split!r}")
-    if batch_size < 1:
-        raise ConfigError(f"batch size must be at least 1, got {batch_size}")
-    if panel < 0:
-        raise ConfigError(f"panel must be 0 (none) or more examples, got {panel}")
-    if scored_at not in ("native", "input"):
-        raise ConfigError(f"scored_at must be native or input, got {scored_at!r}")
-
-
 def _score_into(
-    out: Path, predictor: Predictor, r: OpenSplit, head: dict[str, Any], batch_size: int, panel: int, progress
+    out: Path,
+    predictor: Predictor,
+    cfg: Config,
+    r: OpenSplit,
+    head: dict[str, Any],
+    batch_size: int,
+    panel: int,
+    progress: Progress | None,
 ) -> dict[str, Any]:
     """Score the split and write ``summary.json``, ``per_image.csv`` and the panel into ``out``."""
-    cfg = bundle_config(predictor)
     e = score_and_summarize(predictor, cfg, r, head["split"], head["scored_at"], batch_size, progress)
     summary = json_safe({**e.summary, **head, "engine": predictor.engine, "out": str(out)})
     write_atomic(out / "summary.json", json.dumps(summary, indent=2))
