@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -89,6 +90,28 @@ def test_built_in_model_passes_its_examples_and_flags_what_is_not_a_chest_x_ray(
     for image in (noise, np.full((256, 256), 128, np.uint8), np.rot90(xray).copy()):
         check = model.predict(image).input_check
         assert check["verdict"] != "ok", check
+
+
+def test_a_folder_named_like_the_built_in_model_hides_it_only_if_it_holds_a_model(
+    tmp_path: Path, monkeypatch, capsys
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    image = str(EXAMPLES / "covid-19.png")
+    # predict's own output folder, named like the model, is no model: the built-in one is used.
+    assert main(["predict", image, "--model", DEFAULT, "--out", DEFAULT, "--no-progress"]) == 0
+    capsys.readouterr()
+    assert main(["predict", image, "--model", DEFAULT, "--out", "again", "--no-progress"]) == 0
+    assert f"model: built-in {DEFAULT}" in capsys.readouterr().err
+    # "./NAME" names the folder, which holds no model.
+    assert main(["predict", image, "--model", f"./{DEFAULT}", "--out", "x", "--no-progress"]) == 2
+    assert "holds no checkpoint" in capsys.readouterr().err
+    # A bundle of that name is the user's own model and wins.
+    mine = tmp_path / "mine" / DEFAULT
+    shutil.copytree(builtin_path(), mine)
+    monkeypatch.chdir(mine.parent)
+    assert main(["predict", image, "--model", DEFAULT, "--out", "own", "--no-progress"]) == 0
+    assert "built-in" not in capsys.readouterr().err
+    assert json.loads((mine.parent / "own" / "predictions.jsonl").read_text())["model"] == DEFAULT
 
 
 def test_models_lists_the_built_in_model_and_unknown_names_are_refused(capsys) -> None:

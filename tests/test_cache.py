@@ -37,6 +37,26 @@ def test_arrays_match_preprocessing_and_are_reused(copy_root: Path, tmp_path: Pa
     assert item["image"].shape == (1, 32, 32) and float(item["image"].max()) <= 1.0
 
 
+@pytest.mark.parametrize(
+    "name, bad",
+    [("images", np.zeros((8, 16, 16), np.uint8)), ("infection", np.zeros((8, 32, 32), np.float32)),
+     ("has_lung", np.ones(7, bool)), ("meta.json", '{"ids": 3}')],
+)  # fmt: skip
+def test_a_damaged_cache_is_decoded_again_not_used(copy_root: Path, tmp_path: Path, name: str, bad) -> None:
+    samples = discover(copy_root).split("Val")
+    first = load_split(samples, 32, tmp_path / "c")
+    expected = {k: np.array(getattr(first, k)) for k in ("images", "infection", "lung", "has_lung")}
+    if name == "meta.json":
+        (first.path / name).write_text(bad)
+    else:
+        np.save(first.path / f"{name}.npy", bad)
+    again = load_split(samples, 32, tmp_path / "c")
+    assert again.path == first.path  # rebuilt in place
+    for k, v in expected.items():
+        got = getattr(again, k)
+        assert got.shape == v.shape and got.dtype == v.dtype and np.array_equal(got, v)
+
+
 def test_cache_key_follows_files_and_settings(copy_root: Path, tmp_path: Path) -> None:
     samples = discover(copy_root).split("Val")
     a = load_split(samples, 32, tmp_path / "c")

@@ -250,6 +250,31 @@ def test_predict_real_world_inputs_and_skips_bad_ones(lung_run: Path, tmp_path: 
         } <= set(r)
 
 
+def test_a_bundle_without_its_onnx_graph_runs_on_its_pytorch_weights(
+    lung_run: Path, synth_root: Path, tmp_path: Path
+) -> None:
+    bundle, weights_only = tmp_path / "bundle", tmp_path / "weights-only"
+    assert main(["export", str(lung_run), "--out", str(bundle), "--no-progress"]) == 0
+    shutil.copytree(bundle, weights_only)
+    (weights_only / "model.onnx").unlink()
+    scores = {}
+    for b in (bundle, weights_only):
+        out = tmp_path / "scores" / b.name
+        argv = ["evaluate", "--model", str(b), "--data", str(synth_root), "--out", str(out), "--panel", "0"]
+        assert main([*argv, "--no-progress"]) == 0
+        scores[b.name] = json.loads((out / "summary.json").read_text())
+        assert main(["predict", str(b), str(synth_root), "--out", str(tmp_path / "masks" / b.name)]) == 0
+    assert scores["bundle"]["engine"] == "onnx" and scores["weights-only"]["engine"] == "torch"
+    assert scores["weights-only"]["model"]["file"] == "model.safetensors"
+    assert scores["bundle"]["images"] == scores["weights-only"]["images"] > 0
+    rows = {n: list(csv.DictReader((tmp_path / "scores" / n / "per_image.csv").open())) for n in scores}
+    for a, b in zip(rows["bundle"], rows["weights-only"], strict=True):
+        assert a["id"] == b["id"]
+        for column in ("dice", "lung_dice", "infected_share_pct"):
+            assert float(a[column]) == pytest.approx(float(b[column]), abs=0.02), (a["id"], column)
+    assert rows["bundle"][0]["lung_dice"] not in ("", "0.0")
+
+
 def test_evaluate_model_scores_a_bundle_without_its_run_as_the_run_scores_it(
     lung_run: Path, synth_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys
 ) -> None:

@@ -13,7 +13,7 @@ import torch
 
 from conftest import copy_run
 from covidseg.cli import TUNE_METRICS, main
-from covidseg.evaluation import evaluate_run, open_split
+from covidseg.evaluation import eval_name, evaluate_run, open_split
 from covidseg.inference.builtin import sha256
 from covidseg.inference.postprocess import Postprocess, call_rule
 from covidseg.inference.predictor import open_run
@@ -91,6 +91,12 @@ def test_tune_then_evaluate_scores_the_same_as_tune_in_sample(two_output_run: Pa
     assert tuned["tuning"]["same_split"] and tuned["tuning"]["cross_fit"] == cf
     # The record names the weights it suits: the checkpoint tuned, by its SHA-256.
     assert record["tuned_on"]["checkpoint_sha256"] == sha256(run / "checkpoints" / "best.pt")
+
+
+def test_two_thresholds_never_share_an_evaluation_folder() -> None:
+    names = {t: eval_name("Val", threshold=t) for t in (0.4, 0.4000001, 0.40000001, 1e-7, 1.0)}
+    assert len(set(names.values())) == len(names) and names[0.4] == "Val-t0.4"
+    assert all(float(n.removeprefix("Val-t")) == t for t, n in names.items())
 
 
 def test_each_kind_of_evaluation_keeps_its_own_folder(two_output_run: Path, tmp_path: Path, capsys) -> None:

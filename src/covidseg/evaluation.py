@@ -356,7 +356,7 @@ def eval_name(
     if not postprocess:
         parts.append("untuned")
     if threshold is not None:
-        parts.append(f"t{threshold:g}")
+        parts.append(f"t{float(threshold)!r}")  # the shortest text that reads back as the same number
     if limit is not None:
         parts.append(f"limit{limit}")
     if scored_at != "native":

@@ -40,12 +40,14 @@ def _model_and_inputs(a: argparse.Namespace) -> tuple[str | None, str]:
 
 
 def cmd_predict(a: argparse.Namespace) -> int:
+    from covidseg.inference.builtin import pretrained_root, resolve_model
     from covidseg.predict import Predictor, predict_paths
 
     setup_logging(a.verbose)
     model, inputs = _model_and_inputs(a)
-    predictor = Predictor.load(model, a.checkpoint, a.device, a.threshold, a.postprocess, a.engine)
-    if model is None or not Path(model).exists():
+    path = resolve_model(model)
+    predictor = Predictor.load(path, a.checkpoint, a.device, a.threshold, a.postprocess, a.engine)
+    if path.parent == pretrained_root():
         log.info("model: built-in %s", predictor.name)
     done, skipped, flagged = predict_paths(predictor, inputs, a.out, progress_bar(a.progress), a.max_pixels)
     print(

@@ -143,16 +143,23 @@ def _save(split: CachedSplit, folder: Path) -> None:
         raise
 
 
-def _load(samples: list[Sample], folder: Path) -> CachedSplit | None:
+def _load(samples: list[Sample], folder: Path, size: int) -> CachedSplit | None:
+    """The cached split in ``folder``, or ``None`` when it is unreadable or not what this
+    version of covidseg writes (it is then decoded again)."""
     try:
         meta = json.loads((folder / "meta.json").read_text())
         arrays = [np.load(folder / f"{n}.npy", mmap_mode="r") for n in ("images", "infection", "lung", "has_lung")]
-    except (OSError, ValueError):
+        ids, skipped = list(meta["ids"]), [tuple(x) for x in meta["skipped"]]
+    except (OSError, ValueError, KeyError, TypeError):
         return None
     by_id = {s.id: s for s in samples}
-    if any(i not in by_id for i in meta["ids"]) or len(meta["ids"]) != len(arrays[0]):
+    n = len(ids)
+    expected = [((n, size, size), np.uint8)] * 3 + [((n,), np.bool_)]
+    if any(a.shape != shape or a.dtype != dtype for a, (shape, dtype) in zip(arrays, expected, strict=True)):
         return None
-    split = CachedSplit([by_id[i] for i in meta["ids"]], *arrays, skipped=[tuple(x) for x in meta["skipped"]])
+    if any(not isinstance(i, str) or i not in by_id for i in ids):
+        return None
+    split = CachedSplit([by_id[i] for i in ids], *arrays, skipped=skipped)
     split.path = folder
     if split.skipped:
         log.warning(
@@ -179,7 +186,7 @@ def load_split(
     root = Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
     folder = root / f"s{image_size}-{cache_key(samples, image_size)}"
     if folder.is_dir():
-        cached = _load(samples, folder)
+        cached = _load(samples, folder, image_size)
         if cached is not None:
             log.info("using cached arrays in %s", folder)
             return cached

@@ -45,17 +45,24 @@ def builtin_path(name: str | None = None) -> Path:
 
 def resolve_model(model: str | Path | None) -> Path:
     """What a user names as a model: nothing (the default built-in model), a built-in model's
-    name, or the path of a run folder or bundle."""
+    name, or the path of a run folder or bundle. A bundle or run folder in the working directory
+    with a built-in model's name wins over it (``./covidseg-v3`` or a ``Path`` always names the
+    folder); any other same-named folder does not."""
     if model is None:
         return builtin_path()
     path = Path(model)
+    if isinstance(model, str) and model in builtin_names() and not _holds_a_model(path):
+        return builtin_path(str(model))  # a same-named folder of other things (predict's --out) does not hide it
     if path.exists():
         return path
-    if str(model) in builtin_names():
-        return builtin_path(str(model))
     raise CovidsegError(
         f"{model} is neither a run folder, a bundle nor a built-in model ({', '.join(builtin_names()) or 'none'})"
     )
+
+
+def _holds_a_model(path: Path) -> bool:
+    """Whether ``path`` is a bundle or a run folder (by their files; opening it checks the rest)."""
+    return (path / "config.json").is_file() or (path / "checkpoints").is_dir()
 
 
 def sha256(path: Path) -> str:

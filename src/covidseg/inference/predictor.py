@@ -147,11 +147,15 @@ class Predictor:
         postprocess: bool = True,
         engine: str = "auto",
     ) -> Predictor:
-        """A run folder (PyTorch), an exported bundle (onnxruntime; ``engine="torch"`` for PyTorch),
-        or a built-in model by name (``None``: the default built-in model)."""
+        """A run folder (PyTorch), an exported bundle (onnxruntime; ``engine="torch"``, or a bundle
+        without ``model.onnx``, for PyTorch), or a built-in model by name (``None``: the default
+        built-in model)."""
         path = resolve_model(path)
         if is_bundle(path):
-            predictor = cls.from_bundle(path, "onnx" if engine == "auto" else engine, threshold, postprocess)
+            if engine == "auto":  # onnxruntime where the bundle has its graph, else PyTorch on its weights
+                has_graph = (path / "model.onnx").is_file() or not (path / "model.safetensors").is_file()
+                engine = "onnx" if has_graph else "torch"
+            predictor = cls.from_bundle(path, engine, threshold, postprocess)
             if postprocess:
                 predictor.attach_calibration(path, threshold)
         elif engine == "onnx":
