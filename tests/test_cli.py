@@ -116,6 +116,71 @@ def test_predict_original_size_and_skips_bad_files(trained_run: Path, tmp_path: 
     assert names == ["a.png", "b.jpg", "c.png"] and (out / "a_mask.png").is_file()
 
 
+def test_predict_never_overwrites_what_is_not_its_own_nor_reads_its_own_outputs(
+    trained_run: Path, tmp_path: Path, capsys, monkeypatch
+) -> None:
+    rng = np.random.default_rng(1)
+    for folder in ("ward-a", "ward-b"):
+        (tmp_path / folder).mkdir()
+        Image.fromarray(rng.integers(0, 255, (60, 80), dtype=np.uint8)).save(tmp_path / folder / "patient.png")
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "patient_overlay.png").write_bytes(b"the user's own file")
+    predict = ["predict", str(trained_run)]
+    assert main([*predict, str(tmp_path / "ward-a"), "--out", str(out), "--no-progress"]) == 0
+    assert main([*predict, str(tmp_path / "ward-b"), "--out", str(out), "--no-progress"]) == 0
+    assert main([*predict, str(tmp_path / "ward-a"), "--out", str(out), "--no-progress"]) == 0  # again: replaced
+    assert (out / "patient_overlay.png").read_bytes() == b"the user's own file"
+    records = [json.loads(x) for x in (out / "predictions.jsonl").read_text().splitlines()]
+    assert sorted((Path(r["image"]).parent.name, r["mask"]) for r in records) == [
+        ("ward-a", "patient-2_mask.png"), ("ward-b", "patient-3_mask.png")
+    ]  # fmt: skip
+    assert all((out / r[k]).is_file() for r in records for k in ("mask", "overlay"))
+    # Another model's predictions are not mixed in.
+    msg = _error(capsys, ["predict", str(tmp_path / "ward-a"), "--out", str(out)])
+    assert "holds predictions of another model" in msg and f"({trained_run.name})" in msg
+    # The input folder itself is refused as --out; a folder inside it is left out of the inputs.
+    ward = str(tmp_path / "ward-a")
+    assert "is the input folder" in _error(capsys, [*predict, ward, "--out", ward])
+    inner = tmp_path / "ward-a" / "preds"
+    for _ in range(2):
+        assert main([*predict, str(tmp_path / "ward-a"), "--out", str(inner), "--no-progress"]) == 0
+        assert "predicted 1 image(s)" in capsys.readouterr().out
+    assert len((inner / "predictions.jsonl").read_text().splitlines()) == 1
+    # Two files are no model and an input: one clear line.
+    two = [*predict[:1], str(tmp_path / "ward-a" / "patient.png"), str(tmp_path / "ward-b" / "patient.png")]
+    assert "is no model" in _error(capsys, [*two, "--out", str(tmp_path / "two")])
+
+
+def test_an_interrupted_predict_keeps_the_records_of_the_x_rays_done(trained_run: Path, tmp_path: Path) -> None:
+    from covidseg.predict import Predictor, predict_paths
+
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    for name in ("a", "b", "c"):
+        Image.fromarray(np.full((40, 50), 100, np.uint8)).save(inputs / f"{name}.png")
+    predictor = Predictor.load(trained_run)
+    real, calls = predictor.predict, []
+
+    def interrupted_on_the_second(image):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(image)
+
+    predictor.predict = interrupted_on_the_second
+    out = tmp_path / "out"
+    with pytest.raises(KeyboardInterrupt):
+        predict_paths(predictor, inputs, out)
+    records = [json.loads(x) for x in (out / "predictions.jsonl").read_text().splitlines()]
+    assert [Path(r["image"]).name for r in records] == ["a.png"]
+    left = sorted(p.name for p in out.iterdir() if p.name != ".covidseg.lock")
+    assert left == ["a_mask.png", "a_overlay.png", "predictions.jsonl"]  # no temporary file, nothing of b
+    predictor.predict = real
+    assert predict_paths(predictor, inputs, out)[0] == 3
+    assert len((out / "predictions.jsonl").read_text().splitlines()) == 3
+
+
 def test_predict_that_reads_nothing_leaves_no_folder(trained_run: Path, tmp_path: Path, capsys) -> None:
     (tmp_path / "broken.png").write_bytes(b"garbage")
     out = tmp_path / "new" / "out"

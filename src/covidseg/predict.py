@@ -31,21 +31,36 @@ __all__ = ["Prediction", "Predictor", "list_inputs", "png_bytes", "predict_paths
 log = logging.getLogger(__name__)
 
 
-def list_inputs(path: str | Path) -> list[Path]:
+def list_inputs(path: str | Path, out: str | Path | None = None) -> list[Path]:
     """One file, or the image and DICOM files of a folder (recursively), in sorted order.
 
     Files under mask folders of the COVID-QU-Ex layout (``infection masks``, ``lung masks``) are
-    masks, not X-rays: they are left out, and counted in the log.
+    masks, not X-rays, and files under the output folder ``out`` are predict's own: both are left
+    out, and counted in the log. ``out`` may not be the input folder itself.
     """
     p = Path(path)
     if p.is_file():
         return [p]
     if p.is_dir():
+        if out is not None and Path(out).resolve() == p.resolve():
+            raise CovidsegError(
+                f"--out {out} is the input folder: its X-rays and the masks written beside them would mix; "
+                "choose another folder (one inside it is fine)"
+            )
         suffixes = IMAGE_SUFFIXES + DICOM_SUFFIXES
-        found = sorted(f for f in p.rglob("*") if f.is_file() and (f.suffix.lower() in suffixes or is_dicom(f)))
+        every = [f for f in p.rglob("*") if f.is_file() and not f.name.startswith(".")]
+        found = sorted(f for f in every if f.suffix.lower() in suffixes or is_dicom(f))
+        if len(found) < len(every):
+            other = sorted({f.suffix.lower() or "(none)" for f in every} - set(suffixes))
+            log.info("left out %d file(s) neither image nor DICOM (%s)", len(every) - len(found), ", ".join(other))
         files = [f for f in found if not _under_mask_folder(f, p)]
         if len(files) < len(found):
             log.info("left out %d mask file(s) under '%s' or '%s' folders", len(found) - len(files), INFECTION, LUNG)
+        if out is not None and Path(out).resolve().is_relative_to(p.resolve()):
+            mine = [f for f in files if f.resolve().is_relative_to(Path(out).resolve())]
+            files = [f for f in files if f not in mine]
+            if mine:
+                log.info("left out %d file(s) under the output folder %s", len(mine), out)
         if not files:
             raise DataError(f"{p} holds no image or DICOM files ({', '.join(suffixes)}) outside mask folders")
         return files
@@ -127,18 +142,21 @@ def predict_paths(
     log a warning.
     Unreadable files, and images above ``max_pixels`` (:data:`covidseg.data.image_io.MAX_PIXELS`
     by default), are reported and skipped; the rest go on. Every file is written under a
-    temporary name and renamed into place (``predictions.jsonl`` when all images are done), so a
-    killed run leaves whole files only; its temporary files are removed by the next run. An earlier
-    run's records in ``out_dir`` are kept, but those of images this run writes again.
+    temporary name and renamed into place (``predictions.jsonl`` when all images are done, or
+    when the run is interrupted, with the records of the images done), so a killed run leaves
+    whole files only; its temporary files are removed by the next run. An earlier run's records in
+    ``out_dir`` are kept, but those of X-rays this run predicts again; nothing else in ``out_dir``
+    is overwritten (:func:`_free_stems`), and a folder of another model's predictions is refused.
+    Files under ``out_dir`` are never taken as inputs.
 
     Returns:
         (number predicted, [(file, reason) skipped], number the input check flagged).
     """
-    files = list_inputs(inputs)
-    base = Path(inputs) if Path(inputs).is_dir() else Path(inputs).parent
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise CovidsegError(f"--out {out} is a file, not a folder")
+    files = list_inputs(inputs, out)
+    base = Path(inputs) if Path(inputs).is_dir() else Path(inputs).parent
     new = new_folders(out)
     try:
         return _predict_into(predictor, files, base, out, progress, max_pixels)
@@ -153,27 +171,33 @@ def _predict_into(
     skipped: list[tuple[str, str]] = []
     written: set[str] = set()  # the mask file of every image predicted
     flagged = 0
-    stems = output_stems(files, base)
     with folder_lock(out, "predict"):
         remove_leftovers(out)
+        earlier = _read_records(out / "predictions.jsonl")
+        _refuse_other_model(out, earlier, predictor.name)
+        stems = _free_stems(output_stems(files, base), out, earlier)
         partial = out / f"{TMP_PREFIX}predictions.jsonl"
-        with partial.open("w") as lines:
-            for f in (progress or silent)(files, desc="predict", total=len(files)):
-                try:
-                    gray = read_xray(f, max_pixels)
-                except DataError as exc:
-                    skipped.append((str(f), str(exc)))
-                    log.warning("skipped %s", exc)
-                    continue
-                record = {"image": str(f), **_write_one(predictor, gray, out, stems[f])}
-                lines.write(json.dumps(record) + "\n")
-                written.add(record["mask"])
-                flagged += (record["input_check"] or {}).get("verdict", "ok") != "ok"
+        try:
+            with partial.open("w") as lines:
+                for f in (progress or silent)(files, desc="predict", total=len(files)):
+                    try:
+                        gray = read_xray(f, max_pixels)
+                    except DataError as exc:
+                        skipped.append((str(f), str(exc)))
+                        log.warning("skipped %s", exc)
+                        continue
+                    record = {"image": str(f), **_write_one(predictor, gray, out, stems[f])}
+                    lines.write(json.dumps(record) + "\n")
+                    written.add(record["mask"])
+                    flagged += (record["input_check"] or {}).get("verdict", "ok") != "ok"
+        finally:  # done or interrupted: the records of the images done so far join the earlier ones
+            if written:
+                _keep_earlier_records(out / "predictions.jsonl", partial, written)
+                os.replace(partial, out / "predictions.jsonl")
+            else:
+                partial.unlink(missing_ok=True)
         if not written and skipped:
-            partial.unlink()
             raise CovidsegError(f"none of the {len(files)} input file(s) could be read; see the warnings above")
-        _keep_earlier_records(out / "predictions.jsonl", partial, written)
-        os.replace(partial, out / "predictions.jsonl")
     return len(written), skipped, flagged
 
 
@@ -195,22 +219,81 @@ def _keep_earlier_records(previous: Path, partial: Path, written: set[str]) -> N
         partial.write_text("".join(kept) + partial.read_text())
 
 
+OUTPUTS = ("_mask.png", "_lung.png", "_overlay.png")
+
+
+def _read_records(path: Path) -> list[dict[str, Any]]:
+    """The records of an earlier run's ``predictions.jsonl`` (lines that are no record are skipped)."""
+    if not path.is_file():
+        return []
+    records = []
+    for line in path.read_text().splitlines():
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(record, dict):
+            records.append(record)
+    return records
+
+
+def _refuse_other_model(out: Path, earlier: list[dict[str, Any]], model: str) -> None:
+    others = sorted({str(r.get("model")) for r in earlier if r.get("model") != model})
+    if others:
+        raise CovidsegError(
+            f"--out {out} holds predictions of another model ({', '.join(others)}); choose another folder"
+        )
+
+
+def _free_stems(stems: dict[Path, str], out: Path, earlier: list[dict[str, Any]]) -> dict[Path, str]:
+    """``stems`` with a counter added (``name-2``...) wherever an output file of that name is in
+    ``out`` and is not an earlier prediction of the same X-ray: another X-ray's (same file name,
+    other folder) or a file of the user's. Nothing in ``out`` is overwritten but the outputs of an
+    X-ray predicted again."""
+    owner = {}  # output file name -> the X-ray it was predicted from
+    for r in earlier:
+        for key in ("mask", "lung", "overlay"):
+            if isinstance(r.get(key), str) and isinstance(r.get("image"), str):
+                owner[r[key]] = Path(r["image"]).resolve()
+    used = set(stems.values())
+
+    def free(name: str, image: Path) -> bool:
+        return all(not (out / f"{name}{end}").exists() or owner.get(f"{name}{end}") == image for end in OUTPUTS)
+
+    result = {}
+    for f, stem in stems.items():
+        candidate, k = stem, 2
+        while not free(candidate, f.resolve()) or (candidate != stem and candidate in used):
+            candidate, k = f"{stem}-{k}", k + 1
+        if candidate != stem:
+            log.info("%s: written as %s_* (%s_* in %s are another image's or yours)", f, candidate, stem, out)
+            used.add(candidate)
+        result[f] = candidate
+    return result
+
+
 def _write_one(predictor: Predictor, gray: np.ndarray, out: Path, stem: str) -> dict[str, Any]:
     """Predict one X-ray, write its mask, lung and overlay PNGs; its record with their names."""
     from covidseg.figures import overlay
 
     pred = predictor.predict(gray)
     record = prediction_record(pred, predictor, gray.shape)
-    record["mask"] = _save_png(out / f"{stem}_mask.png", pred.mask * 255)
-    rgb = overlay(gray, pred.mask)
-    if pred.lung is not None and predictor.targets[0] != "lung":
-        record["lung"] = _save_png(out / f"{stem}_lung.png", pred.lung * 255)
-        rgb = outline(rgb, pred.lung)
-    check = record["input_check"]
-    if check is not None and check["verdict"] != "ok":
-        log.warning("%s: input check says %s: %s", stem, check["verdict"], check["reason"])
-        rgb = frame(rgb, FLAG_RGB[check["verdict"]])
-    record["overlay"] = _save_png(out / f"{stem}_overlay.png", (rgb * 255).astype(np.uint8))
+    before = {end for end in OUTPUTS if (out / f"{stem}{end}").exists()}  # this X-ray's, predicted before
+    try:
+        record["mask"] = _save_png(out / f"{stem}_mask.png", pred.mask * 255)
+        rgb = overlay(gray, pred.mask)
+        if pred.lung is not None and predictor.targets[0] != "lung":
+            record["lung"] = _save_png(out / f"{stem}_lung.png", pred.lung * 255)
+            rgb = outline(rgb, pred.lung)
+        check = record["input_check"]
+        if check is not None and check["verdict"] != "ok":
+            log.warning("%s: input check says %s: %s", stem, check["verdict"], check["reason"])
+            rgb = frame(rgb, FLAG_RGB[check["verdict"]])
+        record["overlay"] = _save_png(out / f"{stem}_overlay.png", (rgb * 255).astype(np.uint8))
+    except BaseException:  # an image is written whole, with its record, or not at all
+        for end in set(OUTPUTS) - before:
+            (out / f"{stem}{end}").unlink(missing_ok=True)
+        raise
     return record
 
 

@@ -82,6 +82,7 @@ def _run(a: argparse.Namespace) -> int:
         then = {
             "train": "; the run continues with 'covidseg train --out RUN --resume'",
             "sweep": "; the same command again continues it",
+            "predict": "; the X-rays done so far are in the output folder's predictions.jsonl",
         }.get(getattr(a, "command", ""), "")
         print(f"covidseg: interrupted{then}", file=sys.stderr)
         return 130

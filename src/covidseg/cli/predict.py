@@ -25,11 +25,20 @@ log = logging.getLogger("covidseg")
 
 def _model_and_inputs(a: argparse.Namespace) -> tuple[str | None, str]:
     """``predict INPUTS`` (the built-in or ``--model`` model) or ``predict MODEL INPUTS``."""
+    from covidseg.inference.builtin import builtin_names
     from covidseg.inference.bundle import is_bundle
 
     if len(a.paths) > 2:
         raise CovidsegError("predict takes one input (a file or a folder), optionally after the model")
     if len(a.paths) == 2:
+        first = Path(a.paths[0])
+        model = is_bundle(first) or (first / "config.yaml").is_file() or (first / "checkpoints").is_dir()
+        model = model or a.paths[0] in builtin_names()
+        if first.exists() and not model:
+            raise CovidsegError(
+                f"predict takes one input (a file or a folder), optionally after the model; {first} is no model: "
+                "put the X-rays in one folder and give that"
+            )
         if a.model is not None:
             raise CovidsegError("name the model once: either --model or as the first argument")
         return a.paths[0], a.paths[1]

@@ -20,7 +20,9 @@ from PIL import Image
 
 from covidseg.errors import DataError, MaskEncodingError
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
+# The image files a folder is searched for (``predict DIR``, data discovery); ``predict FILE`` takes
+# any format Pillow reads.
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".webp", ".jp2", ".j2k", ".pgm", ".gif")
 # The largest image ``read_xray`` decodes unless told otherwise (``predict``/``serve --max-pixels``):
 # 50 megapixels is over twice the largest detector in use (43 x 43 cm at 0.1 mm, 18.5 MP), and
 # its header is checked before any pixel is decoded, so a decompression bomb costs nothing.
