@@ -162,11 +162,11 @@ def test_an_interrupted_predict_keeps_the_records_of_the_x_rays_done(trained_run
     predictor = Predictor.load(trained_run)
     real, calls = predictor.predict, []
 
-    def interrupted_on_the_second(image):
+    def interrupted_on_the_second(image, colour=0.0):
         calls.append(1)
         if len(calls) == 2:
             raise KeyboardInterrupt
-        return real(image)
+        return real(image, colour)
 
     predictor.predict = interrupted_on_the_second
     out = tmp_path / "out"

@@ -108,3 +108,30 @@ def test_a_figure_is_written_whole_or_not_at_all(tmp_path: Path, monkeypatch: py
     monkeypatch.setattr(matplotlib.figure.Figure, "savefig", real_savefig)
     plot_predictions(panels, path)
     assert Image.open(path).format == "PNG" and [p.name for p in tmp_path.iterdir()] == ["panel.png"]
+
+
+def test_an_x_ray_stored_sideways_is_read_as_its_exif_orientation_shows_it(tmp_path: Path) -> None:
+    from covidseg.data.image_io import read_xray
+
+    stored = np.random.default_rng(0).integers(0, 256, (60, 90), dtype=np.uint8)
+    exif = Image.Exif()
+    exif[0x0112] = 6  # Orientation: turn 90 degrees clockwise to show
+    Image.fromarray(stored).save(tmp_path / "sideways.png", exif=exif)
+    Image.fromarray(stored).save(tmp_path / "plain.png")
+    assert np.array_equal(read_xray(tmp_path / "sideways.png"), np.rot90(stored, k=-1))
+    assert np.array_equal(read_xray(tmp_path / "plain.png"), stored)
+
+
+def test_colourfulness_tells_a_photograph_from_a_gray_or_tinted_film(tmp_path: Path) -> None:
+    from covidseg.data.image_io import colourfulness, read_xray_colour
+
+    film = np.asarray(Image.open(Path(__file__).parents[1] / "src/covidseg/examples/normal.png").convert("L"))
+    sepia = np.stack([film, (film * 0.9).astype(np.uint8), (film * 0.7 + 25).astype(np.uint8)], axis=2)
+    blobs = np.random.default_rng(0).integers(0, 256, (6, 6, 3), dtype=np.uint8)
+    photo = np.asarray(Image.fromarray(blobs).resize((200, 200), Image.BILINEAR))
+    assert colourfulness(Image.fromarray(film)) == 0.0
+    assert colourfulness(Image.fromarray(np.stack([film] * 3, axis=2))) < 1e-6
+    assert colourfulness(Image.fromarray(sepia)) < 0.01 < 0.12 < colourfulness(Image.fromarray(photo))
+    Image.fromarray(sepia).save(tmp_path / "sepia.jpg", quality=80)
+    gray, colour = read_xray_colour(tmp_path / "sepia.jpg")
+    assert gray.shape == film.shape and colour < 0.02

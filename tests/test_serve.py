@@ -174,10 +174,10 @@ def test_a_full_queue_answers_503_and_the_server_goes_on(predictor: Predictor, x
         def __getattr__(self, name):
             return getattr(predictor, name)
 
-        def predict(self, image):
+        def predict(self, image, colour=0.0):
             entered.set()
             release.wait(10)
-            return predictor.predict(image)
+            return predictor.predict(image, colour)
 
     client = _client(Slow(), queue_size=1)  # type: ignore[arg-type]
     files = {"file": (xray.name, xray.read_bytes(), "image/png")}
@@ -384,3 +384,24 @@ def test_viewer_warns_when_the_input_is_not_a_chest_x_ray(tmp_path: Path) -> Non
         warning = driver.find_element(By.ID, "check")
         assert warning.is_displayed() and "do not trust" in warning.text
         assert driver.find_element(By.ID, "r-check").text.split(" ")[0] in ("unusual", "not_a_frontal_cxr")
+        # A colour photograph, too small and too long a film are no chest X-rays: no COVID-19 call,
+        # probability or severity is given for them.
+        photo = tmp_path / "photo.png"
+        rng = np.random.default_rng(1)
+        colours = rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)
+        Image.fromarray(colours).resize((300, 300), Image.BILINEAR).save(photo)
+        strip = tmp_path / "strip.png"
+        Image.open(example).resize((600, 150)).save(strip)
+        for path in (photo, strip):
+            _upload(driver, path)
+            assert driver.find_element(By.ID, "r-check").text.startswith("not_a_frontal_cxr"), path.name
+            assert driver.find_element(By.ID, "r-call").text.startswith("not given"), path.name
+            assert driver.find_element(By.ID, "r-prob").text == "n/a"
+            assert driver.find_element(By.ID, "r-severity").text == "n/a"
+        # A failed upload leaves no earlier answer on the page.
+        bad = tmp_path / "text.png"
+        bad.write_text("not an image")
+        _upload(driver, bad, "error")
+        assert driver.find_element(By.ID, "r-call").text == "" and driver.find_element(By.ID, "r-file").text == ""
+        assert driver.find_element(By.ID, "download-json").get_attribute("aria-disabled") == "true"
+        assert not driver.find_element(By.ID, "stage").is_displayed()

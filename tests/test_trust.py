@@ -205,7 +205,10 @@ def test_calibrate_writes_the_check_and_calibration_and_keeps_masks(
         a, b = plain.predict(gray), calibrated.predict(gray)
         assert np.array_equal(a.mask, b.mask) and np.array_equal(a.lung, b.lung)
         assert a.input_check is None and b.input_check["verdict"] in ("ok", "unusual", "not_a_frontal_cxr")
-        assert 0 <= b.covid_probability <= 1
+        if b.input_check["verdict"] == "not_a_frontal_cxr":  # no call for what is no chest X-ray
+            assert b.covid_probability is None and b.covid_call is None and a.covid_call is not None
+        else:
+            assert 0 <= b.covid_probability <= 1 and b.covid_call == a.covid_call
         t = calibrated.calibration.threshold(calibrated.threshold)
         assert np.array_equal(
             b.mask.astype(bool) & b.lung.astype(bool), (b.calibrated_probability > t) & b.lung.astype(bool)
@@ -242,14 +245,20 @@ def test_bundle_and_predict_carry_the_check(
     tol = 1e-2 if precision == "fp16" else 1e-3  # fp16: the weights are rounded
     assert onnx_pred.input_check["verdict"] == run_pred.input_check["verdict"]
     assert onnx_pred.input_check["score"] == pytest.approx(run_pred.input_check["score"], rel=tol)
-    assert onnx_pred.covid_probability == pytest.approx(run_pred.covid_probability, abs=tol)
+    if run_pred.covid_probability is None:  # the synthetic film is no chest X-ray to this check
+        assert onnx_pred.covid_probability is None and run_pred.input_check["verdict"] == "not_a_frontal_cxr"
+    else:
+        assert onnx_pred.covid_probability == pytest.approx(run_pred.covid_probability, abs=tol)
     if precision == "fp16":
         return
     out = tmp_path / "out"
     assert main(["predict", str(bundle), str(xray), "--out", str(out)]) == 0
     record = json.loads((out / "predictions.jsonl").read_text().splitlines()[0])
     assert record["input_check"]["verdict"] in ("ok", "unusual", "not_a_frontal_cxr")
-    assert 0 < record["threshold_calibrated"] < 1 and 0 <= record["covid_probability"] <= 1
+    assert 0 < record["threshold_calibrated"] < 1
+    assert record["covid_probability"] == (
+        None if run_pred.covid_probability is None else pytest.approx(run_pred.covid_probability, abs=tol)
+    )
 
 
 def test_settings_changed_after_calibrate_are_named(
@@ -286,3 +295,33 @@ def test_the_report_shows_the_calibration_and_its_reliability_diagram(calibrated
     text = md.read_text()
     assert "ECE after Platt scaling" in text and "Reliability diagrams" in text and "SYNTHETIC" in text
     assert "data:image/png;base64," in page.read_text()
+
+
+def test_no_covid_call_probability_or_severity_for_what_is_no_chest_x_ray(tmp_path: Path) -> None:
+    from PIL import Image
+
+    import covidseg
+
+    model = covidseg.load_model()
+    example = Path(covidseg.__file__).parent / "examples" / "covid-19.png"
+    film = read_xray(example)
+    ok = model.predict(example)
+    assert ok.input_check["verdict"] == "ok" and ok.covid_call is True and ok.severity is not None
+    blobs = np.random.default_rng(0).integers(0, 256, (6, 6, 3), dtype=np.uint8)
+    Image.fromarray(blobs).resize((256, 256), Image.BILINEAR).save(tmp_path / "photo.png")
+    cases = {
+        "tiny": film[:40, :40].copy(),
+        "strip": np.asarray(Image.fromarray(film).resize((600, 150))),
+        "photo": tmp_path / "photo.png",
+    }
+    for name, image in cases.items():
+        pred = model.predict(image)
+        check = pred.input_check
+        assert check["verdict"] == "not_a_frontal_cxr", (name, check)
+        reason = {"tiny": "too small", "strip": "near square", "photo": "a colour image"}[name]
+        assert reason in check["reason"], (name, check)
+        assert pred.covid_call is None and pred.covid_probability is None and pred.severity is None, name
+        assert pred.mask.shape == (pred.lung.shape if pred.lung is not None else pred.mask.shape)  # masks kept
+    # A film a little off the usual shape is only unusual, and keeps its call.
+    wide = model.predict(np.asarray(Image.fromarray(film).resize((410, 256))))
+    assert wide.input_check["verdict"] == "unusual" and wide.covid_call is not None

@@ -20,7 +20,7 @@ from PIL import Image
 
 from covidseg.atomic import TMP_PREFIX, remove_leftovers, write_atomic
 from covidseg.data.discovery import INFECTION, LUNG
-from covidseg.data.image_io import DICOM_SUFFIXES, IMAGE_SUFFIXES, is_dicom, read_xray
+from covidseg.data.image_io import DICOM_SUFFIXES, IMAGE_SUFFIXES, is_dicom, read_xray_colour
 from covidseg.errors import CovidsegError, DataError
 from covidseg.inference.predictor import Prediction, Predictor
 from covidseg.locking import folder_lock, new_folders, remove_if_only_lock
@@ -181,12 +181,12 @@ def _predict_into(
             with partial.open("w") as lines:
                 for f in (progress or silent)(files, desc="predict", total=len(files)):
                     try:
-                        gray = read_xray(f, max_pixels)
+                        gray, colour = read_xray_colour(f, max_pixels)
                     except DataError as exc:
                         skipped.append((str(f), str(exc)))
                         log.warning("skipped %s", exc)
                         continue
-                    record = {"image": str(f), **_write_one(predictor, gray, out, stems[f])}
+                    record = {"image": str(f), **_write_one(predictor, gray, colour, out, stems[f])}
                     lines.write(json.dumps(record) + "\n")
                     written.add(record["mask"])
                     flagged += (record["input_check"] or {}).get("verdict", "ok") != "ok"
@@ -272,11 +272,11 @@ def _free_stems(stems: dict[Path, str], out: Path, earlier: list[dict[str, Any]]
     return result
 
 
-def _write_one(predictor: Predictor, gray: np.ndarray, out: Path, stem: str) -> dict[str, Any]:
+def _write_one(predictor: Predictor, gray: np.ndarray, colour: float, out: Path, stem: str) -> dict[str, Any]:
     """Predict one X-ray, write its mask, lung and overlay PNGs; its record with their names."""
     from covidseg.figures import overlay
 
-    pred = predictor.predict(gray)
+    pred = predictor.predict(gray, colour)
     record = prediction_record(pred, predictor, gray.shape)
     before = {end for end in OUTPUTS if (out / f"{stem}{end}").exists()}  # this X-ray's, predicted before
     try:

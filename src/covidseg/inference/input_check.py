@@ -55,6 +55,33 @@ LUNG_KEEP = 0.995
 VERDICTS = ("ok", "unusual", "not_a_frontal_cxr")
 
 
+# What a chest film's file looks like, whatever the network sees: a few hundred pixels a side at
+# least, near square (14 x 17 inch film: 1.21; COVID-QU-Ex: 1.0), gray.
+MIN_SIDE = 64
+ASPECT_UNUSUAL, ASPECT_FAR = 1.5, 2.0
+COLOUR_UNUSUAL, COLOUR_FAR = 0.03, 0.12
+
+
+def file_reasons(shape: tuple[int, int] | None, colour: float = 0.0) -> tuple[list[str], list[str]]:
+    """(reasons for not_a_frontal_cxr, reasons for unusual) from an image's own size and colour."""
+    far: list[str] = []
+    unusual: list[str] = []
+    if shape is not None:
+        h, w = shape
+        aspect = max(h, w) / max(1, min(h, w))
+        if min(h, w) < MIN_SIDE:
+            far.append(f"{w}x{h} pixels: too small for a chest X-ray (at least {MIN_SIDE} a side)")
+        if aspect > ASPECT_FAR:
+            far.append(f"{w}x{h} pixels: sides {aspect:.1f} to 1, a chest film is near square")
+        elif aspect > ASPECT_UNUSUAL:
+            unusual.append(f"{w}x{h} pixels: sides {aspect:.1f} to 1, a chest film is near square")
+    if colour > COLOUR_FAR:
+        far.append(f"a colour image (colourfulness {colour:.2f}; X-rays are gray)")
+    elif colour > COLOUR_UNUSUAL:
+        unusual.append(f"colour in the image (colourfulness {colour:.2f}; X-rays are gray)")
+    return far, unusual
+
+
 def image_figures(image: np.ndarray, lung: np.ndarray) -> dict[str, float]:
     """Contrast, fine detail, lung darkness and the frontal layout of one (S, S) network input in
     [0, 1] with its lung mask (darkness 0 when the lungs or the rest are empty)."""
@@ -196,10 +223,20 @@ class InputCheck:
                 unusual.insert(0, f"image features unlike the training X-rays (score {score:.2f}; cut-off 1)")
         return far, unusual
 
-    def assess(self, features: np.ndarray | None, figures: dict[str, float] | None) -> dict[str, Any]:
-        """The ``input_check`` record of one image: score, verdict, reason."""
+    def assess(
+        self,
+        features: np.ndarray | None,
+        figures: dict[str, float] | None,
+        shape: tuple[int, int] | None = None,
+        colour: float = 0.0,
+    ) -> dict[str, Any]:
+        """The ``input_check`` record of one image: score, verdict, reason; with the image's own
+        (H, W) ``shape`` and ``colour`` (:func:`covidseg.data.image_io.colourfulness`) also
+        :func:`file_reasons`."""
         d = None if features is None else float(self.distance(features[None])[0])
         far, unusual = self._reasons(d, figures)
+        file_far, file_unusual = file_reasons(shape, colour)
+        far, unusual = file_far + far, file_unusual + unusual
         reasons = far + unusual
         return {
             "score": None if d is None else round(d / self.cutoff, 4),

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from covidseg.config import Config
-from covidseg.data.image_io import preprocess_image, read_xray
+from covidseg.data.image_io import preprocess_image, read_xray_colour
 from covidseg.engine.checkpoint import load_run
 from covidseg.engine.device import resolve_device
 from covidseg.errors import CovidsegError
@@ -206,9 +206,12 @@ class Predictor:
         its (S, S) network input (lung output only)."""
         return lung_figures(probs[self.targets.index("lung")], image) if "lung" in self.targets else None
 
-    def predict(self, image: np.ndarray | str | Path) -> Prediction:
+    def predict(self, image: np.ndarray | str | Path, colour: float = 0.0) -> Prediction:
         """Segment one X-ray: a file path (PNG, JPEG, TIFF, BMP, DICOM) or an 8-bit gray array of
-        any size (see :func:`covidseg.data.image_io.read_xray`)."""
+        any size (see :func:`covidseg.data.image_io.read_xray`; ``colour``: the file's
+        colourfulness, for the input check). When the input check finds no frontal chest X-ray,
+        the masks are kept but the COVID-19 call, its probabilities and the severity are not
+        given (None): they would describe a picture the model was not made for."""
         if isinstance(image, (str, Path)):
             return self.predict_file(image)
         gray8 = np.asarray(image)
@@ -219,12 +222,15 @@ class Predictor:
         pred = self.from_probabilities(probs[0], gray8.shape)
         if self.check is not None:
             figures = self.lung_figures(probs[0], x)
-            pred.input_check = self.check.assess(None if features is None else features[0], figures)
+            feats = None if features is None else features[0]
+            pred.input_check = self.check.assess(feats, figures, gray8.shape, colour)
+            if pred.input_check["verdict"] == "not_a_frontal_cxr":
+                pred.covid_call, pred.covid_probability, pred.peak, pred.severity = None, None, None, None
         return pred
 
     def predict_file(self, path: str | Path, max_pixels: int | None = None) -> Prediction:
         """Segment an X-ray file (PNG, JPEG, TIFF, BMP, DICOM) of at most ``max_pixels``."""
-        return self.predict(read_xray(path, max_pixels))
+        return self.predict(*read_xray_colour(path, max_pixels))
 
     def from_probabilities(self, probs: np.ndarray, shape: tuple[int, int]) -> Prediction:
         """The prediction for an image of ``shape`` (H, W) from its (C, S, S) probabilities."""

@@ -41,7 +41,7 @@ from fastapi.responses import FileResponse, HTMLResponse, JSONResponse
 from PIL import Image
 
 from covidseg import __version__
-from covidseg.data.image_io import DICOM_SUFFIXES, IMAGE_SUFFIXES, read_xray
+from covidseg.data.image_io import DICOM_SUFFIXES, IMAGE_SUFFIXES, read_xray_colour
 from covidseg.errors import DataError
 from covidseg.inference.postprocess import upsample
 from covidseg.inference.predictor import Prediction, Predictor
@@ -121,11 +121,11 @@ def predict_upload(predictor: Predictor, data: bytes, filename: str, limits: Lim
         path = Path(tmp) / f"upload{suffix}"
         path.write_bytes(data)
         try:
-            gray = read_xray(path, limits.max_pixels)
+            gray, colour = read_xray_colour(path, limits.max_pixels)
         except DataError as exc:  # the message names the upload as sent, not the server's temporary path
             message, shown = str(exc), upload_name(filename)
             raise DataError(message.replace(repr(str(path)), shown).replace(str(path), shown)) from None
-    pred = predictor.predict(gray)
+    pred = predictor.predict(gray, colour)
     record = prediction_record(pred, predictor, gray.shape)
     record["filename"] = Path(filename).name[:200]  # as predictions.jsonl's "image": the name the user knows
     record["xray_jpeg"] = _jpeg_base64(gray)
