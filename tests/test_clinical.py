@@ -109,8 +109,16 @@ def test_two_output_run_reports_lung_detection_and_severity(lung_run: Path, caps
     } <= set(rows[0])
     covid = [r for r in rows if r["group"] == "COVID-19"]
     assert all(float(r["true_infected_share_pct"]) > 0 for r in covid)
+    # The severity agreement is given over the COVID-19 X-rays apart from all: as per_image.csv has it.
+    for key, subset in (("agreement_covid", covid), ("agreement", rows)):
+        graded = [r for r in subset if r["severity"] and r["true_severity"]]
+        assert sev[key]["images"] == len(graded) > 0
+        agree = np.mean([r["severity"] == r["true_severity"] for r in graded])
+        assert sev[key]["grade_accuracy"] == pytest.approx(agree)
+        mae = np.mean([abs(float(r["infected_share_pct"]) - float(r["true_infected_share_pct"])) for r in graded])
+        assert sev[key]["infected_share_mae_points"] == pytest.approx(mae, abs=1e-3)
     out = capsys.readouterr().out
-    assert "lung" in out and "detection" in out
+    assert "lung" in out and "detection" in out and "severity    COVID-19 (" in out
 
 
 def test_export_bundle_runs_in_onnxruntime_like_pytorch(lung_run: Path, synth_root: Path, tmp_path: Path) -> None:

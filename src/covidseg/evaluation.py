@@ -70,7 +70,8 @@ def severity_summary(
     rule: SeverityRule,
 ) -> dict[str, Any]:
     """Severity grades per group (from the true masks, and predicted where the model has a lung
-    output), with the agreement between the two."""
+    output), with the agreement between the two over every X-ray (``agreement``: negatives count,
+    most of them graded ``none`` by both) and over the COVID-19 X-rays (``agreement_covid``)."""
     groups_a = np.asarray(groups)
 
     def counts(records: list[dict[str, Any]], sel: np.ndarray) -> dict[str, int]:
@@ -87,7 +88,9 @@ def severity_summary(
             entry["predicted"] = counts(predicted, sel)
         out["groups"][g] = entry
     if predicted is not None:
-        out["agreement"] = _agreement(predicted, truth)
+        out["agreement"] = _agreement(predicted, truth)  # over every X-ray with both grades
+        covid = [k for k in range(len(groups)) if groups[k] == "COVID-19"]
+        out["agreement_covid"] = _agreement([predicted[k] for k in covid], [truth[k] for k in covid])
     return out
 
 

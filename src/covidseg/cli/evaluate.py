@@ -59,7 +59,8 @@ def _evaluate_model(a: argparse.Namespace) -> int:
     if s["model"]["builtin"] and covid_qu_ex_val and not s["synthetic"] and a.postprocess:
         print(
             f"  note: {s['model']['name']}'s post-processing was tuned on COVID-QU-Ex Val; if this is that split, "
-            "these figures are in-sample (its model card, 'covidseg models', gives the cross-fitted ones)"
+            "these figures are in-sample (the cross-fitted ones are in its model card, MODEL_CARD.md, whose path "
+            "'covidseg models' prints)"
         )
     print(f"written to {s['out']}")
     return 0
@@ -114,13 +115,14 @@ def _print_summary(s: dict[str, Any]) -> None:
             f"per-image Dice {cf['per_image']:.4f}, COVID-19 {cf['per_image_covid']:.4f}, "
             f"pooled {cf['pooled']:.4f} (choose on one half, score the other)"
         )
-    sev = s.get("severity", {}).get("agreement")
-    if sev:
-        print(
-            f"  severity    grade agreement {sev['grade_accuracy']:.1%} "
-            f"(within one grade {sev['grade_within_one']:.1%}), "
-            f"infected-lung % mean abs. error {sev['infected_share_mae_points']:.2f} points"
-        )
+    for key, over in (("agreement_covid", "COVID-19"), ("agreement", "all")):
+        sev = s.get("severity", {}).get(key)
+        if sev:
+            print(
+                f"  severity    {over} ({sev['images']} X-rays): grade agreement {sev['grade_accuracy']:.1%} "
+                f"(within one grade {sev['grade_within_one']:.1%}), "
+                f"infected-lung % mean abs. error {sev['infected_share_mae_points']:.2f} points"
+            )
 
 
 def _evaluate_parser(sub: Any) -> None:

@@ -27,6 +27,7 @@ def cmd_models(a: argparse.Namespace) -> int:
         seg, every = vm.get("per_image_covid", {}).get("dice"), vm.get("per_image", {}).get("dice")
         figure = f", Val per-image Dice {seg:.3f} over COVID-19 X-rays" if seg is not None else ""
         figure += f", {every:.3f} over all" if seg is not None and every is not None else ""
+        figure += " (post-processing tuned there: in-sample; the card gives the cross-fitted figures)" if figure else ""
         default = " (default)" if d["default"] else ""
         print(f"  {name}{default}: {d['title']}")
         print(

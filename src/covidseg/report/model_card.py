@@ -104,14 +104,25 @@ def figures(run: Path, bundle: Path) -> str:
             f"ROC AUC {det['roc_auc']:.3f}; cross-fitted: sensitivity {cfd['sensitivity']:.3f}, "
             f"specificity {cfd['specificity']:.3f}.",
         ]
-    if sev:
-        lines += [
-            "",
-            f"**Severity grade** on COVID-19 X-rays (shipped): agrees with the grade of the true masks on "
-            f"{100 * sev['grade_accuracy']:.1f}% ({100 * sev['grade_within_one']:.1f}% within one grade); the infected "
-            f"share of the lungs is off by {sev['infected_share_mae_points']:.1f} percentage points on average.",
-        ]
+    sev_covid = shipped.get("severity", {}).get("agreement_covid")
+    if sev and sev_covid:
+        lines += ["", f"**Severity grade** (shipped): {_agreement_text(sev_covid, sev)}."]
     return "\n".join(lines)
+
+
+def _agreement_text(covid: dict[str, Any], every: dict[str, Any]) -> str:
+    """The severity agreement in words, over the COVID-19 X-rays and over all."""
+
+    def one(a: dict[str, Any]) -> str:
+        return (
+            f"{100 * a['grade_accuracy']:.1f}% ({100 * a['grade_within_one']:.1f}% within one grade), infected "
+            f"share of the lungs off by {a['infected_share_mae_points']:.1f} percentage points on average"
+        )
+
+    return (
+        f"agrees with the grade of the true masks on {one(covid)} over the {covid['images']} COVID-19 X-rays; "
+        f"{one(every)} over all {every['images']} (most negatives are graded none by both)"
+    )
 
 
 def _training(run: Path) -> str:
