@@ -45,6 +45,10 @@ def test_dicom_rescale_window_and_monochrome1(tmp_path: Path) -> None:
     (tmp_path / "bad.dcm").write_bytes(b"\0" * 128 + b"DICM" + b"garbage")
     with pytest.raises(DataError, match="bad.dcm"):
         read_xray(tmp_path / "bad.dcm")
+    (tmp_path / "text.dcm").write_bytes(b"no DICOM at all")
+    with pytest.raises(DataError, match="not a readable DICOM") as caught:
+        read_xray(tmp_path / "text.dcm")
+    assert "force" not in str(caught.value)  # pydicom's advice to its callers is no use to a user
 
 
 def test_sixteen_bit_images_are_stretched_to_their_range(tmp_path: Path) -> None:

@@ -157,6 +157,7 @@ def test_upload_limits_and_missing_file(predictor: Predictor, xray: Path) -> Non
     small = _client(predictor, max_pixels=100)
     r = small.post("/api/predict", files={"file": (xray.name, xray.read_bytes(), "image/png")})
     assert r.status_code == 422 and "above the limit of 100 pixels" in r.json()["detail"]
+    assert "this server's limit" in r.json()["detail"]  # the uploader cannot pass --max-pixels
 
 
 def test_only_this_machine_s_host_names_are_answered_when_asked(predictor: Predictor) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 from pathlib import Path
@@ -71,7 +72,24 @@ def cmd_demo(a: argparse.Namespace) -> int:
     print(f"  history:     {run / 'history.csv'}")
     for name in ("samples.png", "curves.png", "predictions_Val.png"):
         print(f"  figure:      {run / 'plots' / name}")
+    _warn_if_short(run)
     return 0
+
+
+def _warn_if_short(run: Path) -> None:
+    """Say so when the demo's time budget bought under half its steps (a busy or slow CPU)."""
+    try:
+        budget = json.loads((run / "budget.json").read_text())
+        planned, most = int(budget["planned"]), int(budget["max_steps"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return
+    if planned < most / 2:
+        print(
+            f"note: the {budget['seconds']:.0f} s budget bought only {planned} of the demo's {most} training steps "
+            f"({budget['step_time']:.2f} s a step: the cores were busy or slow), so its model learnt little. "
+            "On idle cores it takes them all; or give it more time in a new folder: "
+            "covidseg demo --set train.time_budget=600 --out covidseg-demo-long"
+        )
 
 
 def cmd_tune(a: argparse.Namespace) -> int:

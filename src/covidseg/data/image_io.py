@@ -13,6 +13,7 @@ mean the same thing for every input.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -183,7 +184,8 @@ def read_dicom_gray8(path: str | Path, max_pixels: int | None = None) -> np.ndar
     except DataError:
         raise
     except Exception as exc:  # pydicom raises many types for bad or unsupported files
-        raise DataError(f"{path}: not a readable DICOM image ({type(exc).__name__}: {str(exc)[:200]})") from None
+        why = re.sub(r"\s*Use force=True[^.]*\.?", "", str(exc))[:200]  # pydicom's advice is for its callers
+        raise DataError(f"{path}: not a readable DICOM image ({type(exc).__name__}: {why})") from None
     photometric = str(getattr(ds, "PhotometricInterpretation", "MONOCHROME2")).upper()
     if frames > 1:
         arr = arr[0]

@@ -113,6 +113,13 @@ def upload_name(filename: str) -> str:
     return repr(name) if name else "the upload"
 
 
+# The size limit is the server's: the one who uploads cannot raise it.
+SERVER_LIMIT = (
+    "(raise it with --max-pixels if the image is genuine)",
+    "(this server's limit, set by its --max-pixels)",
+)
+
+
 def predict_upload(predictor: Predictor, data: bytes, filename: str, limits: Limits) -> dict[str, Any]:
     """Decode an uploaded file (from a temporary folder) and predict it: the API's JSON."""
     suffix = Path(filename).suffix.lower()
@@ -124,7 +131,8 @@ def predict_upload(predictor: Predictor, data: bytes, filename: str, limits: Lim
             gray, colour = read_xray_colour(path, limits.max_pixels)
         except DataError as exc:  # the message names the upload as sent, not the server's temporary path
             message, shown = str(exc), upload_name(filename)
-            raise DataError(message.replace(repr(str(path)), shown).replace(str(path), shown)) from None
+            message = message.replace(repr(str(path)), shown).replace(str(path), shown)
+            raise DataError(message.replace(*SERVER_LIMIT)) from None
     pred = predictor.predict(gray, colour)
     record = prediction_record(pred, predictor, gray.shape)
     record["filename"] = Path(filename).name[:200]  # as predictions.jsonl's "image": the name the user knows
