@@ -120,7 +120,7 @@ def plot_curves(
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     if note:
-        fig.suptitle(note.strip(), fontsize=11)
+        fig.suptitle(note.strip().rstrip(":"), fontsize=11)  # a title prefix stands alone here
     return _save(fig, path)
 
 

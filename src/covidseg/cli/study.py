@@ -194,7 +194,10 @@ def _study_parsers(sub: Any) -> None:
     sp.add_argument("-o", "--out", help="sweep folder; run again to continue an interrupted sweep")
     sp.add_argument("--scale", help="scale every trial down by a named rule of the spec (e.g. cpu)")
     sp.add_argument("--sort-by", help="leaderboard metric (default: the spec's sort_by)")
-    sp.add_argument("--cache-dir", help="where decoded arrays are cached for every trial (default ~/.cache/covidseg)")
+    sp.add_argument(
+        "--cache-dir",
+        help="where decoded arrays are cached for every trial (default $COVIDSEG_CACHE_DIR, else ~/.cache/covidseg)",
+    )
     sp.add_argument("--device", help="train.device for every trial")
     sp.add_argument("--list", action="store_true", help="list the shipped specs")
     common_options(sp)

@@ -108,7 +108,9 @@ def _train_parser(sub: Any) -> None:
     sp.add_argument("--workers", type=int, help="DataLoader worker processes (default 0)")
     sp.add_argument("--train-limit", type=int, help="train on a group-stratified subset of N images")
     sp.add_argument("--val-limit", type=int, help="validate on a group-stratified subset of N images")
-    sp.add_argument("--cache-dir", help="where decoded arrays are cached (default ~/.cache/covidseg)")
+    sp.add_argument(
+        "--cache-dir", help="where decoded arrays are cached (default $COVIDSEG_CACHE_DIR, else ~/.cache/covidseg)"
+    )
     sp.add_argument(
         "--set",
         action="append",
