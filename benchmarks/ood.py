@@ -34,7 +34,7 @@ from PIL import Image
 from scipy import ndimage
 
 from covidseg.data.discovery import discover
-from covidseg.data.image_io import read_xray
+from covidseg.data.image_io import read_xray, read_xray_colour
 from covidseg.data.synthetic import SynthSpec, write_synthetic
 from covidseg.detection import roc_auc
 from covidseg.engine.device import cpu_info
@@ -43,8 +43,9 @@ from covidseg.inference.predictor import Predictor
 SCIENCE = {"cell", "ihc", "microaneurysms", "retina", "moon", "hubble_deep_field", "phantom", "multipage", "coins"}
 
 
-def sample_images() -> tuple[list[np.ndarray], list[np.ndarray]]:
-    """(photographs, scientific images) from the packages' own sample folders, as 8-bit gray."""
+def sample_images() -> tuple[list[tuple[np.ndarray, float]], list[tuple[np.ndarray, float]]]:
+    """(photographs, scientific images) from the packages' own sample folders, as 8-bit gray with
+    the file's colourfulness, as predict reads a file."""
     import matplotlib
     import skimage.data
 
@@ -55,12 +56,12 @@ def sample_images() -> tuple[list[np.ndarray], list[np.ndarray]]:
             if f.suffix.lower() not in (".png", ".jpg", ".tif", ".gif"):
                 continue
             try:
-                gray = read_xray(f)
+                gray = read_xray_colour(f)
             except Exception:  # noqa: BLE001 - a sample that does not decode is left out
                 continue
             (science if f.stem.split("_")[0] in SCIENCE or f.stem in SCIENCE else photos).append(gray)
     faces = np.load(Path(skimage.data.__file__).parent / "lfw_subset.npy", allow_pickle=False)[:20]
-    photos += [np.asarray(Image.fromarray((255 * face).astype(np.uint8)).resize((200, 200))) for face in faces]
+    photos += [(np.asarray(Image.fromarray((255 * face).astype(np.uint8)).resize((200, 200))), 0.0) for face in faces]
     return photos, science
 
 
@@ -76,19 +77,20 @@ def transformed(xrays: list[np.ndarray]) -> Iterator[tuple[str, np.ndarray]]:
         )
 
 
-def families(xrays: list[np.ndarray], rng: np.random.Generator) -> Iterator[tuple[str, np.ndarray]]:
+def families(xrays: list[np.ndarray], rng: np.random.Generator) -> Iterator[tuple[str, np.ndarray, float]]:
+    """(family, 8-bit gray image, its file's colourfulness)."""
     photos, science = sample_images()
-    yield from (("photographs (skimage, matplotlib, LFW faces)", p) for p in photos)
-    yield from (("scientific images (skimage: cells, retina, moon, CT phantom, ...)", s) for s in science)
-    yield from transformed(xrays)
+    yield from (("photographs (skimage, matplotlib, LFW faces)", *p) for p in photos)
+    yield from (("scientific images (skimage: cells, retina, moon, CT phantom, ...)", *s) for s in science)
+    yield from ((name, x, 0.0) for name, x in transformed(xrays))
     for _ in range(20):
-        yield "pure noise", rng.integers(0, 256, (256, 256), dtype=np.uint8)
+        yield "pure noise", rng.integers(0, 256, (256, 256), dtype=np.uint8), 0.0
     for level in np.linspace(0, 255, 10):
-        yield "blank", np.full((256, 256), int(level), np.uint8)
+        yield "blank", np.full((256, 256), int(level), np.uint8), 0.0
     with tempfile.TemporaryDirectory() as tmp:
         write_synthetic(Path(tmp), SynthSpec(train=0, val=30, test=0, seed=3))
         for s in discover(Path(tmp)).split("Val"):
-            yield "synthetic phantoms (covidseg synth)", read_xray(s.image)
+            yield "synthetic phantoms (covidseg synth)", read_xray(s.image), 0.0
 
 
 def check_cost(predictor: Predictor, gray: np.ndarray, repeats: int = 20) -> tuple[float, float]:
@@ -123,8 +125,8 @@ def main() -> None:
     picks = rng.choice(len(samples), size=min(a.transformed, len(samples)), replace=False)
     xrays = [read_xray(samples[i].image) for i in sorted(picks)]
     found: dict[str, list[dict]] = {}
-    for family, image in families(xrays, rng):
-        found.setdefault(family, []).append(predictor.predict(image).input_check)
+    for family, image, colour in families(xrays, rng):
+        found.setdefault(family, []).append(predictor.predict(image, colour).input_check)
     val_scores = np.array([c["score"] for c in val])
     rows = [_row(f"Val X-rays ({len(val)}, the cut-off's own split)", val, None)]
     rows += [_row(name, checks, val_scores) for name, checks in found.items()]
