@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import signal
 from pathlib import Path
 
 import numpy as np
@@ -130,55 +131,76 @@ def test_predict_never_overwrites_what_is_not_its_own_nor_reads_its_own_outputs(
     assert main([*predict, str(tmp_path / "ward-a"), "--out", str(out), "--no-progress"]) == 0
     assert main([*predict, str(tmp_path / "ward-b"), "--out", str(out), "--no-progress"]) == 0
     assert main([*predict, str(tmp_path / "ward-a"), "--out", str(out), "--no-progress"]) == 0  # again: replaced
+    # The same file name given relative to another working folder is another X-ray.
+    for ward in ("ward-a", "ward-b"):
+        monkeypatch.chdir(tmp_path / ward)
+        assert main([*predict, "patient.png", "--out", "../out", "--no-progress"]) == 0
     assert (out / "patient_overlay.png").read_bytes() == b"the user's own file"
     records = [json.loads(x) for x in (out / "predictions.jsonl").read_text().splitlines()]
-    assert sorted((Path(r["image"]).parent.name, r["mask"]) for r in records) == [
+    assert sorted((Path(r["image_path"]).parent.name, r["mask"]) for r in records) == [
         ("ward-a", "patient-2_mask.png"), ("ward-b", "patient-3_mask.png")
     ]  # fmt: skip
     assert all((out / r[k]).is_file() for r in records for k in ("mask", "overlay"))
+    # A note of the user's, even one not in UTF-8, is kept as it is and does not stop the next run.
+    with (out / "predictions.jsonl").open("ab") as f:
+        f.write(b'{"note": "checked by Dr X"}\n# r\xe9sultats\n')
+    assert main([*predict, str(tmp_path / "ward-b"), "--out", str(out), "--no-progress"]) == 0
+    assert (out / "predictions.jsonl").read_bytes().count(b"# r\xe9sultats\n") == 1
     # Another model's predictions are not mixed in.
     msg = _error(capsys, ["predict", str(tmp_path / "ward-a"), "--out", str(out)])
     assert "holds predictions of another model" in msg and f"({trained_run.name})" in msg
-    # The input folder itself is refused as --out; a folder inside it is left out of the inputs.
+    # The input folder itself is refused as --out, and so is a single X-ray's own folder.
     ward = str(tmp_path / "ward-a")
     assert "is the input folder" in _error(capsys, [*predict, ward, "--out", ward])
-    inner = tmp_path / "ward-a" / "preds"
-    for _ in range(2):
-        assert main([*predict, str(tmp_path / "ward-a"), "--out", str(inner), "--no-progress"]) == 0
+    assert "own folder" in _error(capsys, [*predict, f"{ward}/patient.png", "--out", ward])
+    # Output folders inside the input folder, this run's and earlier ones, are left out of the inputs.
+    for name in ("preds", "preds-2", "preds"):
+        assert main([*predict, ward, "--out", f"{ward}/{name}", "--no-progress"]) == 0
         assert "predicted 1 image(s)" in capsys.readouterr().out
-    assert len((inner / "predictions.jsonl").read_text().splitlines()) == 1
+    assert len((tmp_path / "ward-a" / "preds" / "predictions.jsonl").read_text().splitlines()) == 1
+    assert "covidseg's own outputs" in _error(capsys, [*predict, f"{ward}/preds", "--out", str(tmp_path / "x")])
     # Two files are no model and an input: one clear line.
     two = [*predict[:1], str(tmp_path / "ward-a" / "patient.png"), str(tmp_path / "ward-b" / "patient.png")]
     assert "is no model" in _error(capsys, [*two, "--out", str(tmp_path / "two")])
 
 
-def test_an_interrupted_predict_keeps_the_records_of_the_x_rays_done(trained_run: Path, tmp_path: Path) -> None:
-    from covidseg.predict import Predictor, predict_paths
+def test_an_interrupted_or_killed_predict_keeps_the_records_of_the_x_rays_done(
+    trained_run: Path, tmp_path: Path, capsys, monkeypatch
+) -> None:
+    import covidseg.predict
+    from covidseg.prediction_folder import RUNNING
 
     inputs = tmp_path / "in"
     inputs.mkdir()
     for name in ("a", "b", "c"):
         Image.fromarray(np.full((40, 50), 100, np.uint8)).save(inputs / f"{name}.png")
-    predictor = Predictor.load(trained_run)
-    real, calls = predictor.predict, []
+    real, calls = covidseg.predict.write_atomic, []
 
-    def interrupted_on_the_second(image, colour=0.0):
-        calls.append(1)
-        if len(calls) == 2:
-            raise KeyboardInterrupt
-        return real(image, colour)
+    def stopped_in_the_second_image(path, data):  # a SIGTERM between b's mask and its overlay
+        calls.append(path.name)
+        if path.name == "b_overlay.png":
+            os.kill(os.getpid(), signal.SIGTERM)
+        return real(path, data)
 
-    predictor.predict = interrupted_on_the_second
+    monkeypatch.setattr(covidseg.predict, "write_atomic", stopped_in_the_second_image)
     out = tmp_path / "out"
-    with pytest.raises(KeyboardInterrupt):
-        predict_paths(predictor, inputs, out)
+    argv = ["predict", str(trained_run), str(inputs), "--out", str(out), "--no-progress"]
+    assert main(argv) == 128 + signal.SIGTERM
+    assert "stopped by SIGTERM" in capsys.readouterr().err
+    assert "b_mask.png" in calls  # b's mask was written, then removed: b is written whole or not at all
     records = [json.loads(x) for x in (out / "predictions.jsonl").read_text().splitlines()]
     assert [Path(r["image"]).name for r in records] == ["a.png"]
-    left = sorted(p.name for p in out.iterdir() if p.name != ".covidseg.lock")
-    assert left == ["a_mask.png", "a_overlay.png", "predictions.jsonl"]  # no temporary file, nothing of b
-    predictor.predict = real
-    assert predict_paths(predictor, inputs, out)[0] == 3
-    assert len((out / "predictions.jsonl").read_text().splitlines()) == 3
+    assert sorted(p.name for p in out.iterdir() if p.name != ".covidseg.lock") == [
+        "a_mask.png", "a_overlay.png", "predictions.jsonl"
+    ]  # fmt: skip
+    monkeypatch.setattr(covidseg.predict, "write_atomic", real)
+    # A SIGKILL leaves the flushed records of its run in a temporary file: the next run takes them over.
+    (out / RUNNING).write_bytes((out / "predictions.jsonl").read_bytes())
+    (out / "predictions.jsonl").unlink()
+    assert main(argv) == 0
+    records = [json.loads(x) for x in (out / "predictions.jsonl").read_text().splitlines()]
+    assert sorted(r["mask"] for r in records) == ["a_mask.png", "b_mask.png", "c_mask.png"]  # no a-2
+    assert not (out / RUNNING).exists()
 
 
 def test_predict_that_reads_nothing_leaves_no_folder(trained_run: Path, tmp_path: Path, capsys) -> None:

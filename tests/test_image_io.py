@@ -110,7 +110,7 @@ def test_a_figure_is_written_whole_or_not_at_all(tmp_path: Path, monkeypatch: py
     assert Image.open(path).format == "PNG" and [p.name for p in tmp_path.iterdir()] == ["panel.png"]
 
 
-def test_an_x_ray_stored_sideways_is_read_as_its_exif_orientation_shows_it(tmp_path: Path) -> None:
+def test_a_users_x_ray_stored_sideways_is_read_as_its_exif_orientation_shows_it(tmp_path: Path) -> None:
     from covidseg.data.image_io import read_xray
 
     stored = np.random.default_rng(0).integers(0, 256, (60, 90), dtype=np.uint8)
@@ -118,8 +118,10 @@ def test_an_x_ray_stored_sideways_is_read_as_its_exif_orientation_shows_it(tmp_p
     exif[0x0112] = 6  # Orientation: turn 90 degrees clockwise to show
     Image.fromarray(stored).save(tmp_path / "sideways.png", exif=exif)
     Image.fromarray(stored).save(tmp_path / "plain.png")
-    assert np.array_equal(read_xray(tmp_path / "sideways.png"), np.rot90(stored, k=-1))
-    assert np.array_equal(read_xray(tmp_path / "plain.png"), stored)
+    assert np.array_equal(read_xray(tmp_path / "sideways.png", upright=True), np.rot90(stored, k=-1))
+    assert np.array_equal(read_xray(tmp_path / "plain.png", upright=True), stored)
+    # A data set's X-ray is read as stored, as its mask is, so that the pair stays aligned.
+    assert np.array_equal(read_xray(tmp_path / "sideways.png"), stored)
 
 
 def test_colourfulness_tells_a_photograph_from_a_gray_or_tinted_film(tmp_path: Path) -> None:

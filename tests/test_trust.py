@@ -16,6 +16,7 @@ from covidseg.errors import CovidsegError
 from covidseg.inference.calibration import Calibration, LogitHistogram, fit_platt, pixel_reliability
 from covidseg.inference.input_check import LUNG_FIGURES, LUNG_ONLY, InputCheck, layout_figures, lung_figures
 from covidseg.inference.predictor import Predictor
+from covidseg.predict import prediction_record
 
 
 def test_platt_scaling_fixes_overconfident_pixels_and_keeps_the_masks() -> None:
@@ -207,8 +208,10 @@ def test_calibrate_writes_the_check_and_calibration_and_keeps_masks(
         assert a.input_check is None and b.input_check["verdict"] in ("ok", "unusual", "not_a_frontal_cxr")
         if b.input_check["verdict"] == "not_a_frontal_cxr":  # no call for what is no chest X-ray
             assert b.covid_probability is None and b.covid_call is None and a.covid_call is not None
-        else:
-            assert 0 <= b.covid_probability <= 1 and b.covid_call == a.covid_call
+        check, calibrated.check = calibrated.check, None  # the calibration itself, check or no check
+        c = calibrated.predict(gray)
+        calibrated.check = check
+        assert 0 <= c.covid_probability <= 1 and c.covid_call == a.covid_call
         t = calibrated.calibration.threshold(calibrated.threshold)
         assert np.array_equal(
             b.mask.astype(bool) & b.lung.astype(bool), (b.calibrated_probability > t) & b.lung.astype(bool)
@@ -241,14 +244,15 @@ def test_bundle_and_predict_carry_the_check(
     meta = json.loads((bundle / "metadata.json").read_text())
     assert meta["onnx_vs_torch_max_rel_feature_diff"] < (0.05 if precision == "fp16" else 1e-3)
     xray = discover(synth_root).split("Val")[0].image
-    run_pred, onnx_pred = Predictor.load(calibrated_run).predict(xray), Predictor.load(bundle).predict(xray)
+    run, onnx = Predictor.load(calibrated_run), Predictor.load(bundle)
+    run_pred, onnx_pred = run.predict(xray), onnx.predict(xray)
     tol = 1e-2 if precision == "fp16" else 1e-3  # fp16: the weights are rounded
     assert onnx_pred.input_check["verdict"] == run_pred.input_check["verdict"]
     assert onnx_pred.input_check["score"] == pytest.approx(run_pred.input_check["score"], rel=tol)
-    if run_pred.covid_probability is None:  # the synthetic film is no chest X-ray to this check
-        assert onnx_pred.covid_probability is None and run_pred.input_check["verdict"] == "not_a_frontal_cxr"
-    else:
-        assert onnx_pred.covid_probability == pytest.approx(run_pred.covid_probability, abs=tol)
+    assert (onnx_pred.covid_probability is None) == (run_pred.input_check["verdict"] == "not_a_frontal_cxr")
+    run.check = onnx.check = None  # the calibrated probability itself, whatever the check says of a phantom
+    p_run, p_onnx = run.predict(xray).covid_probability, onnx.predict(xray).covid_probability
+    assert 0 <= p_run <= 1 and p_onnx == pytest.approx(p_run, abs=tol)
     if precision == "fp16":
         return
     out = tmp_path / "out"
@@ -320,8 +324,12 @@ def test_no_covid_call_probability_or_severity_for_what_is_no_chest_x_ray(tmp_pa
         assert check["verdict"] == "not_a_frontal_cxr", (name, check)
         reason = {"tiny": "too small", "strip": "near square", "photo": "a colour image"}[name]
         assert reason in check["reason"], (name, check)
-        assert pred.covid_call is None and pred.covid_probability is None and pred.severity is None, name
-        assert pred.mask.shape == (pred.lung.shape if pred.lung is not None else pred.mask.shape)  # masks kept
+        assert pred.covid_call is None and pred.covid_probability is None and pred.peak is None, name
+        assert pred.severity["severity"] is None and pred.severity["severity_score"] is None, name
+        assert pred.severity["infected_share_pct"] is not None  # what describes the masks stays
+        record = prediction_record(pred, model, pred.mask.shape)
+        assert record["covid_call"] is None and record["covid_head_probability"] is None
+        assert record["severity"] is None and record["infected_share_pct"] == pred.severity["infected_share_pct"]
     # A film a little off the usual shape is only unusual, and keeps its call.
     wide = model.predict(np.asarray(Image.fromarray(film).resize((410, 256))))
     assert wide.input_check["verdict"] == "unusual" and wide.covid_call is not None

@@ -28,7 +28,7 @@ from covidseg.evaluation import (
     score_and_summarize,
     write_rows,
 )
-from covidseg.inference.builtin import pretrained_root, resolve_model, sha256
+from covidseg.inference.builtin import is_run_folder, pretrained_root, resolve_model, sha256
 from covidseg.inference.bundle import is_bundle
 from covidseg.inference.predictor import Predictor
 from covidseg.locking import folder_lock, new_folders, remove_if_only_lock
@@ -86,7 +86,7 @@ def check_out(out: Path, mine: dict[str, Any]) -> None:
 
 
 def _not_a_bundle(path: Path) -> str:
-    if (path / "checkpoints").is_dir() or (path / "config.yaml").is_file():
+    if is_run_folder(path):
         return f"{path} is a run folder: score it with 'covidseg evaluate {path}'"
     return f"{path} is not a bundle from 'covidseg export' (no readable config.json of one)"
 

@@ -18,12 +18,21 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from covidseg.atomic import TMP_PREFIX, remove_leftovers, write_atomic
+from covidseg.atomic import remove_leftovers, write_atomic
 from covidseg.data.discovery import INFECTION, LUNG
-from covidseg.data.image_io import DICOM_SUFFIXES, IMAGE_SUFFIXES, is_dicom, read_xray_colour
+from covidseg.data.image_io import DICOM_SUFFIXES, PREDICT_SUFFIXES, is_dicom, read_xray_colour
 from covidseg.errors import CovidsegError, DataError
 from covidseg.inference.predictor import Prediction, Predictor
 from covidseg.locking import folder_lock, new_folders, remove_if_only_lock
+from covidseg.prediction_folder import (
+    RUNNING,
+    earlier_records,
+    free_stems,
+    is_output_folder,
+    merge,
+    recover,
+    refuse_other_model,
+)
 from covidseg.progress import Progress, silent
 
 __all__ = ["Prediction", "Predictor", "list_inputs", "png_bytes", "predict_paths", "prediction_record"]
@@ -34,37 +43,58 @@ log = logging.getLogger(__name__)
 def list_inputs(path: str | Path, out: str | Path | None = None) -> list[Path]:
     """One file, or the image and DICOM files of a folder (recursively), in sorted order.
 
-    Files under mask folders of the COVID-QU-Ex layout (``infection masks``, ``lung masks``) are
-    masks, not X-rays, and files under the output folder ``out`` are predict's own: both are left
-    out, and counted in the log. ``out`` may not be the input folder itself.
+    Left out, and counted in the log: files under mask folders of the COVID-QU-Ex layout
+    (``infection masks``, ``lung masks``), hidden files, files of other kinds, and every folder of
+    covidseg's own outputs (``out`` and any earlier one: a folder with ``predictions.jsonl`` or a
+    lock). ``out`` may not be the input folder itself.
     """
     p = Path(path)
     if p.is_file():
         return [p]
-    if p.is_dir():
-        if out is not None and Path(out).resolve() == p.resolve():
-            raise CovidsegError(
-                f"--out {out} is the input folder: its X-rays and the masks written beside them would mix; "
-                "choose another folder (one inside it is fine)"
-            )
-        suffixes = IMAGE_SUFFIXES + DICOM_SUFFIXES
-        every = [f for f in p.rglob("*") if f.is_file() and not f.name.startswith(".")]
-        found = sorted(f for f in every if f.suffix.lower() in suffixes or is_dicom(f))
-        if len(found) < len(every):
-            other = sorted({f.suffix.lower() or "(none)" for f in every} - set(suffixes))
-            log.info("left out %d file(s) neither image nor DICOM (%s)", len(every) - len(found), ", ".join(other))
-        files = [f for f in found if not _under_mask_folder(f, p)]
-        if len(files) < len(found):
-            log.info("left out %d mask file(s) under '%s' or '%s' folders", len(found) - len(files), INFECTION, LUNG)
-        if out is not None and Path(out).resolve().is_relative_to(p.resolve()):
-            mine = [f for f in files if f.resolve().is_relative_to(Path(out).resolve())]
-            files = [f for f in files if f not in mine]
-            if mine:
-                log.info("left out %d file(s) under the output folder %s", len(mine), out)
-        if not files:
-            raise DataError(f"{p} holds no image or DICOM files ({', '.join(suffixes)}) outside mask folders")
-        return files
-    raise DataError(f"{p} does not exist")
+    if not p.is_dir():
+        raise DataError(f"{p} does not exist")
+    if out is not None and Path(out).resolve() == p.resolve():
+        raise CovidsegError(
+            f"--out {out} is the input folder: its X-rays and the masks written beside them would mix; "
+            "choose another folder (one inside it is fine)"
+        )
+    if is_output_folder(p):
+        raise CovidsegError(f"{p} holds covidseg's own outputs (masks, overlays), not X-rays; give the X-rays' folder")
+    every, hidden, outputs = _walk(p, None if out is None else Path(out).resolve())
+    suffixes = PREDICT_SUFFIXES + DICOM_SUFFIXES
+    found = sorted(f for f in every if f.suffix.lower() in suffixes or is_dicom(f))
+    files = [f for f in found if not _under_mask_folder(f, p)]
+    kinds = ", ".join(sorted({f.suffix.lower() or "(none)" for f in every} - set(suffixes)))
+    shown = ", ".join(str(d) for d in outputs[:3]) + (", ..." if len(outputs) > 3 else "")
+    left = {
+        f"mask file(s) under '{INFECTION}' or '{LUNG}' folders": len(found) - len(files),
+        "hidden file(s)": hidden,
+        f"file(s) neither image nor DICOM ({kinds})": len(every) - len(found),
+        f"folder(s) of covidseg's own outputs ({shown})": len(outputs),
+    }
+    for what, n in left.items():
+        if n:
+            log.info("left out %d %s", n, what)
+    if not files:
+        raise DataError(f"{p} holds no image or DICOM files ({', '.join(suffixes)}) outside mask folders")
+    return files
+
+
+def _walk(root: Path, out: Path | None) -> tuple[list[Path], int, list[Path]]:
+    """(every visible file, how many hidden files, the output folders not entered) under ``root``."""
+    files: list[Path] = []
+    hidden = 0
+    outputs: list[Path] = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        here = Path(dirpath)
+        for name in list(dirnames):
+            d = here / name
+            if (out is not None and d.resolve() == out) or is_output_folder(d):
+                dirnames.remove(name)
+                outputs.append(d)
+        files += [here / n for n in filenames if not n.startswith(".")]
+        hidden += sum(n.startswith(".") for n in filenames)
+    return files, hidden, outputs
 
 
 def _under_mask_folder(f: Path, root: Path) -> bool:
@@ -113,8 +143,8 @@ def prediction_record(pred: Prediction, predictor: Predictor, shape: tuple[int, 
     }
     if pred.lung is not None and predictor.targets[0] != "lung":
         record.update(pred.severity or {})
-    if "covid" in predictor.targets and pred.peak is not None:
-        record["covid_head_probability"] = round(pred.peak, 4)
+    if "covid" in predictor.targets:
+        record["covid_head_probability"] = None if pred.peak is None else round(pred.peak, 4)
         record["image_gate"] = predictor.post.image_gate
     if predictor.calibration is not None and predictor.targets[0] == "infection":
         record["covid_probability"] = None if pred.covid_probability is None else round(pred.covid_probability, 4)
@@ -137,7 +167,8 @@ def predict_paths(
     Per image ``<stem>_mask.png`` (0/255, original size), ``<stem>_lung.png`` with a lung output,
     ``<stem>_overlay.png`` (infection red, lung outline), and one line in ``predictions.jsonl``
     (:func:`prediction_record`: the infected share of the image, the COVID-19 call and, with a
-    lung output, the infected share of each lung and the severity grade; shares in percent).
+    lung output, the infected share of each lung and the severity grade; shares in percent; the
+    X-ray's path as given, ``image``, and absolute, ``image_path``).
     An image the input check flags keeps its masks; its overlay gets a coloured frame and the
     log a warning.
     Unreadable files, and images above ``max_pixels`` (:data:`covidseg.data.image_io.MAX_PIXELS`
@@ -157,6 +188,11 @@ def predict_paths(
         raise CovidsegError(f"--out {out} is a file, not a folder")
     files = list_inputs(inputs, out)
     base = Path(inputs) if Path(inputs).is_dir() else Path(inputs).parent
+    if Path(inputs).is_file() and out.resolve() == base.resolve():
+        raise CovidsegError(
+            f"--out {out} is the X-ray's own folder: masks written beside X-rays would later be read as X-rays; "
+            "choose another folder"
+        )
     new = new_folders(out)
     try:
         return _predict_into(predictor, files, base, out, progress, max_pixels)
@@ -169,16 +205,17 @@ def _predict_into(
     predictor: Predictor, files: list[Path], base: Path, out: Path, progress: Progress | None, max_pixels: int | None
 ) -> tuple[int, list[tuple[str, str]], int]:
     skipped: list[tuple[str, str]] = []
+    done: list[bytes] = []  # this run's records
     written: set[str] = set()  # the mask file of every image predicted
     flagged = 0
     with folder_lock(out, "predict"):
+        recover(out)
         remove_leftovers(out)
-        earlier = _read_records(out / "predictions.jsonl")
-        _refuse_other_model(out, earlier, predictor.name)
-        stems = _free_stems(output_stems(files, base), out, earlier)
-        partial = out / f"{TMP_PREFIX}predictions.jsonl"
+        earlier = earlier_records(out)
+        refuse_other_model(out, earlier, predictor.name)
+        stems = free_stems(output_stems(files, base), out, earlier)
         try:
-            with partial.open("w") as lines:
+            with (out / RUNNING).open("wb") as running:
                 for f in (progress or silent)(files, desc="predict", total=len(files)):
                     try:
                         gray, colour = read_xray_colour(f, max_pixels)
@@ -186,113 +223,48 @@ def _predict_into(
                         skipped.append((str(f), str(exc)))
                         log.warning("skipped %s", exc)
                         continue
-                    record = {"image": str(f), **_write_one(predictor, gray, colour, out, stems[f])}
-                    lines.write(json.dumps(record) + "\n")
+                    record = {"image": str(f), "image_path": str(f.resolve())}
+                    record.update(_write_one(predictor, gray, colour, out, stems[f]))
+                    done.append(json.dumps(record).encode())
+                    running.write(done[-1] + b"\n")
+                    running.flush()  # a killed run's records are taken over by the next (recover)
                     written.add(record["mask"])
                     flagged += (record["input_check"] or {}).get("verdict", "ok") != "ok"
         finally:  # done or interrupted: the records of the images done so far join the earlier ones
-            if written:
-                _keep_earlier_records(out / "predictions.jsonl", partial, written)
-                os.replace(partial, out / "predictions.jsonl")
-            else:
-                partial.unlink(missing_ok=True)
+            if done:
+                merge(out, done, written)
+            (out / RUNNING).unlink(missing_ok=True)
         if not written and skipped:
             raise CovidsegError(f"none of the {len(files)} input file(s) could be read; see the warnings above")
     return len(written), skipped, flagged
 
 
-def _keep_earlier_records(previous: Path, partial: Path, written: set[str]) -> None:
-    """Put the lines of an earlier run's ``predictions.jsonl`` in ``out`` before this run's, but
-    those of images whose files this run wrote again (same mask name): nothing predicted before is
-    lost, and every record describes the files beside it. Lines that are not a record are kept."""
-    if not previous.is_file():
-        return
-    kept = []
-    for line in previous.read_text().splitlines():
-        try:
-            record = json.loads(line)
-        except ValueError:
-            record = None
-        if not (isinstance(record, dict) and record.get("mask") in written):
-            kept.append(line + "\n")
-    if kept:
-        partial.write_text("".join(kept) + partial.read_text())
-
-
-OUTPUTS = ("_mask.png", "_lung.png", "_overlay.png")
-
-
-def _read_records(path: Path) -> list[dict[str, Any]]:
-    """The records of an earlier run's ``predictions.jsonl`` (lines that are no record are skipped)."""
-    if not path.is_file():
-        return []
-    records = []
-    for line in path.read_text().splitlines():
-        try:
-            record = json.loads(line)
-        except ValueError:
-            continue
-        if isinstance(record, dict):
-            records.append(record)
-    return records
-
-
-def _refuse_other_model(out: Path, earlier: list[dict[str, Any]], model: str) -> None:
-    others = sorted({str(r.get("model")) for r in earlier if r.get("model") != model})
-    if others:
-        raise CovidsegError(
-            f"--out {out} holds predictions of another model ({', '.join(others)}); choose another folder"
-        )
-
-
-def _free_stems(stems: dict[Path, str], out: Path, earlier: list[dict[str, Any]]) -> dict[Path, str]:
-    """``stems`` with a counter added (``name-2``...) wherever an output file of that name is in
-    ``out`` and is not an earlier prediction of the same X-ray: another X-ray's (same file name,
-    other folder) or a file of the user's. Nothing in ``out`` is overwritten but the outputs of an
-    X-ray predicted again."""
-    owner = {}  # output file name -> the X-ray it was predicted from
-    for r in earlier:
-        for key in ("mask", "lung", "overlay"):
-            if isinstance(r.get(key), str) and isinstance(r.get("image"), str):
-                owner[r[key]] = Path(r["image"]).resolve()
-    used = set(stems.values())
-
-    def free(name: str, image: Path) -> bool:
-        return all(not (out / f"{name}{end}").exists() or owner.get(f"{name}{end}") == image for end in OUTPUTS)
-
-    result = {}
-    for f, stem in stems.items():
-        candidate, k = stem, 2
-        while not free(candidate, f.resolve()) or (candidate != stem and candidate in used):
-            candidate, k = f"{stem}-{k}", k + 1
-        if candidate != stem:
-            log.info("%s: written as %s_* (%s_* in %s are another image's or yours)", f, candidate, stem, out)
-            used.add(candidate)
-        result[f] = candidate
-    return result
-
-
 def _write_one(predictor: Predictor, gray: np.ndarray, colour: float, out: Path, stem: str) -> dict[str, Any]:
-    """Predict one X-ray, write its mask, lung and overlay PNGs; its record with their names."""
+    """Predict one X-ray and write its mask, lung and overlay PNGs (all drawn first, then each
+    written through a rename); its record with their names."""
     from covidseg.figures import overlay
 
     pred = predictor.predict(gray, colour)
     record = prediction_record(pred, predictor, gray.shape)
-    before = {end for end in OUTPUTS if (out / f"{stem}{end}").exists()}  # this X-ray's, predicted before
+    rgb = overlay(gray, pred.mask)
+    pictures = {"mask": pred.mask * 255}
+    if pred.lung is not None and predictor.targets[0] != "lung":
+        pictures["lung"] = pred.lung * 255
+        rgb = outline(rgb, pred.lung)
+    check = record["input_check"]
+    if check is not None and check["verdict"] != "ok":
+        log.warning("%s: input check says %s: %s", stem, check["verdict"], check["reason"])
+        rgb = frame(rgb, FLAG_RGB[check["verdict"]])
+    pictures["overlay"] = (rgb * 255).astype(np.uint8)
+    encoded = {key: png_bytes(array) for key, array in pictures.items()}
+    before = {key for key in encoded if (out / f"{stem}_{key}.png").exists()}  # this X-ray's, predicted before
     try:
-        record["mask"] = _save_png(out / f"{stem}_mask.png", pred.mask * 255)
-        rgb = overlay(gray, pred.mask)
-        if pred.lung is not None and predictor.targets[0] != "lung":
-            record["lung"] = _save_png(out / f"{stem}_lung.png", pred.lung * 255)
-            rgb = outline(rgb, pred.lung)
-        check = record["input_check"]
-        if check is not None and check["verdict"] != "ok":
-            log.warning("%s: input check says %s: %s", stem, check["verdict"], check["reason"])
-            rgb = frame(rgb, FLAG_RGB[check["verdict"]])
-        record["overlay"] = _save_png(out / f"{stem}_overlay.png", (rgb * 255).astype(np.uint8))
+        for key, data in encoded.items():
+            write_atomic(out / f"{stem}_{key}.png", data)
+            record[key] = f"{stem}_{key}.png"
     except BaseException:  # an image is written whole, with its record, or not at all
-        for end in set(OUTPUTS) - before:
-            (out / f"{stem}{end}").unlink(missing_ok=True)
+        for key in set(encoded) - before:
+            (out / f"{stem}_{key}.png").unlink(missing_ok=True)
         raise
     return record
 
@@ -314,11 +286,6 @@ def png_bytes(array: np.ndarray) -> bytes:
     buf = io.BytesIO()
     Image.fromarray(array).save(buf, format="PNG")
     return buf.getvalue()
-
-
-def _save_png(path: Path, array: np.ndarray) -> str:
-    write_atomic(path, png_bytes(array))
-    return path.name
 
 
 def outline(rgb: np.ndarray, mask: np.ndarray, color: tuple[float, float, float] = (0.2, 0.6, 1.0)) -> np.ndarray:

@@ -7,9 +7,13 @@ One module per group of commands (:mod:`covidseg.cli.data`, ``train``, ``evaluat
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
+import signal
 import sys
+import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 from covidseg import __version__
@@ -60,10 +64,39 @@ def _check_out(a: argparse.Namespace) -> None:
         raise CovidsegError(f"--out {out} is a file; give a folder")
 
 
+class Stopped(KeyboardInterrupt):
+    """SIGTERM or SIGHUP (a scheduler's kill, ``timeout``, a closed terminal), raised where the
+    command is, so that it ends as it does at Ctrl-C: whole files, records kept, a run resumable."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
+@contextlib.contextmanager
+def _stop_on_signals() -> Iterator[None]:
+    """Turn SIGTERM and SIGHUP into :class:`Stopped` while a command runs (main thread only)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def stop(signum: int, frame: object) -> None:
+        raise Stopped(signum)
+
+    sigs = [s for s in (getattr(signal, "SIGTERM", None), getattr(signal, "SIGHUP", None)) if s is not None]
+    before = {s: signal.signal(s, stop) for s in sigs}
+    try:
+        yield
+    finally:
+        for s, handler in before.items():
+            signal.signal(s, handler)
+
+
 def _run(a: argparse.Namespace) -> int:
     try:
         _check_out(a)
-        return a.func(a)
+        with _stop_on_signals():
+            return a.func(a)
     except CovidsegError as exc:
         if a.debug:
             raise
@@ -78,11 +111,14 @@ def _run(a: argparse.Namespace) -> int:
         where = f": {exc.filename}" if exc.filename else ""
         print(f"covidseg: error: {exc.strerror or exc}{where}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:
         then = {
             "train": "; the run continues with 'covidseg train --out RUN --resume'",
             "sweep": "; the same command again continues it",
-            "predict": "; the X-rays done so far are in the output folder's predictions.jsonl",
+            "predict": "; the records of the X-rays done, if any, are in the output folder's predictions.jsonl",
         }.get(getattr(a, "command", ""), "")
+        if isinstance(exc, Stopped):
+            print(f"covidseg: stopped by {signal.Signals(exc.signum).name}{then}", file=sys.stderr)
+            return 128 + exc.signum
         print(f"covidseg: interrupted{then}", file=sys.stderr)
         return 130

@@ -25,16 +25,13 @@ log = logging.getLogger("covidseg")
 
 def _model_and_inputs(a: argparse.Namespace) -> tuple[str | None, str]:
     """``predict INPUTS`` (the built-in or ``--model`` model) or ``predict MODEL INPUTS``."""
-    from covidseg.inference.builtin import builtin_names
-    from covidseg.inference.bundle import is_bundle
+    from covidseg.inference.builtin import builtin_names, holds_a_model
 
     if len(a.paths) > 2:
         raise CovidsegError("predict takes one input (a file or a folder), optionally after the model")
     if len(a.paths) == 2:
         first = Path(a.paths[0])
-        model = is_bundle(first) or (first / "config.yaml").is_file() or (first / "checkpoints").is_dir()
-        model = model or a.paths[0] in builtin_names()
-        if first.exists() and not model:
+        if first.exists() and not (holds_a_model(first) or a.paths[0] in builtin_names()):
             raise CovidsegError(
                 f"predict takes one input (a file or a folder), optionally after the model; {first} is no model: "
                 "put the X-rays in one folder and give that"
@@ -43,7 +40,7 @@ def _model_and_inputs(a: argparse.Namespace) -> tuple[str | None, str]:
             raise CovidsegError("name the model once: either --model or as the first argument")
         return a.paths[0], a.paths[1]
     only = Path(a.paths[0])
-    if is_bundle(only) or (only / "checkpoints").is_dir():
+    if holds_a_model(only):
         raise CovidsegError(f"{only} is a model (a bundle or run folder); give the X-ray file or folder after it")
     return a.model, a.paths[0]
 
@@ -114,7 +111,7 @@ def _predict_parsers(sub: Any) -> None:
         "--engine",
         default="auto",
         choices=("auto", "torch", "onnx"),
-        help="auto: onnxruntime for a bundle, PyTorch for a run folder",
+        help="auto: onnxruntime for a bundle (PyTorch for one without model.onnx), PyTorch for a run folder",
     )
     common_options(sp)
     sp.set_defaults(func=cmd_predict)

@@ -30,8 +30,8 @@ from covidseg.progress import Progress, silent
 log = logging.getLogger(__name__)
 
 # Bump when the preprocessing code changes what it writes (3: a mask of 0 and 1 stops the command
-# instead of being cached as empty; 4: X-rays are turned upright by their EXIF orientation).
-CACHE_VERSION = 4
+# instead of being cached as empty).
+CACHE_VERSION = 3
 
 
 @dataclass

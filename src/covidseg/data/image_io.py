@@ -21,9 +21,10 @@ from PIL import Image, ImageOps
 
 from covidseg.errors import DataError, MaskEncodingError
 
-# The image files a folder is searched for (``predict DIR``, data discovery); ``predict FILE`` takes
-# any format Pillow reads.
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".webp", ".jp2", ".j2k", ".pgm", ".gif")
+# The image files of a data set (discovery) and of the built-in examples.
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
+# The image files ``predict DIR`` looks for; ``predict FILE`` takes any format Pillow reads.
+PREDICT_SUFFIXES = IMAGE_SUFFIXES + (".webp", ".jp2", ".j2k", ".pgm", ".gif")
 # The largest image ``read_xray`` decodes unless told otherwise (``predict``/``serve --max-pixels``):
 # 50 megapixels is over twice the largest detector in use (43 x 43 cm at 0.1 mm, 18.5 MP), and
 # its header is checked before any pixel is decoded, so a decompression bomb costs nothing.
@@ -204,27 +205,31 @@ def read_dicom_gray8(path: str | Path, max_pixels: int | None = None) -> np.ndar
     return gray
 
 
-def read_xray(path: str | Path, max_pixels: int | None = None) -> np.ndarray:
-    """Any X-ray file a user may hand to ``predict``, as 8-bit gray of its original size.
+def read_xray(path: str | Path, max_pixels: int | None = None, upright: bool = False) -> np.ndarray:
+    """Any X-ray file, as 8-bit gray of its original size.
 
-    PNG, JPEG, TIFF, BMP and the other formats Pillow reads, turned upright by their EXIF
-    orientation as viewers show them; 16-bit and 32-bit gray images are stretched from their own
-    minimum to maximum (X-ray detectors rarely fill the 16-bit range, so scaling by 65535 would
-    give a near-black image); DICOM through :func:`read_dicom_gray8`. The header's size is
-    checked against ``max_pixels`` (default :data:`MAX_PIXELS`) before anything is decoded.
+    PNG, JPEG, TIFF, BMP and the other formats Pillow reads; 16-bit and 32-bit gray images are
+    stretched from their own minimum to maximum (X-ray detectors rarely fill the 16-bit range, so
+    scaling by 65535 would give a near-black image); DICOM through :func:`read_dicom_gray8`. The
+    header's size is checked against ``max_pixels`` (default :data:`MAX_PIXELS`) before anything
+    is decoded. ``upright``: turned by the file's EXIF orientation, as viewers show it (what
+    ``predict`` and ``serve`` read); a data set's X-rays are read as stored, as their masks are,
+    so that each pair stays aligned.
     """
-    return read_xray_colour(path, max_pixels)[0]
+    return read_xray_colour(path, max_pixels, upright)[0]
 
 
-def read_xray_colour(path: str | Path, max_pixels: int | None = None) -> tuple[np.ndarray, float]:
-    """:func:`read_xray` and the file's :func:`colourfulness` (0 for gray files and DICOM)."""
+def read_xray_colour(path: str | Path, max_pixels: int | None = None, upright: bool = True) -> tuple[np.ndarray, float]:
+    """:func:`read_xray` (upright by default: a user's file) and the file's :func:`colourfulness`
+    (0 for gray files and DICOM)."""
     if is_dicom(path):
         return read_dicom_gray8(path, max_pixels), 0.0
     try:
         with Image.open(path) as img:
             check_pixels(path, img.width, img.height, 1, max_pixels)
             img.load()
-            ImageOps.exif_transpose(img, in_place=True)
+            if upright:
+                ImageOps.exif_transpose(img, in_place=True)
             if img.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
                 return stretch_to_gray8(np.asarray(img)), 0.0
             return to_gray8(img), colourfulness(img)

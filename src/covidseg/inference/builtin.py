@@ -51,7 +51,7 @@ def resolve_model(model: str | Path | None) -> Path:
     if model is None:
         return builtin_path()
     path = Path(model)
-    if isinstance(model, str) and model in builtin_names() and not _holds_a_model(path):
+    if isinstance(model, str) and model in builtin_names() and not holds_a_model(path):
         return builtin_path(str(model))  # a same-named folder of other things (predict's --out) does not hide it
     if path.exists():
         return path
@@ -60,9 +60,17 @@ def resolve_model(model: str | Path | None) -> Path:
     )
 
 
-def _holds_a_model(path: Path) -> bool:
-    """Whether ``path`` is a bundle or a run folder (by their files; opening it checks the rest)."""
-    return (path / "config.json").is_file() or (path / "checkpoints").is_dir()
+def is_run_folder(path: str | Path) -> bool:
+    """Whether ``path`` looks like a run folder of ``covidseg train`` (its config or checkpoints;
+    opening it checks the rest)."""
+    return (Path(path) / "config.yaml").is_file() or (Path(path) / "checkpoints").is_dir()
+
+
+def holds_a_model(path: str | Path) -> bool:
+    """Whether ``path`` looks like a model: a bundle or a run folder."""
+    from covidseg.inference.bundle import is_bundle  # PyTorch and onnxruntime: only when asked
+
+    return is_bundle(path) or is_run_folder(path)
 
 
 def sha256(path: Path) -> str:

@@ -162,7 +162,7 @@ class Predictor:
             raise CovidsegError(f"{path} is a run folder; onnxruntime needs a bundle from 'covidseg export'")
         else:
             predictor = cls.from_run(path, checkpoint, device, threshold, postprocess)
-        predictor.name = path.name
+        predictor.name = path.resolve().name  # '.' names the folder it is
         return predictor
 
     @classmethod
@@ -210,8 +210,8 @@ class Predictor:
         """Segment one X-ray: a file path (PNG, JPEG, TIFF, BMP, DICOM) or an 8-bit gray array of
         any size (see :func:`covidseg.data.image_io.read_xray`; ``colour``: the file's
         colourfulness, for the input check). When the input check finds no frontal chest X-ray,
-        the masks are kept but the COVID-19 call, its probabilities and the severity are not
-        given (None): they would describe a picture the model was not made for."""
+        the masks are kept but the COVID-19 call, its probabilities and the severity grade are
+        not given (:func:`withhold`): they would describe a picture the model was not made for."""
         if isinstance(image, (str, Path)):
             return self.predict_file(image)
         gray8 = np.asarray(image)
@@ -225,7 +225,7 @@ class Predictor:
             feats = None if features is None else features[0]
             pred.input_check = self.check.assess(feats, figures, gray8.shape, colour)
             if pred.input_check["verdict"] == "not_a_frontal_cxr":
-                pred.covid_call, pred.covid_probability, pred.peak, pred.severity = None, None, None, None
+                withhold(pred)
         return pred
 
     def predict_file(self, path: str | Path, max_pixels: int | None = None) -> Prediction:
@@ -244,6 +244,15 @@ class Predictor:
             pred.calibration = self.calibration
             pred.covid_probability = self.calibration.image_probability(pred.infected_fraction, peak)
         return pred
+
+
+def withhold(pred: Prediction) -> None:
+    """Set to None what a prediction says about the patient (the COVID-19 call, its probabilities,
+    the severity scores and grade); what describes the masks (the infected shares) stays."""
+    pred.covid_call, pred.covid_probability, pred.peak = None, None, None
+    if pred.severity is not None:
+        pred.severity = {**pred.severity, "right_score": None, "left_score": None, "severity_score": None}
+        pred.severity["severity"] = None
 
 
 def open_run(

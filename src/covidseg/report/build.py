@@ -30,6 +30,7 @@ from covidseg.inference.postprocess import call_rule
 from covidseg.metrics import lookup
 from covidseg.report.describe import (
     INFECTION_COLUMNS,
+    agreement_text,
     cross_fitted_row,
     data_label,
     describe_method,
@@ -281,11 +282,7 @@ class ReportBuilder:
             d.table(["group", "masks", *names], rows)
             agree = sev.get("agreement")
             if agree:
-                d.para(
-                    f"Predicted vs true grade: {pct(agree['grade_accuracy'])} equal, "
-                    f"{pct(agree['grade_within_one'])} within one grade; infected share of the lung off by "
-                    f"{agree['infected_share_mae_points']:.2f} percentage points on average."
-                )
+                d.para(f"Predicted vs true grade: {agreement_text(sev.get('agreement_covid'), agree)}.")
 
     def _trust_section(self, run: Path) -> None:
         """The input check and calibration (``covidseg calibrate``), with the reliability diagrams."""

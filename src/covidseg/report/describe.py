@@ -130,3 +130,20 @@ def describe_postprocess(s: dict[str, Any]) -> str:
         f"holes {'filled' if post.get('fill_holes') else 'kept'}"
         + (f" (tuned on {where} for {tuning.get('tuned_for')} Dice)." if where else " (not tuned).")
     )
+
+
+def agreement_text(covid: dict[str, Any] | None, every: dict[str, Any]) -> str:
+    """The severity agreement in words, over the COVID-19 X-rays (when scored) and over all."""
+
+    def one(a: dict[str, Any]) -> str:
+        return (
+            f"{100 * a['grade_accuracy']:.1f}% ({100 * a['grade_within_one']:.1f}% within one grade), infected "
+            f"share of the lungs off by {a['infected_share_mae_points']:.1f} percentage points on average"
+        )
+
+    overall = f"{one(every)} over all {every['images']} X-rays (most negatives are graded none by both)"
+    if covid is None:
+        return f"agrees with the grade of the true masks on {overall}"
+    return (
+        f"agrees with the grade of the true masks on {one(covid)} over the {covid['images']} COVID-19 X-rays; {overall}"
+    )

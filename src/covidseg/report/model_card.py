@@ -24,6 +24,7 @@ from covidseg.errors import CovidsegError
 from covidseg.evaluation import eval_name
 from covidseg.inference.builtin import sha256
 from covidseg.inference.postprocess import Postprocess
+from covidseg.report.describe import agreement_text
 
 TITLE = "COVID-19 infection and lung segmentation on frontal chest X-rays"
 
@@ -104,25 +105,10 @@ def figures(run: Path, bundle: Path) -> str:
             f"ROC AUC {det['roc_auc']:.3f}; cross-fitted: sensitivity {cfd['sensitivity']:.3f}, "
             f"specificity {cfd['specificity']:.3f}.",
         ]
-    sev_covid = shipped.get("severity", {}).get("agreement_covid")
-    if sev and sev_covid:
-        lines += ["", f"**Severity grade** (shipped): {_agreement_text(sev_covid, sev)}."]
+    if sev:
+        covid = shipped["severity"].get("agreement_covid")
+        lines += ["", f"**Severity grade** (shipped): {agreement_text(covid, sev)}."]
     return "\n".join(lines)
-
-
-def _agreement_text(covid: dict[str, Any], every: dict[str, Any]) -> str:
-    """The severity agreement in words, over the COVID-19 X-rays and over all."""
-
-    def one(a: dict[str, Any]) -> str:
-        return (
-            f"{100 * a['grade_accuracy']:.1f}% ({100 * a['grade_within_one']:.1f}% within one grade), infected "
-            f"share of the lungs off by {a['infected_share_mae_points']:.1f} percentage points on average"
-        )
-
-    return (
-        f"agrees with the grade of the true masks on {one(covid)} over the {covid['images']} COVID-19 X-rays; "
-        f"{one(every)} over all {every['images']} (most negatives are graded none by both)"
-    )
 
 
 def _training(run: Path) -> str:

@@ -41,7 +41,7 @@ from fastapi.responses import FileResponse, HTMLResponse, JSONResponse
 from PIL import Image
 
 from covidseg import __version__
-from covidseg.data.image_io import DICOM_SUFFIXES, IMAGE_SUFFIXES, read_xray_colour
+from covidseg.data.image_io import DICOM_SUFFIXES, IMAGE_SUFFIXES, PREDICT_SUFFIXES, read_xray_colour
 from covidseg.errors import DataError
 from covidseg.inference.postprocess import upsample
 from covidseg.inference.predictor import Prediction, Predictor
@@ -123,7 +123,7 @@ SERVER_LIMIT = (
 def predict_upload(predictor: Predictor, data: bytes, filename: str, limits: Limits) -> dict[str, Any]:
     """Decode an uploaded file (from a temporary folder) and predict it: the API's JSON."""
     suffix = Path(filename).suffix.lower()
-    suffix = suffix if suffix in IMAGE_SUFFIXES + DICOM_SUFFIXES else ".upload"
+    suffix = suffix if suffix in PREDICT_SUFFIXES + DICOM_SUFFIXES else ".upload"
     with tempfile.TemporaryDirectory(prefix="covidseg-serve-") as tmp:
         path = Path(tmp) / f"upload{suffix}"
         path.write_bytes(data)
