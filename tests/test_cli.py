@@ -174,7 +174,7 @@ def test_an_interrupted_or_killed_predict_keeps_the_records_of_the_x_rays_done(
     inputs.mkdir()
     for name in ("a", "b", "c"):
         Image.fromarray(np.full((40, 50), 100, np.uint8)).save(inputs / f"{name}.png")
-    real, calls = covidseg.predict.write_atomic, []
+    real, calls = covidseg.predict.write_temporary, []
 
     def stopped_in_the_second_image(path, data):  # a SIGTERM between b's mask and its overlay
         calls.append(path.name)
@@ -182,18 +182,18 @@ def test_an_interrupted_or_killed_predict_keeps_the_records_of_the_x_rays_done(
             os.kill(os.getpid(), signal.SIGTERM)
         return real(path, data)
 
-    monkeypatch.setattr(covidseg.predict, "write_atomic", stopped_in_the_second_image)
+    monkeypatch.setattr(covidseg.predict, "write_temporary", stopped_in_the_second_image)
     out = tmp_path / "out"
     argv = ["predict", str(trained_run), str(inputs), "--out", str(out), "--no-progress"]
     assert main(argv) == 128 + signal.SIGTERM
     assert "stopped by SIGTERM" in capsys.readouterr().err
-    assert "b_mask.png" in calls  # b's mask was written, then removed: b is written whole or not at all
+    assert "b_mask.png" in calls  # b's mask was drawn, never renamed into place: b whole or not at all
     records = [json.loads(x) for x in (out / "predictions.jsonl").read_text().splitlines()]
     assert [Path(r["image"]).name for r in records] == ["a.png"]
     assert sorted(p.name for p in out.iterdir() if p.name != ".covidseg.lock") == [
         "a_mask.png", "a_overlay.png", "predictions.jsonl"
     ]  # fmt: skip
-    monkeypatch.setattr(covidseg.predict, "write_atomic", real)
+    monkeypatch.setattr(covidseg.predict, "write_temporary", real)
     # A SIGKILL leaves the flushed records of its run in a temporary file: the next run takes them over.
     (out / RUNNING).write_bytes((out / "predictions.jsonl").read_bytes())
     (out / "predictions.jsonl").unlink()
@@ -201,6 +201,40 @@ def test_an_interrupted_or_killed_predict_keeps_the_records_of_the_x_rays_done(
     records = [json.loads(x) for x in (out / "predictions.jsonl").read_text().splitlines()]
     assert sorted(r["mask"] for r in records) == ["a_mask.png", "b_mask.png", "c_mask.png"]  # no a-2
     assert not (out / RUNNING).exists()
+
+
+def test_predict_keeps_each_x_ray_one_name_and_survives_odd_folders(trained_run: Path, tmp_path: Path) -> None:
+    rng = np.random.default_rng(2)
+    ward = tmp_path / "ward" / "sub"
+    ward.mkdir(parents=True)
+    for name in ("a", "x" * 240):
+        Image.fromarray(rng.integers(0, 255, (40, 50), dtype=np.uint8)).save(ward / f"{name}.png")
+    out = tmp_path / "out"
+    predict = ["predict", str(trained_run)]
+    # The same X-ray reached from another base folder keeps its one name and record.
+    assert main([*predict, str(ward / "a.png"), "--out", str(out), "--no-progress"]) == 0
+    assert main([*predict, str(tmp_path / "ward"), "--out", str(out), "--no-progress"]) == 0  # long name cut
+    records = [json.loads(x) for x in (out / "predictions.jsonl").read_text().splitlines()]
+    assert sorted(r["mask"] for r in records)[0] == "a_mask.png" and len(records) == 2
+    assert all(len(r["overlay"].encode()) < 200 for r in records)
+    # A name an earlier record gives another X-ray stays its own, even with that X-ray's files gone.
+    for f in out.glob("a_*.png"):
+        f.unlink()
+    other = tmp_path / "other"
+    other.mkdir()
+    Image.fromarray(rng.integers(0, 255, (40, 50), dtype=np.uint8)).save(other / "a.png")
+    assert main([*predict, str(other), "--out", str(out), "--no-progress"]) == 0
+    masks = {r["image_path"]: r["mask"] for r in map(json.loads, (out / "predictions.jsonl").open())}
+    assert masks[str((ward / "a.png").resolve())] == "a_mask.png"
+    assert masks[str((other / "a.png").resolve())] == "a-2_mask.png"
+    # Records of odd shapes do not break the folder; a leftover link is removed, never written through.
+    with (out / "predictions.jsonl").open("a") as f:
+        f.write('{"mask": ["a"]}\n' + "[" * 100_000 + "\n")
+    outside = tmp_path / "outside.txt"
+    (out / ".covidseg-tmp-a-2_mask.png").symlink_to(outside)
+    assert main([*predict, str(other), "--out", str(out), "--no-progress"]) == 0
+    assert not outside.exists() and not (out / "a-2_mask.png").is_symlink()
+    assert len((out / "predictions.jsonl").read_text().splitlines()) == 5
 
 
 def test_predict_that_reads_nothing_leaves_no_folder(trained_run: Path, tmp_path: Path, capsys) -> None:

@@ -16,19 +16,34 @@ TMP_PREFIX = ".covidseg-tmp-"
 def write_atomic(path: str | Path, data: bytes | str) -> None:
     """Write ``data`` (text as UTF-8) to ``path`` through a temporary file and a rename."""
     path = Path(path)
-    tmp = path.with_name(f"{TMP_PREFIX}{path.name}")
+    tmp = write_temporary(path, data)
     try:
-        tmp.write_bytes(data.encode() if isinstance(data, str) else data)
         os.replace(tmp, path)
     except BaseException:  # an error or Ctrl-C: no half-written file left behind (a kill still can)
         tmp.unlink(missing_ok=True)
         raise
 
 
+def write_temporary(path: str | Path, data: bytes | str) -> Path:
+    """Write ``data`` to the temporary name of ``path`` (a new file: whatever had that name, a link
+    included, is removed first and never followed) and return that name, for the caller to rename."""
+    path = Path(path)
+    tmp = path.with_name(f"{TMP_PREFIX}{path.name}")
+    tmp.unlink(missing_ok=True)
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o644)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data.encode() if isinstance(data, str) else data)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return tmp
+
+
 def remove_leftovers(folder: str | Path) -> int:
-    """Remove the temporary files killed writes left in ``folder``; call it holding the folder's
-    lock, when no write can be in progress. Returns how many."""
-    leftovers = [f for f in Path(folder).glob(f"{TMP_PREFIX}*") if f.is_file()]
+    """Remove the temporary files (and links) killed writes left in ``folder``; call it holding the
+    folder's lock, when no write can be in progress. Returns how many."""
+    leftovers = [f for f in Path(folder).glob(f"{TMP_PREFIX}*") if f.is_symlink() or f.is_file()]
     for f in leftovers:
         f.unlink(missing_ok=True)
     return len(leftovers)

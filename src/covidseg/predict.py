@@ -6,6 +6,7 @@ and writes the files.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import logging
@@ -18,7 +19,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from covidseg.atomic import remove_leftovers, write_atomic
+from covidseg.atomic import remove_leftovers, write_temporary
 from covidseg.data.discovery import INFECTION, LUNG
 from covidseg.data.image_io import DICOM_SUFFIXES, PREDICT_SUFFIXES, is_dicom, read_xray_colour
 from covidseg.errors import CovidsegError, DataError
@@ -68,7 +69,7 @@ def list_inputs(path: str | Path, out: str | Path | None = None) -> list[Path]:
     shown = ", ".join(str(d) for d in outputs[:3]) + (", ..." if len(outputs) > 3 else "")
     left = {
         f"mask file(s) under '{INFECTION}' or '{LUNG}' folders": len(found) - len(files),
-        "hidden file(s)": hidden,
+        "hidden file(s) and linked folder(s)": hidden,
         f"file(s) neither image nor DICOM ({kinds})": len(every) - len(found),
         f"folder(s) of covidseg's own outputs ({shown})": len(outputs),
     }
@@ -81,7 +82,8 @@ def list_inputs(path: str | Path, out: str | Path | None = None) -> list[Path]:
 
 
 def _walk(root: Path, out: Path | None) -> tuple[list[Path], int, list[Path]]:
-    """(every visible file, how many hidden files, the output folders not entered) under ``root``."""
+    """(every visible file, how many hidden files and linked folders, the output folders not
+    entered) under ``root``; linked folders are not followed (os.walk's default)."""
     files: list[Path] = []
     hidden = 0
     outputs: list[Path] = []
@@ -89,7 +91,9 @@ def _walk(root: Path, out: Path | None) -> tuple[list[Path], int, list[Path]]:
         here = Path(dirpath)
         for name in list(dirnames):
             d = here / name
-            if (out is not None and d.resolve() == out) or is_output_folder(d):
+            if d.is_symlink():
+                hidden += 1
+            elif (out is not None and d.resolve() == out) or is_output_folder(d):
                 dirnames.remove(name)
                 outputs.append(d)
         files += [here / n for n in filenames if not n.startswith(".")]
@@ -104,8 +108,10 @@ def _under_mask_folder(f: Path, root: Path) -> bool:
 def output_stems(files: list[Path], base: Path) -> dict[Path, str]:
     """A distinct output name per input: its path under ``base`` with ``__`` for folders and ``_``
     for spaces; where two inputs would share one (``a.png`` and ``a.jpg``; ``sub/a.png`` and
-    ``sub__a.png``) their suffix is added, then a counter, in the inputs' sorted order."""
-    raw = [re.sub(r"\s+", "_", "__".join(f.relative_to(base).with_suffix("").parts)) for f in files]
+    ``sub__a.png``) their suffix is added, then a counter, in the inputs' sorted order. A name
+    longer than :data:`MAX_STEM_BYTES` is cut and ends in a hash of the whole (file systems allow
+    255 bytes a name, the temporary name and the suffix included)."""
+    raw = [_short(re.sub(r"\s+", "_", "__".join(f.relative_to(base).with_suffix("").parts))) for f in files]
     counts = Counter(raw)
     out: dict[Path, str] = {}
     used: set[str] = set()
@@ -118,6 +124,16 @@ def output_stems(files: list[Path], base: Path) -> dict[Path, str]:
         used.add(candidate)
         out[f] = candidate
     return out
+
+
+MAX_STEM_BYTES = 160
+
+
+def _short(name: str) -> str:
+    data = name.encode()
+    if len(data) <= MAX_STEM_BYTES:
+        return name
+    return f"{data[: MAX_STEM_BYTES - 13].decode(errors='ignore')}-{hashlib.sha256(data).hexdigest()[:12]}"
 
 
 def prediction_record(pred: Prediction, predictor: Predictor, shape: tuple[int, int]) -> dict[str, Any]:
@@ -256,17 +272,18 @@ def _write_one(predictor: Predictor, gray: np.ndarray, colour: float, out: Path,
         log.warning("%s: input check says %s: %s", stem, check["verdict"], check["reason"])
         rgb = frame(rgb, FLAG_RGB[check["verdict"]])
     pictures["overlay"] = (rgb * 255).astype(np.uint8)
-    encoded = {key: png_bytes(array) for key, array in pictures.items()}
-    before = {key for key in encoded if (out / f"{stem}_{key}.png").exists()}  # this X-ray's, predicted before
-    try:
-        for key, data in encoded.items():
-            write_atomic(out / f"{stem}_{key}.png", data)
-            record[key] = f"{stem}_{key}.png"
-    except BaseException:  # an image is written whole, with its record, or not at all
-        for key in set(encoded) - before:
-            (out / f"{stem}_{key}.png").unlink(missing_ok=True)
+    names = {key: f"{stem}_{key}.png" for key in pictures}
+    temporary: list[Path] = []
+    try:  # every file under its temporary name first, then the renames: an X-ray whole or not at all
+        for key, array in pictures.items():
+            temporary.append(write_temporary(out / names[key], png_bytes(array)))
+        for tmp, name in zip(temporary, names.values(), strict=True):
+            os.replace(tmp, out / name)
+    except BaseException:
+        for tmp in temporary:
+            tmp.unlink(missing_ok=True)
         raise
-    return record
+    return {**record, **names}
 
 
 FLAG_RGB = {"unusual": (1.0, 0.65, 0.0), "not_a_frontal_cxr": (1.0, 0.0, 1.0)}

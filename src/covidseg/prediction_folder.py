@@ -4,9 +4,9 @@ Nothing in the folder is lost. Each record names its X-ray by absolute path (``i
 its files (``mask``, ``lung``, ``overlay``); a later run replaces the files and record of an
 X-ray it predicts again and of no other: an X-ray of the same name from elsewhere, or a file of
 the user's with an output's name, gets a counter (:func:`free_stems`). Records reach the file
-through a rename, at the end of a run or when it is interrupted; the lines a killed run (SIGKILL,
-power loss) had already flushed are taken over by the next run (:func:`recover`). Lines that are
-not records (a note of the user's) are kept as they are, bytes and all.
+through a rename, at the end of a run or when it is interrupted; the lines a killed run
+(SIGKILL) had already flushed are taken over by the next run (:func:`recover`). Lines that are
+not records (a note of the user's) are kept, line by line, whatever their encoding.
 """
 
 from __future__ import annotations
@@ -33,15 +33,24 @@ def is_output_folder(folder: Path) -> bool:
 
 
 def _lines(path: Path) -> list[bytes]:
-    return path.read_bytes().splitlines() if path.is_file() else []
+    """The lines of a file (split at newline bytes only; a link is not followed)."""
+    if path.is_symlink() or not path.is_file():
+        return []
+    data = path.read_bytes()
+    return data.removesuffix(b"\n").split(b"\n") if data else []
 
 
 def _record(line: bytes) -> dict[str, Any] | None:
     try:
         record = json.loads(line)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):
         return None
     return record if isinstance(record, dict) else None
+
+
+def _mask(line: bytes) -> str | None:
+    mask = (_record(line) or {}).get("mask")
+    return mask if isinstance(mask, str) else None
 
 
 def earlier_records(out: Path) -> list[dict[str, Any]]:
@@ -52,7 +61,7 @@ def earlier_records(out: Path) -> list[dict[str, Any]]:
 def merge(out: Path, new: list[bytes], replaced: set[str]) -> None:
     """Rewrite ``out/predictions.jsonl`` (through a rename) as its lines but the records of masks in
     ``replaced``, then the ``new`` lines."""
-    kept = [line for line in _lines(out / RECORDS) if (_record(line) or {}).get("mask") not in replaced]
+    kept = [line for line in _lines(out / RECORDS) if _mask(line) not in replaced or _mask(line) is None]
     write_atomic(out / RECORDS, b"".join(line + b"\n" for line in kept + new))
 
 
@@ -90,22 +99,28 @@ def _owner(record: dict[str, Any]) -> str | None:
 
 
 def free_stems(stems: dict[Path, str], out: Path, records: list[dict[str, Any]]) -> dict[Path, str]:
-    """``stems`` with a counter added (``name-2``...) wherever an output file of that name is in
-    ``out`` and is not an earlier prediction of the same X-ray file: another X-ray's, a file of the
-    user's, or one whose record does not say which X-ray it came from."""
+    """The output name of each X-ray: the name of its earlier prediction in ``out`` when there is
+    one (the same file, however it was reached), else its own, with a counter added (``name-2``...)
+    while a file of that name is in ``out`` or an earlier record claims it for another X-ray (or
+    does not say which): nothing is overwritten but an X-ray's own earlier outputs."""
     owner = {r[k]: _owner(r) for r in records for k in ("mask", "lung", "overlay") if isinstance(r.get(k), str)}
-    taken = {p.name for p in out.iterdir()} if out.is_dir() else set()
-    used = set(stems.values())
+    earlier = {image: mask.removesuffix("_mask.png") for mask, image in owner.items() if mask.endswith("_mask.png")}
+    taken = set(owner) | ({p.name for p in out.iterdir()} if out.is_dir() else set())
+    used: set[str] = set()
     result = {}
+
+    def free(name: str, image: str) -> bool:
+        mine = all(f"{name}{end}" not in taken or owner.get(f"{name}{end}") == image for end in OUTPUTS)
+        return mine and name not in used
+
     for f, stem in stems.items():
         image = str(f.resolve())
-        candidate, k = stem, 2
-        while any(f"{candidate}{end}" in taken and owner.get(f"{candidate}{end}") != image for end in OUTPUTS) or (
-            candidate != stem and candidate in used
-        ):
+        candidate = earlier.get(image, stem)
+        k = 2
+        while not free(candidate, image):
             candidate, k = f"{stem}-{k}", k + 1
         if candidate != stem:
-            log.info("%s: written as %s_* (%s_* in %s are another image's or yours)", f, candidate, stem, out)
-            used.add(candidate)
+            log.info("%s: written as %s_*", f, candidate)
+        used.add(candidate)
         result[f] = candidate
     return result

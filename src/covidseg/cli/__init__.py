@@ -95,6 +95,8 @@ def _stop_on_signals() -> Iterator[None]:
 def _run(a: argparse.Namespace) -> int:
     try:
         _check_out(a)
+        if getattr(a, "command", "") == "serve":  # uvicorn handles its own signals
+            return a.func(a)
         with _stop_on_signals():
             return a.func(a)
     except CovidsegError as exc:
