@@ -130,10 +130,10 @@ MAX_STEM_BYTES = 160
 
 
 def _short(name: str) -> str:
-    data = name.encode()
+    data = os.fsencode(name)  # as the file system has it (a name that is not UTF-8 included)
     if len(data) <= MAX_STEM_BYTES:
         return name
-    return f"{data[: MAX_STEM_BYTES - 13].decode(errors='ignore')}-{hashlib.sha256(data).hexdigest()[:12]}"
+    return f"{os.fsdecode(data[: MAX_STEM_BYTES - 13])}-{hashlib.sha256(data).hexdigest()[:12]}"
 
 
 def prediction_record(pred: Prediction, predictor: Predictor, shape: tuple[int, int]) -> dict[str, Any]:
