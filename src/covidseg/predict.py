@@ -193,8 +193,8 @@ def predict_paths(
     when the run is interrupted, with the records of the images done), so a killed run leaves
     whole files only; its temporary files are removed by the next run. An earlier run's records in
     ``out_dir`` are kept, but those of X-rays this run predicts again; nothing else in ``out_dir``
-    is overwritten (:func:`_free_stems`), and a folder of another model's predictions is refused.
-    Files under ``out_dir`` are never taken as inputs.
+    is overwritten (:func:`covidseg.prediction_folder.free_stems`), and a folder of another model's
+    predictions is refused. Files under ``out_dir`` or any earlier output folder are never inputs.
 
     Returns:
         (number predicted, [(file, reason) skipped], number the input check flagged).

@@ -61,7 +61,7 @@ def earlier_records(out: Path) -> list[dict[str, Any]]:
 def merge(out: Path, new: list[bytes], replaced: set[str]) -> None:
     """Rewrite ``out/predictions.jsonl`` (through a rename) as its lines but the records of masks in
     ``replaced``, then the ``new`` lines."""
-    kept = [line for line in _lines(out / RECORDS) if _mask(line) not in replaced or _mask(line) is None]
+    kept = [line for line in _lines(out / RECORDS) if (mask := _mask(line)) is None or mask not in replaced]
     write_atomic(out / RECORDS, b"".join(line + b"\n" for line in kept + new))
 
 
