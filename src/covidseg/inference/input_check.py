@@ -55,8 +55,8 @@ LUNG_KEEP = 0.995
 VERDICTS = ("ok", "unusual", "not_a_frontal_cxr")
 
 
-# What a chest film's file looks like, whatever the network sees: a few hundred pixels a side at
-# least, near square (14 x 17 inch film: 1.21; COVID-QU-Ex: 1.0), gray.
+# What a chest film's file looks like, whatever the network sees: at least 64 pixels a side (even a
+# thumbnail has that), near square (14 x 17 inch film: 1.21; COVID-QU-Ex: 1.0), gray.
 MIN_SIDE = 64
 ASPECT_UNUSUAL, ASPECT_FAR = 1.5, 2.0
 COLOUR_UNUSUAL, COLOUR_FAR = 0.03, 0.12
