@@ -97,8 +97,11 @@ def test_a_figure_is_written_whole_or_not_at_all(tmp_path: Path, monkeypatch: py
     panels = [(image, image, image, "x")]
     real_savefig = matplotlib.figure.Figure.savefig
 
-    def killed(self, fname, **kwargs):  # a write cut off half way
-        Path(fname).write_bytes(b"\x89PNG half")
+    def killed(self, fname, **kwargs):  # a write cut off half way, into a file or a buffer
+        if hasattr(fname, "write"):
+            fname.write(b"\x89PNG half")
+        else:
+            Path(fname).write_bytes(b"\x89PNG half")
         raise KeyboardInterrupt
 
     monkeypatch.setattr(matplotlib.figure.Figure, "savefig", killed)

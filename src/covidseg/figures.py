@@ -8,8 +8,8 @@ selected here, on first use, never at import time of the package.
 
 from __future__ import annotations
 
+import io
 import math
-import os
 import textwrap
 from collections.abc import Sequence
 from pathlib import Path
@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from covidseg.atomic import TMP_PREFIX
+from covidseg.atomic import write_atomic
 
 INFECTION_RGB = (1.0, 0.15, 0.1)
 TRUTH_RGB = (0.1, 0.9, 0.2)
@@ -48,15 +48,12 @@ def overlay(
 def _save(fig: Any, path: str | Path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{TMP_PREFIX}{path.name}")  # whole or not at all, as covidseg.atomic writes
+    buf = io.BytesIO()
     try:
-        fig.savefig(tmp, dpi=110, bbox_inches="tight", format=path.suffix.lstrip(".") or "png")
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+        fig.savefig(buf, dpi=110, bbox_inches="tight", format=path.suffix.lstrip(".") or "png")
     finally:
         _pyplot().close(fig)
+    write_atomic(path, buf.getvalue())  # whole or not at all
     return path
 
 

@@ -47,10 +47,15 @@ def list_inputs(path: str | Path, out: str | Path | None = None) -> list[Path]:
     Left out, and counted in the log: files under mask folders of the COVID-QU-Ex layout
     (``infection masks``, ``lung masks``), hidden files, files of other kinds, and every folder of
     covidseg's own outputs (``out`` and any earlier one: a folder with ``predictions.jsonl`` or a
-    lock). ``out`` may not be the input folder itself.
+    lock). ``out`` may not be the input folder itself, nor a single file's own folder.
     """
     p = Path(path)
     if p.is_file():
+        if out is not None and Path(out).resolve() == p.parent.resolve():
+            raise CovidsegError(
+                f"--out {out} is the X-ray's own folder: masks written beside X-rays would later be read as "
+                "X-rays; choose another folder"
+            )
         return [p]
     if not p.is_dir():
         raise DataError(f"{p} does not exist")
@@ -204,11 +209,6 @@ def predict_paths(
         raise CovidsegError(f"--out {out} is a file, not a folder")
     files = list_inputs(inputs, out)
     base = Path(inputs) if Path(inputs).is_dir() else Path(inputs).parent
-    if Path(inputs).is_file() and out.resolve() == base.resolve():
-        raise CovidsegError(
-            f"--out {out} is the X-ray's own folder: masks written beside X-rays would later be read as X-rays; "
-            "choose another folder"
-        )
     new = new_folders(out)
     try:
         return _predict_into(predictor, files, base, out, progress, max_pixels)

@@ -23,6 +23,8 @@ from covidseg.errors import DataError, MaskEncodingError
 
 # The image files of a data set (discovery) and of the built-in examples.
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
+# Pillow's modes of gray with more than 8 bits (16-bit integer, 32-bit integer, float).
+WIDE_GRAY_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I", "F")
 # The image files ``predict DIR`` looks for; ``predict FILE`` takes any format Pillow reads.
 PREDICT_SUFFIXES = IMAGE_SUFFIXES + (".webp", ".jp2", ".j2k", ".pgm", ".gif")
 # The largest image ``read_xray`` decodes unless told otherwise (``predict``/``serve --max-pixels``):
@@ -230,7 +232,7 @@ def read_xray_colour(path: str | Path, max_pixels: int | None = None, upright: b
             img.load()
             if upright:
                 ImageOps.exif_transpose(img, in_place=True)
-            if img.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
+            if img.mode in WIDE_GRAY_MODES:
                 return stretch_to_gray8(np.asarray(img)), 0.0
             return to_gray8(img), colourfulness(img)
     except FileNotFoundError:
@@ -245,7 +247,7 @@ def colourfulness(img: Image.Image) -> float:
     JPEG, scores about 0), as the mean spread of the three per pixel over 255, on a copy at most
     256 pixels a side. Seen: 0.002-0.008 for a tinted X-ray, 0.06 for one with red annotation
     lines, 0.05-0.2 for colour photographs and fundus images, 0.4 for a colour wheel."""
-    if img.mode in ("1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "I;16N", "F"):
+    if img.mode in ("1", "L", "LA", *WIDE_GRAY_MODES):
         return 0.0
     small = img.convert("RGB")
     small.thumbnail((256, 256))
