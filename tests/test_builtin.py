@@ -61,6 +61,7 @@ def test_predict_with_no_model_uses_the_built_in_one(tmp_path: Path, capsys) -> 
     assert set(records) == {"covid-19.png", "non-covid.png", "normal.png"}
     for name, r in records.items():
         assert r["model"] == DEFAULT and r["engine"] == "onnx"
+        assert r["model_sha256"] == sha256(builtin_path(DEFAULT) / "model.onnx")
         assert Image.open(out / r["mask"]).size == Image.open(EXAMPLES / name).size
         assert r["severity"] in ("none", "mild", "moderate", "severe")
     # The example with a large infection (51% of the lungs in its true mask) is found as such.

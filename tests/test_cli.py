@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import shutil
 import signal
 from pathlib import Path
 
@@ -15,6 +16,7 @@ from PIL import Image
 
 from covidseg.cli import main
 from covidseg.data.discovery import discover
+from covidseg.engine.checkpoint import load_checkpoint, save_checkpoint
 
 TINY_ARGS = [
     "--image-size",
@@ -149,6 +151,14 @@ def test_predict_never_overwrites_what_is_not_its_own_nor_reads_its_own_outputs(
     # Another model's predictions are not mixed in.
     msg = _error(capsys, ["predict", str(tmp_path / "ward-a"), "--out", str(out)])
     assert "holds predictions of another model" in msg and f"({trained_run.name})" in msg
+    # So are those of other weights in a folder of the same name (a retrained run, another copy).
+    twin = tmp_path / "elsewhere" / trained_run.name
+    shutil.copytree(trained_run, twin)
+    state = load_checkpoint(twin / "checkpoints" / "best.pt")
+    next(t for t in state["model"].values() if t.is_floating_point()).add_(0.01)
+    save_checkpoint(twin / "checkpoints" / "best.pt", state)
+    msg = _error(capsys, ["predict", str(twin), str(tmp_path / "ward-a"), "--out", str(out)])
+    assert f"another model named {trained_run.name} (weights" in msg
     # The input folder itself is refused as --out, and so is a single X-ray's own folder.
     ward = str(tmp_path / "ward-a")
     assert "is the input folder" in _error(capsys, [*predict, ward, "--out", ward])

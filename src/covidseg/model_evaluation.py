@@ -29,7 +29,7 @@ from covidseg.evaluation import (
     write_rows,
 )
 from covidseg.inference.builtin import is_run_folder, pretrained_root, resolve_model, sha256
-from covidseg.inference.bundle import is_bundle
+from covidseg.inference.bundle import is_bundle, weights_file
 from covidseg.inference.predictor import Predictor
 from covidseg.locking import folder_lock, new_folders, remove_if_only_lock
 from covidseg.metrics import json_safe
@@ -44,7 +44,7 @@ def model_record(path: Path) -> dict[str, Any]:
     """Which model was scored: its name, folder, whether it is built in, and its network's hash."""
     builtin = path.parent.resolve() == pretrained_root().resolve()
     record: dict[str, Any] = {"name": path.name, "path": str(path), "builtin": builtin}
-    weights = next((path / f for f in ("model.onnx", "model.safetensors") if (path / f).is_file()), None)
+    weights = weights_file(path)
     if weights is not None:
         record["file"], record["sha256"] = weights.name, sha256(weights)
     if builtin:

@@ -143,16 +143,18 @@ def _short(name: str) -> str:
 
 def prediction_record(pred: Prediction, predictor: Predictor, shape: tuple[int, int]) -> dict[str, Any]:
     """What ``predict`` writes per image to ``predictions.jsonl`` and ``serve`` returns as JSON:
-    size, model, infected shares (percent), COVID-19 call and, with a lung output, severity; for
-    calibrated models the COVID-19 probability and the threshold in calibrated units (and
-    ``calibration_stale``: the post-processing settings changed since calibrate, when any); for models
-    with an image-level head its uncalibrated probability and the gate it must pass
-    (``covid_head_probability``, ``image_gate``); and ``input_check`` (score, verdict, reason;
-    None for models that were never calibrated)."""
+    size, model (its folder's name and its weights file's SHA-256), infected shares (percent),
+    COVID-19 call and, with a lung output, severity; for calibrated models the COVID-19
+    probability and the threshold in calibrated units (and ``calibration_stale``: the
+    post-processing settings changed since calibrate, when any); for models with an image-level
+    head its uncalibrated probability and the gate it must pass (``covid_head_probability``,
+    ``image_gate``); and ``input_check`` (score, verdict, reason; None for models that were never
+    calibrated)."""
     record: dict[str, Any] = {
         "width": int(shape[1]),
         "height": int(shape[0]),
         "model": predictor.name,
+        "model_sha256": predictor.sha256,
         "target": predictor.targets[0],
         "image_infected_share_pct": pred.image_infected_share_pct,
         "infected_pixels": int(pred.mask.sum()),
@@ -228,7 +230,7 @@ def _predict_into(
         recover(out)
         remove_leftovers(out)
         earlier = earlier_records(out)
-        refuse_other_model(out, earlier, predictor.name)
+        refuse_other_model(out, earlier, predictor.name, predictor.sha256)
         stems = free_stems(output_stems(files, base), out, earlier)
         try:
             with (out / RUNNING).open("wb") as running:

@@ -80,12 +80,21 @@ def recover(out: Path) -> int:
     return len(found)
 
 
-def refuse_other_model(out: Path, records: list[dict[str, Any]], model: str) -> None:
-    """One folder, one model: refuse to add ``model``'s predictions to another model's."""
-    others = sorted({r["model"] for r in records if isinstance(r.get("model"), str) and r["model"] != model})
+def refuse_other_model(out: Path, records: list[dict[str, Any]], model: str, sha: str | None = None) -> None:
+    """One folder, one model: refuse to add the predictions of ``model`` (weights ``sha``) to
+    another model's, or to those of other weights under the same name (records that do not say
+    which model, or which weights, are taken as this model's)."""
+    named = [r for r in records if isinstance(r.get("model"), str)]
+    others = sorted({r["model"] for r in named if r["model"] != model})
     if others:
         raise CovidsegError(
             f"--out {out} holds predictions of another model ({', '.join(others)}); choose another folder"
+        )
+    shas = {r["model_sha256"] for r in named if isinstance(r.get("model_sha256"), str)} - {sha}
+    if sha is not None and shas:
+        raise CovidsegError(
+            f"--out {out} holds predictions of another model named {model} (weights {min(shas)[:12]}, "
+            f"these are {sha[:12]}); choose another folder"
         )
 
 

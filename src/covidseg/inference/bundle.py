@@ -50,6 +50,11 @@ def is_bundle(path: str | Path) -> bool:
         return False
 
 
+def weights_file(path: str | Path) -> Path | None:
+    """The file that names a bundle's network: ``model.onnx``, else ``model.safetensors``."""
+    return next((Path(path) / f for f in ("model.onnx", "model.safetensors") if (Path(path) / f).is_file()), None)
+
+
 @dataclass
 class Bundle:
     backend: FeatureBackend

@@ -27,12 +27,12 @@ import torch
 
 from covidseg.config import Config
 from covidseg.data.image_io import preprocess_image, read_xray_colour
-from covidseg.engine.checkpoint import load_run
+from covidseg.engine.checkpoint import checkpoint_path, load_run
 from covidseg.engine.device import resolve_device
 from covidseg.errors import CovidsegError
 from covidseg.inference.backends import FeatureBackend, sigmoid, torch_backend
-from covidseg.inference.builtin import resolve_model
-from covidseg.inference.bundle import is_bundle, load_bundle
+from covidseg.inference.builtin import resolve_model, sha256
+from covidseg.inference.bundle import is_bundle, load_bundle, weights_file
 from covidseg.inference.calibration import FILENAME as CALIBRATION_FILE
 from covidseg.inference.calibration import Calibration, read_calibration
 from covidseg.inference.input_check import FILENAME as CHECK_FILE
@@ -104,6 +104,7 @@ class Predictor:
         self.severity = severity or SeverityRule()
         self.engine = engine
         self.name = ""  # the model's folder name, set by :meth:`load`
+        self.sha256: str | None = None  # its weights file's SHA-256 (checkpoint or bundle), set by :meth:`load`
         self.calibration: Calibration | None = None
         self.check: InputCheck | None = None
         self.calibration_stale: list[str] = []  # post-processing settings changed since calibrate
@@ -163,6 +164,8 @@ class Predictor:
         else:
             predictor = cls.from_run(path, checkpoint, device, threshold, postprocess)
         predictor.name = path.resolve().name  # '.' names the folder it is
+        weights = weights_file(path) if is_bundle(path) else checkpoint_path(path, checkpoint)
+        predictor.sha256 = None if weights is None else sha256(weights)
         return predictor
 
     @classmethod
