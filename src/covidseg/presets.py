@@ -50,7 +50,10 @@ PRESETS: dict[str, dict[str, Any]] = {
         # the budget. 4.2 M parameters: 8 MB as the built-in model's fp16 weights. On a 2-core CPU
         # with AVX512-BF16, U-Net on ResNet-18 without the head drew COVID-19 infection better in
         # the same hour (cross-fitted 0.762 against 0.739) and lost over all X-rays (0.805 against
-        # 0.858); with the head it scored 0.724 and 0.842 (docs/results/2026-12-06).
+        # 0.858); with the head it scored 0.724 and 0.842 (docs/results/2026-12-06). U-Net on
+        # MobileNetV2 with the head is the better hour with bf16 (0.745 and 0.856) but not without
+        # it (0.729 and 0.842 against FPN's 0.729 and 0.850: 0.70x FPN's steps), and most CPUs
+        # have no bf16.
         "model.name": "smp-fpn",
         "model.encoder_name": "mobilenet_v2",
         # An image-level COVID-19 head on the encoder decides the image gate: against the same
