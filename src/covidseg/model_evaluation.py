@@ -28,7 +28,7 @@ from covidseg.evaluation import (
     score_and_summarize,
     write_rows,
 )
-from covidseg.inference.builtin import is_run_folder, pretrained_root, resolve_model, sha256
+from covidseg.inference.builtin import is_run_folder, pretrained_root, resolve_model
 from covidseg.inference.bundle import is_bundle, weights_file
 from covidseg.inference.predictor import Predictor
 from covidseg.locking import folder_lock, new_folders, remove_if_only_lock
@@ -40,13 +40,14 @@ log = logging.getLogger(__name__)
 FILES = ("summary.json", "per_image.csv", "predictions.png")
 
 
-def model_record(path: Path) -> dict[str, Any]:
-    """Which model was scored: its name, folder, whether it is built in, and its network's hash."""
+def model_record(path: Path, weights_sha256: str | None) -> dict[str, Any]:
+    """Which model was scored: its name, folder, whether it is built in, and its network's hash
+    (``weights_sha256``, as :meth:`Predictor.load` found it)."""
     builtin = path.parent.resolve() == pretrained_root().resolve()
     record: dict[str, Any] = {"name": path.name, "path": str(path), "builtin": builtin}
     weights = weights_file(path)
     if weights is not None:
-        record["file"], record["sha256"] = weights.name, sha256(weights)
+        record["file"], record["sha256"] = weights.name, weights_sha256
     if builtin:
         record["tuned_on"] = "COVID-QU-Ex Val (post-processing and calibration; its model card)"
     return record
@@ -132,7 +133,8 @@ def evaluate_model(
     name = eval_name(split, other_data=data_root, **kind)
     out = Path(out) if out is not None else Path("covidseg-eval") / path.name / name
     head = {"eval_name": name, "data_root": str(found.root.resolve()), "split": split, "limit": limit}
-    head.update(scored_at=scored_at, postprocess=json_safe(predictor.post.as_dict()), model=model_record(path))
+    post = json_safe(predictor.post.as_dict())
+    head.update(scored_at=scored_at, postprocess=post, model=model_record(path, predictor.sha256))
     head["severity_rule"] = predictor.severity.as_dict()
     check_out(out, identity(head))
     new = new_folders(out)

@@ -153,6 +153,7 @@ class Predictor:
         built-in model)."""
         path = resolve_model(path)
         if is_bundle(path):
+            weights = weights_file(path)
             if engine == "auto":  # onnxruntime where the bundle has its graph, else PyTorch on its weights
                 has_graph = (path / "model.onnx").is_file() or not (path / "model.safetensors").is_file()
                 engine = "onnx" if has_graph else "torch"
@@ -162,9 +163,9 @@ class Predictor:
         elif engine == "onnx":
             raise CovidsegError(f"{path} is a run folder; onnxruntime needs a bundle from 'covidseg export'")
         else:
+            weights = checkpoint_path(path, checkpoint)
             predictor = cls.from_run(path, checkpoint, device, threshold, postprocess)
         predictor.name = path.resolve().name  # '.' names the folder it is
-        weights = weights_file(path) if is_bundle(path) else checkpoint_path(path, checkpoint)
         predictor.sha256 = None if weights is None else sha256(weights)
         return predictor
 
@@ -254,8 +255,8 @@ def withhold(pred: Prediction) -> None:
     the severity scores and grade); what describes the masks (the infected shares) stays."""
     pred.covid_call, pred.covid_probability, pred.peak = None, None, None
     if pred.severity is not None:
-        pred.severity = {**pred.severity, "right_score": None, "left_score": None, "severity_score": None}
-        pred.severity["severity"] = None
+        withheld = ("right_score", "left_score", "severity_score", "severity")
+        pred.severity = {**pred.severity, **dict.fromkeys(withheld)}
 
 
 def open_run(
