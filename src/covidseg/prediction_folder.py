@@ -24,7 +24,8 @@ log = logging.getLogger(__name__)
 
 RECORDS = "predictions.jsonl"
 RUNNING = f"{TMP_PREFIX}running-{RECORDS}"  # this run's records, one flushed line per X-ray
-OUTPUTS = ("_mask.png", "_lung.png", "_overlay.png")
+KINDS = ("mask", "lung", "overlay")  # an X-ray's files, ``<stem>_<kind>.png``, named in its record
+OUTPUTS = tuple(f"_{kind}.png" for kind in KINDS)
 
 
 def is_output_folder(folder: Path) -> bool:
@@ -112,7 +113,7 @@ def free_stems(stems: dict[Path, str], out: Path, records: list[dict[str, Any]])
     one (the same file, however it was reached), else its own, with a counter added (``name-2``...)
     while a file of that name is in ``out`` or an earlier record claims it for another X-ray (or
     does not say which): nothing is overwritten but an X-ray's own earlier outputs."""
-    owner = {r[k]: _owner(r) for r in records for k in ("mask", "lung", "overlay") if isinstance(r.get(k), str)}
+    owner = {r[k]: _owner(r) for r in records for k in KINDS if isinstance(r.get(k), str)}
     earlier = {image: mask.removesuffix("_mask.png") for mask, image in owner.items() if mask.endswith("_mask.png")}
     taken = set(owner) | ({p.name for p in out.iterdir()} if out.is_dir() else set())
     used: set[str] = set()
