@@ -138,3 +138,35 @@ def interrupt_training(monkeypatch: pytest.MonkeyPatch, in_epoch: int = 2) -> No
         return real(*args, **kwargs)
 
     monkeypatch.setattr(fit_module, "train_one_epoch", interrupted)
+
+
+NEEDS_PROC = pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="needs /proc to name the files synced")
+
+
+def record_disk_writes(monkeypatch) -> list[tuple[str, ...]]:
+    """Every fsync (by the path it synced) and every rename, in order, while the test runs."""
+    events: list[tuple[str, ...]] = []
+    fsync, replace = os.fsync, os.replace
+
+    def logged_fsync(fd: int) -> None:
+        events.append(("fsync", os.readlink(f"/proc/self/fd/{fd}")))
+        fsync(fd)
+
+    def logged_replace(src, dst) -> None:
+        replace(src, dst)
+        events.append(("replace", str(Path(src).resolve()), str(Path(dst).resolve())))
+
+    monkeypatch.setattr(os, "fsync", logged_fsync)
+    monkeypatch.setattr(os, "replace", logged_replace)
+    return events
+
+
+def assert_synced_before_named(files: list[Path], events: list[tuple[str, ...]]) -> None:
+    """Each file was last named by a rename of a file whose data were synced before it, and its
+    folder was synced after it: a power cut leaves it old or new, never empty."""
+    for f in files:
+        named = [i for i, e in enumerate(events) if e[0] == "replace" and e[2] == str(f)]
+        assert named, f"{f.name} was written in place"
+        i = named[-1]
+        assert ("fsync", events[i][1]) in events[:i], f"{f.name} was named before its data were synced"
+        assert ("fsync", str(f.parent)) in events[i + 1 :], f"{f.name}'s folder was not synced after it was named"

@@ -14,7 +14,7 @@ import pytest
 from PIL import Image
 
 import covidseg
-from conftest import copy_run
+from conftest import NEEDS_PROC, assert_synced_before_named, copy_run, record_disk_writes
 from covidseg.cli import main
 from covidseg.data.discovery import discover
 from covidseg.data.image_io import read_mask, read_xray
@@ -67,6 +67,16 @@ def test_predict_with_no_model_uses_the_built_in_one(tmp_path: Path, capsys) -> 
     # The example with a large infection (51% of the lungs in its true mask) is found as such.
     covid = records["covid-19.png"]
     assert covid["covid_call"] is True and covid["infected_share_pct"] > 10
+
+
+@NEEDS_PROC
+def test_every_file_predict_writes_reaches_the_disk_before_it_is_named(tmp_path: Path, monkeypatch) -> None:
+    out = tmp_path / "out"
+    events = record_disk_writes(monkeypatch)
+    assert main(["predict", str(EXAMPLES), "--out", str(out), "--no-progress"]) == 0
+    files = [f.resolve() for f in out.iterdir() if f.name != ".covidseg.lock"]
+    assert len(files) == 1 + 3 * 3  # predictions.jsonl, and each X-ray's mask, lung and overlay
+    assert_synced_before_named(files, events)
 
 
 def test_load_model_predicts_a_path_and_an_array_alike() -> None:

@@ -8,7 +8,7 @@ import pytest
 import torch
 import yaml
 
-from conftest import interrupt_training
+from conftest import NEEDS_PROC, assert_synced_before_named, interrupt_training, record_disk_writes
 from covidseg.cli import main
 from covidseg.data.discovery import discover
 from covidseg.data.loading import load_dataset, make_loader
@@ -132,6 +132,19 @@ def test_atomic_save_leaves_no_partial_file(tmp_path: Path) -> None:
         save_checkpoint(target, {"epoch": 2, "bad": lambda: 0})  # cannot be pickled
     assert load_checkpoint(target)["epoch"] == 1
     assert [p.name for p in target.parent.iterdir()] == ["last.pt"]
+
+
+@NEEDS_PROC
+def test_every_file_of_a_run_reaches_the_disk_before_it_is_named(tiny_cfg, tmp_path: Path, monkeypatch) -> None:
+    """A power cut during training leaves each run file old or new, never empty: its data are synced
+    before the rename that names it, and its folder after."""
+    events = record_disk_writes(monkeypatch)
+    run = tmp_path / "run"
+    fit(tiny_cfg(**{"train.epochs": 1, "train.steps": 4}), run)
+    appended = {".covidseg.lock", "train.log"}  # the lock, and the log that grows line by line
+    files = [f.resolve() for f in run.rglob("*") if f.is_file() and f.name not in appended]
+    assert {f.name for f in files} >= {"budget.json", "env.json", "splits.json", "history.csv", "last.pt"}
+    assert_synced_before_named(files, events)
 
 
 def test_training_that_diverges_stops_with_a_clear_error(tiny_cfg, tmp_path: Path, capsys) -> None:

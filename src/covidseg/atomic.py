@@ -1,6 +1,8 @@
 """Whole files or none: write beside the target under a temporary name, then rename into place.
 
-A failed or interrupted write leaves the old file intact; a killed one may leave a
+A failed or interrupted write leaves the old file intact; the data reaches the disk before the
+rename and the rename before the call returns (``fsync`` of the file, then of its folder), so a
+power cut leaves the old file or the new one, never an empty one. A killed write may leave a
 ``.covidseg-tmp-*`` file too (hidden), which the next ``predict`` or ``evaluate --model`` into that
 folder removes (:func:`remove_leftovers`).
 """
@@ -22,6 +24,7 @@ def write_atomic(path: str | Path, data: bytes | str) -> None:
     except BaseException:  # an error or Ctrl-C: no half-written file left behind (a kill still can)
         tmp.unlink(missing_ok=True)
         raise
+    sync_folder(path.parent)
 
 
 def write_temporary(path: str | Path, data: bytes | str) -> Path:
@@ -34,10 +37,36 @@ def write_temporary(path: str | Path, data: bytes | str) -> Path:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o644)
         with os.fdopen(fd, "wb") as f:
             f.write(data.encode() if isinstance(data, str) else data)
+            f.flush()
+            os.fsync(f.fileno())
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
     return tmp
+
+
+def sync_file(path: str | Path) -> None:
+    """Make a file that a library wrote (``torch.save``, ONNX, safetensors) reach the disk."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def sync_folder(folder: str | Path) -> None:
+    """Make the renames and new names in ``folder`` reach the disk (a no-op where folders cannot
+    be opened, as on Windows, whose renames are durable by themselves)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:  # some file systems refuse fsync on a folder
+        pass
+    finally:
+        os.close(fd)
 
 
 def remove_leftovers(folder: str | Path) -> int:

@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from covidseg import __version__
+from covidseg.atomic import sync_file, sync_folder
 from covidseg.engine.checkpoint import checkpoint_path, load_run, umask
 from covidseg.errors import CovidsegError
 from covidseg.inference.backends import onnx_backend, torch_backend
@@ -304,11 +305,14 @@ def export_bundle(
         bundle_cfg["files"] = sorted(f.name for f in tmp.iterdir())
         (tmp / "config.json").write_text(json.dumps(bundle_cfg, indent=2))
         (tmp / "metadata.json").write_text(json.dumps(meta, indent=2))
-        for f in tmp.iterdir():  # safetensors writes 0600
+        for f in tmp.iterdir():  # safetensors writes 0600; every file on the disk before the bundle is named
             f.chmod(0o666 & ~mask)
+            sync_file(f)
+        sync_folder(tmp)
         if out.exists():
             out.rmdir()
         os.replace(tmp, out)
+        sync_folder(out.parent)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -9,6 +9,7 @@ import math
 from pathlib import Path
 from typing import Any
 
+from covidseg.atomic import write_atomic
 from covidseg.document import Document
 from covidseg.engine.run_folder import read_history
 from covidseg.evaluation import write_rows
@@ -92,5 +93,5 @@ def write_leaderboard(
     for r in rows:
         fields += [k for k in r if k not in fields and k != "scale"]
     doc.table(fields, [[r.get(k) for k in fields] for r in rows])
-    (out / "leaderboard.md").write_text(doc.to_markdown())
+    write_atomic(out / "leaderboard.md", doc.to_markdown())
     return out / "leaderboard.csv", out / "leaderboard.md"

@@ -41,6 +41,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from covidseg.atomic import write_atomic
 from covidseg.config import Config, build_config, flatten, load_yaml, valid_keys
 from covidseg.errors import ConfigError, CovidsegError
 from covidseg.leaderboard import METRICS, leaderboard_rows, write_leaderboard
@@ -289,7 +290,7 @@ def _write_plan(out: Path, spec: SweepSpec, spec_path: str | Path, sc: Scale | N
                 f"{out} holds a different sweep ({old.get('spec')}, scale {old.get('scale')}); choose another --out"
             )
     out.mkdir(parents=True, exist_ok=True)
-    sweep_file.write_text(json.dumps(plan, indent=2))
+    write_atomic(sweep_file, json.dumps(plan, indent=2))
 
 
 def _run_trial(run_dir: Path, t: dict, cfg: Config, sc: Scale | None, which: str, progress: Progress | None) -> None:
@@ -320,11 +321,11 @@ def _run_trial(run_dir: Path, t: dict, cfg: Config, sc: Scale | None, which: str
         if not trained:
             fit(cfg, run_dir, resume=(run_dir / "checkpoints" / "last.pt").is_file(), progress=progress)
         info["status"] = "done"
-        info_path.write_text(json.dumps(info, indent=2))
+        write_atomic(info_path, json.dumps(info, indent=2))
         evaluate_run(run_dir, split="Val", panel=4, progress=progress)
     except (CovidsegError, FloatingPointError, RuntimeError) as exc:
         info["status"] = f"failed: {str(exc)[:300]}"
-        info_path.write_text(json.dumps(info, indent=2))
+        write_atomic(info_path, json.dumps(info, indent=2))
         log.warning("trial %s failed: %s", t["name"], exc)
         return
     log.info("trial %s done in %.0f s", t["name"], time.perf_counter() - t0)

@@ -32,6 +32,7 @@ from typing import Any
 
 import numpy as np
 
+from covidseg.atomic import write_atomic
 from covidseg.data.discovery import GROUPS
 from covidseg.detection import best_cutoff, infected_share, roc_auc
 from covidseg.engine.checkpoint import checkpoint_path
@@ -317,9 +318,7 @@ def tune_postprocess(
 def _write_json(path: Path, obj: Any) -> None:
     from covidseg.metrics import json_safe
 
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(json_safe(obj), indent=2))
-    tmp.replace(path)
+    write_atomic(path, json.dumps(json_safe(obj), indent=2))
 
 
 def _log_result(metric: str, steps: list[dict], in_sample: dict, record: dict, path: Path) -> None:

@@ -19,6 +19,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from covidseg.atomic import sync_file, sync_folder
 from covidseg.config import Config, from_dict
 from covidseg.errors import CheckpointError, ConfigError
 from covidseg.models import create_model
@@ -37,7 +38,8 @@ def remove_leftovers(folder: str | Path) -> int:
 
 
 def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
-    """Write ``state`` to ``path`` through a temporary file and a rename: never half a file."""
+    """Write ``state`` to ``path`` through a temporary file and a rename, both synced to the disk:
+    never half a file, nor an empty one after a power cut."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
@@ -45,7 +47,9 @@ def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
     try:
         torch.save({"format": FORMAT, "format_version": FORMAT_VERSION, **state}, tmp)
         os.chmod(tmp, 0o666 & ~umask())  # mkstemp makes 0600; a checkpoint is as readable as the run's other files
+        sync_file(tmp)
         os.replace(tmp, path)
+        sync_folder(path.parent)
     except RuntimeError as exc:  # torch reports a failed write (a full disk, say) as a RuntimeError
         Path(tmp).unlink(missing_ok=True)
         free = shutil.disk_usage(path.parent).free

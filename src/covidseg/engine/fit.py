@@ -28,6 +28,7 @@ from typing import Any
 
 import torch
 
+from covidseg.atomic import write_atomic
 from covidseg.config import Config, flatten, from_dict
 from covidseg.data.loading import make_loader
 from covidseg.engine.checkpoint import load_checkpoint, remove_leftovers, save_checkpoint
@@ -228,7 +229,7 @@ def _run_epoch(tr: Training, epoch: int) -> None:
     if budget is not None:  # the check: validation, checkpoints, history and curves
         budget.observe_val(time.perf_counter() - t_val)
         if tr.dinfo.is_main:
-            (tr.run_dir / "budget.json").write_text(json.dumps(budget.state(), indent=2))
+            write_atomic(tr.run_dir / "budget.json", json.dumps(budget.state(), indent=2))
 
 
 def _save_epoch(tr: Training, epoch: int, improved: bool) -> None:

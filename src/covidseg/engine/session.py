@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from covidseg.atomic import write_atomic
 from covidseg.config import Config, save_yaml
 from covidseg.data.dataset import SegmentationDataset
 from covidseg.data.discovery import GROUPS
@@ -108,7 +109,7 @@ def record_environment(
     env["world_size"] = dinfo.world_size
     env["precision"] = PRECISION_NAMES[dtype]
     name = "env.json" if state is None else f"env-resume-{int(state['epoch']) + 1}.json"
-    (run_dir / name).write_text(json.dumps(env, indent=2))
+    write_atomic(run_dir / name, json.dumps(env, indent=2))
 
 
 def load_data(
@@ -126,7 +127,7 @@ def load_data(
     if dinfo.is_main:
         barrier(dinfo)
         splits = {"Train": [s.id for s in train_ds.split.samples], "Val": [s.id for s in val_ds.split.samples]}
-        (run_dir / "splits.json").write_text(json.dumps(splits, indent=0))
+        write_atomic(run_dir / "splits.json", json.dumps(splits, indent=0))
     return discovery.synthetic, train_ds, val_ds
 
 

@@ -22,6 +22,7 @@ from typing import Any
 
 import yaml
 
+from covidseg.atomic import write_atomic
 from covidseg.config import Config
 from covidseg.data.discovery import GROUPS
 from covidseg.document import Document, slug
@@ -403,7 +404,7 @@ def build_report(inputs: list[str | Path], out_dir: str | Path) -> tuple[Path, P
             b.add_run(p)
     b.add_published()
     md, page = out / "report.md", out / "report.html"
-    md.write_text(b.doc.to_markdown())
-    page.write_text(b.doc.to_html(out))
+    write_atomic(md, b.doc.to_markdown())
+    write_atomic(page, b.doc.to_html(out))
     log.debug("wrote %s and %s", md, page)
     return md, page

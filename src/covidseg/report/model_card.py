@@ -20,6 +20,7 @@ import re
 from pathlib import Path
 from typing import Any
 
+from covidseg.atomic import write_atomic
 from covidseg.errors import CovidsegError
 from covidseg.evaluation import eval_name
 from covidseg.inference.builtin import sha256
@@ -285,7 +286,7 @@ comparable with the figures above.
         + "\n"
     )
     out = bundle / "MODEL_CARD.md"
-    out.write_text(text)
+    write_atomic(out, text)
     return out
 
 
