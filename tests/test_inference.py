@@ -15,6 +15,7 @@ from covidseg.cli import main
 from covidseg.data.discovery import discover
 from covidseg.errors import CovidsegError
 from covidseg.evaluation import evaluate_run
+from covidseg.inference.builtin import sha256
 from covidseg.inference.predictor import Predictor
 from covidseg.metrics import confusion_counts, dice_iou
 
@@ -80,6 +81,28 @@ def test_native_and_input_scoring_differ_and_are_recorded(two_output_run: Path, 
     assert small["scored_at"] == "input" and small["sizes"] == {"64x64": native["images"]}
     assert sum(native["sizes"].values()) == native["images"] and "64x64" not in native["sizes"]
     assert native["pooled"] != small["pooled"]
+
+
+def test_a_model_is_named_by_the_bytes_it_was_loaded_from(two_output_run: Path, tmp_path: Path, monkeypatch) -> None:
+    """Training may replace best.pt while a run is being loaded: the hash recorded is of the
+    weights in use, not of the file that replaced them."""
+    import torch
+
+    import covidseg.engine.checkpoint as checkpoint
+
+    run = copy_run(two_output_run, tmp_path / "run")
+    best, last = run / "checkpoints" / "best.pt", run / "checkpoints" / "last.pt"
+    loaded = sha256(best)
+    last.write_bytes(last.read_bytes() + b"\0")  # another file, as a later epoch's would be
+    real_load = torch.load
+
+    def load_while_training_writes(*args, **kwargs):
+        best.write_bytes(last.read_bytes())
+        return real_load(*args, **kwargs)
+
+    monkeypatch.setattr(checkpoint.torch, "load", load_while_training_writes)
+    predictor = Predictor.load(run)
+    assert sha256(best) != loaded and predictor.sha256 == loaded
 
 
 def test_predictor_accepts_arrays_and_files_alike(two_output_run: Path, synth_root: Path) -> None:

@@ -29,6 +29,7 @@ from covidseg.config import Config
 from covidseg.data.dataset import SegmentationDataset
 from covidseg.data.discovery import GROUPS, Discovery
 from covidseg.data.loading import discover_root, load_dataset
+from covidseg.engine.checkpoint import FILE_SHA256
 from covidseg.errors import ConfigError, CovidsegError
 from covidseg.inference.builtin import sha256
 from covidseg.inference.bundle import is_bundle
@@ -217,16 +218,16 @@ def score_and_summarize(
 
 
 def _tuning_record(
-    run_dir: Path, split: str, postprocess: bool, applied: Postprocess, checkpoint: str, bundle: dict[str, Any] | None
+    run_dir: Path, split: str, postprocess: bool, applied: Postprocess, weights: str, bundle: dict[str, Any] | None
 ) -> dict[str, Any] | None:
     """Where the applied settings were tuned, and their cross-fitted estimate (from ``tune``);
     None when the settings applied are not the tuned ones (a ``--threshold``, another bundle's)
     or the weights scored are not the ones tuned (another run's bundle, a checkpoint trained on).
 
-    The weights scored are the run's ``checkpoint``, or those of the bundle whose ``metadata.json``
-    is ``bundle`` (bundles exported before it recorded their checkpoint's hash are taken to match);
-    the weights tuned are named by the record's hash, or for records from before ``tune`` kept it,
-    by the run's checkpoint as it is now."""
+    The weights scored are the run's checkpoint (``weights``: the SHA-256 of its bytes as
+    loaded), or those of the bundle whose ``metadata.json`` is ``bundle`` (bundles exported before
+    it recorded their checkpoint's hash are taken to match); the weights tuned are named by the
+    record's hash, or for records from before ``tune`` kept it, by the run's checkpoint as it is now."""
     path = run_dir / POSTPROCESS_FILE
     if not postprocess or not path.is_file():
         return None
@@ -235,8 +236,8 @@ def _tuning_record(
         return None
     tuned_on = record.get("tuned_on") if isinstance(record.get("tuned_on"), dict) else {}
     reference = tuned_on.get("checkpoint_sha256")
-    if bundle is None:  # the run's checkpoint, hashed only when there is a hash to compare it with
-        scored = _checkpoint_sha256(run_dir, checkpoint) if reference else None
+    if bundle is None:  # the run's checkpoint, compared only when there is a hash to compare it with
+        scored = weights if reference else None
     else:
         scored = bundle.get("source_checkpoint_sha256")
         reference = reference or _checkpoint_sha256(run_dir, bundle.get("checkpoint"))
@@ -433,7 +434,7 @@ def evaluate_run(
     summary = e.summary
     summary.update(
         {
-            "tuning": _tuning_record(run_dir, split, postprocess, predictor.post, checkpoint, meta),
+            "tuning": _tuning_record(run_dir, split, postprocess, predictor.post, state[FILE_SHA256], meta),
             "checkpoint": checkpoint if meta is None else meta.get("checkpoint"),  # a bundle's: exported from
             "epoch": int(state["epoch"]),
         }

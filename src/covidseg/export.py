@@ -23,10 +23,9 @@ import torch
 
 from covidseg import __version__
 from covidseg.atomic import sync_file, sync_folder
-from covidseg.engine.checkpoint import checkpoint_path, load_run, umask
+from covidseg.engine.checkpoint import FILE_SHA256, load_run, umask
 from covidseg.errors import CovidsegError
 from covidseg.inference.backends import onnx_backend, torch_backend
-from covidseg.inference.builtin import sha256
 from covidseg.inference.bundle import FORMAT, FORMAT_VERSION
 from covidseg.inference.calibration import FILENAME as CALIBRATION_FILE
 from covidseg.inference.features import FEATURES_OUTPUT, feature_module, torch_hook
@@ -193,7 +192,7 @@ def _metadata(run_dir: Path, checkpoint: str, state: dict[str, Any], n_out: int,
         "source_run": run_dir.resolve().name,  # the folder name only: no path of the machine that exported it
         "checkpoint": checkpoint,
         # which weights: evaluate tells a bundle of this run from another run's with the same settings
-        "source_checkpoint_sha256": sha256(checkpoint_path(run_dir, checkpoint)),
+        "source_checkpoint_sha256": state[FILE_SHA256],  # of the bytes the weights were loaded from
         "epoch": int(state["epoch"]),
         "versions": {
             "covidseg": __version__,

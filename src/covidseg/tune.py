@@ -35,10 +35,9 @@ import numpy as np
 from covidseg.atomic import write_atomic
 from covidseg.data.discovery import GROUPS
 from covidseg.detection import best_cutoff, infected_share, roc_auc
-from covidseg.engine.checkpoint import checkpoint_path
+from covidseg.engine.checkpoint import FILE_SHA256
 from covidseg.errors import ConfigError
 from covidseg.evaluation import open_split
-from covidseg.inference.builtin import sha256
 from covidseg.inference.postprocess import FILENAME, Postprocess, finalize, head_score, lung_mask, upsample
 from covidseg.inference.predictor import Predictor, open_run
 from covidseg.metrics import confusion_counts, dice_iou, nan_mean, negatives_with_false_positives, pooled
@@ -274,7 +273,7 @@ def tune_postprocess(
     and the whole record (trials, in-sample and cross-fitted scores)."""
     if metric not in METRICS:
         raise ConfigError(f"metric must be one of {list(METRICS)}, got {metric!r}")
-    predictor, cfg, _ = open_run(run_dir, checkpoint, device, None, postprocess=False)
+    predictor, cfg, state = open_run(run_dir, checkpoint, device, None, postprocess=False)
     if predictor.targets[0] != "infection":
         raise ConfigError(f"tune sets the infection post-processing; this run segments {cfg.model.targets} only")
     split = open_split(cfg, "Val", data_root, limit, None, progress)
@@ -295,7 +294,7 @@ def tune_postprocess(
             "scored_at": "native",
             "synthetic": split.synthetic,
             "checkpoint": checkpoint,
-            "checkpoint_sha256": sha256(checkpoint_path(run_dir, checkpoint)),  # the weights these settings suit
+            "checkpoint_sha256": state[FILE_SHA256],  # the weights these settings suit, as loaded
         },
         "cross_fit": None,
         "steps": steps,

@@ -3,11 +3,15 @@
 A checkpoint is a plain dict of tensors and Python values, loaded with
 ``torch.load(weights_only=True)``, so an untrusted file cannot run code:
 ``{"format", "format_version", "model", "model_spec", "config", "optimizer", "scaler",
-"epoch", "best", "history"}``.
+"epoch", "best", "history"}``. A loaded one also carries ``file_sha256`` (:data:`FILE_SHA256`),
+the SHA-256 of the bytes it was read from: the weights used are the weights named, even when
+training replaces the file in between.
 """
 
 from __future__ import annotations
 
+import hashlib
+import io
 import os
 import pickle
 import shutil
@@ -68,6 +72,9 @@ def umask() -> int:
     return mask
 
 
+FILE_SHA256 = "file_sha256"  # set by load_checkpoint, never saved
+
+
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
     """Load and check a covidseg checkpoint with ``weights_only=True``.
 
@@ -78,7 +85,8 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist")
     try:
-        state = torch.load(path, map_location=map_location, weights_only=True)
+        data = path.read_bytes()  # once: hashed and loaded from the same bytes
+        state = torch.load(io.BytesIO(data), map_location=map_location, weights_only=True)
     except (pickle.UnpicklingError, RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise CheckpointError(f"{path} is not a covidseg checkpoint or is damaged ({first[:200]})") from None
@@ -88,6 +96,7 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         raise CheckpointError(
             f"{path} was written by a newer covidseg (format {state['format_version']}); upgrade covidseg"
         )
+    state[FILE_SHA256] = hashlib.sha256(data).hexdigest()
     return state
 
 

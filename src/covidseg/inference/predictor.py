@@ -27,7 +27,7 @@ import torch
 
 from covidseg.config import Config
 from covidseg.data.image_io import preprocess_image, read_xray_colour
-from covidseg.engine.checkpoint import checkpoint_path, load_run
+from covidseg.engine.checkpoint import FILE_SHA256, load_run
 from covidseg.engine.device import resolve_device
 from covidseg.errors import CovidsegError
 from covidseg.inference.backends import FeatureBackend, sigmoid, torch_backend
@@ -154,6 +154,7 @@ class Predictor:
         path = resolve_model(path)
         if is_bundle(path):
             weights = weights_file(path)
+            digest = None if weights is None else sha256(weights)
             if engine == "auto":  # onnxruntime where the bundle has its graph, else PyTorch on its weights
                 has_graph = (path / "model.onnx").is_file() or not (path / "model.safetensors").is_file()
                 engine = "onnx" if has_graph else "torch"
@@ -163,10 +164,10 @@ class Predictor:
         elif engine == "onnx":
             raise CovidsegError(f"{path} is a run folder; onnxruntime needs a bundle from 'covidseg export'")
         else:
-            weights = checkpoint_path(path, checkpoint)
-            predictor = cls.from_run(path, checkpoint, device, threshold, postprocess)
+            predictor, _, state = open_run(path, checkpoint, device, threshold, postprocess)
+            digest = state[FILE_SHA256]  # of the checkpoint's bytes as loaded
         predictor.name = path.resolve().name  # '.' names the folder it is
-        predictor.sha256 = None if weights is None else sha256(weights)
+        predictor.sha256 = digest
         return predictor
 
     @classmethod
