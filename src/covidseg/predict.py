@@ -245,7 +245,8 @@ def _predict_into(
                     record.update(_write_one(predictor, gray, colour, out, stems[f]))
                     done.append(json.dumps(record).encode())
                     running.write(done[-1] + b"\n")
-                    running.flush()  # a killed run's records are taken over by the next (recover)
+                    running.flush()  # a killed run's records are taken over by the next (recover),
+                    os.fsync(running.fileno())  # after a power cut too: those whose files are there
                     written.add(record["mask"])
                     flagged += (record["input_check"] or {}).get("verdict", "ok") != "ok"
         finally:  # done or interrupted: the records of the images done so far join the earlier ones
