@@ -132,6 +132,9 @@ def test_atomic_save_leaves_no_partial_file(tmp_path: Path) -> None:
         save_checkpoint(target, {"epoch": 2, "bad": lambda: 0})  # cannot be pickled
     assert load_checkpoint(target)["epoch"] == 1
     assert [p.name for p in target.parent.iterdir()] == ["last.pt"]
+    # A loaded checkpoint carries the hash of its file; saved again, it does not keep that hash.
+    save_checkpoint(target, load_checkpoint(target))
+    assert "file_sha256" not in torch.load(target, weights_only=True)
 
 
 @NEEDS_PROC

@@ -29,7 +29,8 @@ def write_atomic(path: str | Path, data: bytes | str) -> None:
 
 def write_temporary(path: str | Path, data: bytes | str) -> Path:
     """Write ``data`` to the temporary name of ``path`` (a new file: whatever had that name, a link
-    included, is removed first and never followed) and return that name, for the caller to rename."""
+    included, is removed first and never followed), sync it to the disk and return that name, for
+    the caller to rename (and then :func:`sync_folder`)."""
     path = Path(path)
     tmp = path.with_name(f"{TMP_PREFIX}{path.name}")
     tmp.unlink(missing_ok=True)
@@ -47,7 +48,7 @@ def write_temporary(path: str | Path, data: bytes | str) -> Path:
 
 def sync_file(path: str | Path) -> None:
     """Make a file that a library wrote (``torch.save``, ONNX, safetensors) reach the disk."""
-    fd = os.open(path, os.O_RDONLY)
+    fd = os.open(path, os.O_RDWR if os.name == "nt" else os.O_RDONLY)  # Windows syncs only what it may write
     try:
         os.fsync(fd)
     finally:

@@ -30,6 +30,7 @@ from covidseg.models import create_model
 
 FORMAT = "covidseg-checkpoint"
 FORMAT_VERSION = 1
+FILE_SHA256 = "file_sha256"  # set by load_checkpoint, never saved
 
 
 def remove_leftovers(folder: str | Path) -> int:
@@ -49,12 +50,13 @@ def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     os.close(fd)
     try:
-        torch.save({"format": FORMAT, "format_version": FORMAT_VERSION, **state}, tmp)
+        saved = {k: v for k, v in state.items() if k != FILE_SHA256}  # a loaded checkpoint's hash is not its own
+        torch.save({"format": FORMAT, "format_version": FORMAT_VERSION, **saved}, tmp)
         os.chmod(tmp, 0o666 & ~umask())  # mkstemp makes 0600; a checkpoint is as readable as the run's other files
         sync_file(tmp)
         os.replace(tmp, path)
         sync_folder(path.parent)
-    except RuntimeError as exc:  # torch reports a failed write (a full disk, say) as a RuntimeError
+    except (RuntimeError, OSError) as exc:  # a failed write (a full disk, say): torch's RuntimeError or fsync's
         Path(tmp).unlink(missing_ok=True)
         free = shutil.disk_usage(path.parent).free
         raise CheckpointError(
@@ -70,9 +72,6 @@ def umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
-
-
-FILE_SHA256 = "file_sha256"  # set by load_checkpoint, never saved
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:

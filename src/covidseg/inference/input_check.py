@@ -33,6 +33,7 @@ checked before use.
 
 from __future__ import annotations
 
+import io
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -40,6 +41,7 @@ from typing import Any
 import numpy as np
 from scipy import ndimage
 
+from covidseg.atomic import write_atomic
 from covidseg.errors import CovidsegError
 
 FILENAME = "input_check.npz"
@@ -275,10 +277,13 @@ class InputCheck:
         self.far = float(max(1.5 * self.cutoff, np.max(distances)))
 
     def save(self, path: Path) -> dict[str, Any]:
-        """Write the arrays to ``path`` (npz); return the small settings for ``calibration.json``."""
+        """Write the arrays to ``path`` (npz, whole or not at all); return the small settings for
+        ``calibration.json``."""
+        buf = io.BytesIO()
         np.savez_compressed(
-            path, mean=self.mean, components=self.components.astype(np.float16), variances=self.variances
+            buf, mean=self.mean, components=self.components.astype(np.float16), variances=self.variances
         )
+        write_atomic(path, buf.getvalue())
         return {
             "noise": self.noise,
             "cutoff": self.cutoff,
