@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from covidseg.atomic import remove_leftovers, sync_folder, write_temporary
+from covidseg.atomic import remove_leftovers, write_temporary
 from covidseg.data.discovery import INFECTION, LUNG
 from covidseg.data.image_io import DICOM_SUFFIXES, PREDICT_SUFFIXES, is_dicom, read_xray_colour
 from covidseg.errors import CovidsegError, DataError
@@ -243,11 +243,9 @@ def _predict_into(
                         continue
                     record = {"image": str(f), "image_path": str(f.resolve())}
                     record.update(_write_one(predictor, gray, colour, out, stems[f]))
-                    sync_folder(out)  # its files' names on the disk before its record in the journal
                     done.append(json.dumps(record).encode())
                     running.write(done[-1] + b"\n")
-                    running.flush()  # a killed run's records are taken over by the next (recover),
-                    os.fsync(running.fileno())  # after a power cut too: those whose files are there
+                    running.flush()  # a killed run's records are taken over by the next (recover)
                     written.add(record["mask"])
                     flagged += (record["input_check"] or {}).get("verdict", "ok") != "ok"
         finally:  # done or interrupted: the records of the images done so far join the earlier ones
