@@ -40,7 +40,14 @@ from covidseg.errors import ConfigError
 from covidseg.evaluation import open_split
 from covidseg.inference.postprocess import FILENAME, Postprocess, finalize, head_score, lung_mask, upsample
 from covidseg.inference.predictor import Predictor, open_run
-from covidseg.metrics import confusion_counts, dice_iou, nan_mean, negatives_with_false_positives, pooled
+from covidseg.metrics import (
+    confusion_counts,
+    dice_iou,
+    json_safe,
+    nan_mean,
+    negatives_with_false_positives,
+    pooled,
+)
 from covidseg.progress import Progress
 from covidseg.scoring import Truth, load_truth, split_probabilities
 
@@ -303,7 +310,7 @@ def tune_postprocess(
         groups = split.dataset.groups
         record["cross_fit"] = {"in_sample": in_sample, **cross_fit(data, groups, metric, start)}
     path = Path(run_dir) / FILENAME
-    _write_json(path, record)
+    write_atomic(path, json.dumps(json_safe(record), indent=2))
     _log_result(metric, steps, in_sample, record, path)
     if (Path(run_dir) / "calibration.json").is_file():
         log.warning(
@@ -312,12 +319,6 @@ def tune_postprocess(
             run_dir,
         )
     return post, record
-
-
-def _write_json(path: Path, obj: Any) -> None:
-    from covidseg.metrics import json_safe
-
-    write_atomic(path, json.dumps(json_safe(obj), indent=2))
 
 
 def _log_result(metric: str, steps: list[dict], in_sample: dict, record: dict, path: Path) -> None:
