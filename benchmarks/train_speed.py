@@ -13,7 +13,8 @@ AVX512-BF16.
 
 The optimised path is channels_last plus bf16 autocast (CPU with native bf16, or CUDA), and
 on CUDA also cudnn.benchmark. On a CPU with AVX-512 but no AVX512-BF16, where oneDNN emulates
-bf16, the bf16 line is measured too and marked emulated (covidseg trains in fp32 there). Target on a 2-core CPU with bf16: >= 3x the fp32 figure.
+bf16, the bf16 line is measured too and marked emulated (covidseg trains in fp32 there).
+Target on a 2-core CPU with bf16: >= 3x the fp32 figure.
 """
 
 from __future__ import annotations

@@ -48,11 +48,20 @@ def _x86_flags() -> set[str] | None:
         return {k for k, v in caps.items() if v is True}
     except (AttributeError, RuntimeError):
         pass
+    return set((_cpuinfo_field(_read_cpuinfo(), "flags") or "").split()) or None
+
+
+def _read_cpuinfo() -> str:
+    """Linux's ``/proc/cpuinfo``; empty elsewhere."""
     try:
-        text = Path("/proc/cpuinfo").read_text()
+        return Path("/proc/cpuinfo").read_text()
     except OSError:
-        return None
-    return set(next((ln.split(":", 1)[1].split() for ln in text.splitlines() if ln.startswith("flags")), [])) or None
+        return ""
+
+
+def _cpuinfo_field(text: str, name: str) -> str | None:
+    """The first value of a ``/proc/cpuinfo`` field (the first CPU's)."""
+    return next((ln.split(":", 1)[1].strip() for ln in text.splitlines() if ln.startswith(name)), None)
 
 
 def native_bf16(x86_flags: set[str] | None) -> bool:
@@ -81,13 +90,9 @@ def cpu_info() -> dict[str, Any]:
     import os
     import platform
 
-    text = ""
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        pass
-    model = next((ln.split(":", 1)[1].strip() for ln in text.splitlines() if ln.startswith("model name")), None)
-    flags = set(next((ln.split(":", 1)[1].split() for ln in text.splitlines() if ln.startswith("flags")), []))
+    text = _read_cpuinfo()
+    model = _cpuinfo_field(text, "model name")
+    flags = set((_cpuinfo_field(text, "flags") or "").split())
     have = [f for f in SPEED_FLAGS if f in flags] if text else None
     info = {"model": model or platform.processor() or "unknown", "cores": os.cpu_count(), "flags": have}
     info["native_bf16"] = cpu_supports_bf16()
@@ -106,7 +111,10 @@ def amp_dtype(amp: str, device: torch.device) -> torch.dtype | None:
     if amp == "fp16" and device.type != "cuda":
         raise ConfigError("train.amp=fp16 needs a CUDA device; use bf16 or off on CPU")
     if amp == "bf16" and device.type == "cpu" and not cpu_supports_bf16():
-        log.warning("this CPU has no native bf16 instructions; training in fp32 instead (train.amp=bf16 ignored)")
+        log.warning(
+            "this CPU has no native bf16 instructions (AVX512-BF16 or AMX); "
+            "training in fp32 instead (train.amp=bf16 ignored)"
+        )
         return None
     return torch.bfloat16 if amp == "bf16" else torch.float16
 
