@@ -25,7 +25,7 @@ import time
 import torch
 
 from covidseg.config import Config, LossConfig, ModelConfig
-from covidseg.engine.device import cpu_info, cpu_supports_bf16
+from covidseg.engine.device import cpu_info, cpu_supports_bf16, onednn_bf16
 from covidseg.losses import build_loss
 from covidseg.models import create_model, model_spec
 
@@ -114,7 +114,7 @@ def main() -> None:
     print(f"CPU: {cpu['model']}, {cpu['summary']}; native bf16 (avx512_bf16 or amx_bf16): {cpu['native_bf16']}")
     bf16 = device.type == "cuda" or cpu_supports_bf16()
     # oneDNN runs bf16 on plain AVX-512 too, emulated: measured so that the cost shows.
-    emulated = not bf16 and device.type == "cpu" and torch.ops.mkldnn._is_mkldnn_bf16_supported()
+    emulated = not bf16 and device.type == "cpu" and onednn_bf16()
     label = f"{a.model}" + (f" ({a.encoder})" if a.model.startswith("smp-") else "")
     print(f"{label}, {a.size}x{a.size}, batch {a.batch}, {a.device}, {torch.get_num_threads()} threads")
     if a.levers:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import platform
 from collections.abc import Callable
 from contextlib import AbstractContextManager
 from pathlib import Path
@@ -32,23 +33,31 @@ def resolve_device(name: str) -> torch.device:
 # The x86 instructions that compute bf16 natively. oneDNN also runs bf16 on plain AVX-512
 # (Skylake-SP to Ice Lake and Tiger Lake) and reports it as supported, but emulates it there:
 # on a 2-core Ice Lake Xeon, FPN-MobileNetV2 trained at 13.3 images/s with bf16 autocast against
-# 29.1 in fp32 with channels_last (benchmarks/train_speed.py).
+# 29.1 in fp32 with channels_last (benchmarks/train_speed.py). Other x86 CPUs that oneDNN may
+# serve bf16 without these (AVX-NE-CONVERT alone, not measured) train in fp32 too.
 NATIVE_BF16_FLAGS = ("avx512_bf16", "amx_bf16")
+X86_MACHINES = ("x86_64", "amd64", "i386", "i686", "x86")
 
 
-def _x86_flags() -> set[str] | None:
-    """The x86 CPU's feature flags as torch's cpuinfo reads them (any OS), else from Linux's
-    ``/proc/cpuinfo``; None where neither tells (another architecture, or no source)."""
-    import platform
-
-    if platform.machine().lower() not in ("x86_64", "amd64", "i386", "i686", "x86"):
-        return None
+def onednn_bf16() -> bool:
+    """Whether oneDNN runs bf16 on this CPU, natively or emulated."""
     try:
-        caps = torch._C._cpu._get_cpu_capability()
-        return {k for k, v in caps.items() if v is True}
-    except (AttributeError, RuntimeError):
-        pass
-    return set((_cpuinfo_field(_read_cpuinfo(), "flags") or "").split()) or None
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except Exception:  # a torch without oneDNN, or one whose private check changed
+        return False
+
+
+def _bf16_flags() -> set[str] | None:
+    """Which of :data:`NATIVE_BF16_FLAGS` this x86 CPU has: from torch's cpuinfo (any OS), else
+    Linux's ``/proc/cpuinfo``; None where neither tells."""
+    try:
+        caps = dict(torch.cpu.get_capabilities())
+    except Exception:  # torch older than get_capabilities, or an unexpected answer
+        caps = {}
+    if caps:
+        return {f for f in NATIVE_BF16_FLAGS if caps.get(f) is True}
+    flags = _cpuinfo_flags(_read_cpuinfo())
+    return flags & set(NATIVE_BF16_FLAGS) if flags else None
 
 
 def _read_cpuinfo() -> str:
@@ -64,21 +73,29 @@ def _cpuinfo_field(text: str, name: str) -> str | None:
     return next((ln.split(":", 1)[1].strip() for ln in text.splitlines() if ln.startswith(name)), None)
 
 
-def native_bf16(x86_flags: set[str] | None) -> bool:
-    """Whether a CPU computes bf16 natively: for an x86 CPU with these feature flags, AVX512-BF16
-    or AMX-BF16 (not the emulation oneDNN offers on plain AVX-512, slower than fp32); for another
-    (``None``: Arm), as oneDNN sees this one."""
-    if x86_flags is not None:
-        return any(f in x86_flags for f in NATIVE_BF16_FLAGS)
-    try:
-        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except (AttributeError, RuntimeError):
-        return False
+def _cpuinfo_flags(text: str) -> set[str]:
+    """The first CPU's feature flags in ``/proc/cpuinfo`` text (kernel names: avx512f, avx512_bf16)."""
+    return set((_cpuinfo_field(text, "flags") or "").split())
+
+
+def native_bf16(x86_flags: set[str]) -> bool:
+    """Whether an x86 CPU with these feature flags computes bf16 natively: AVX512-BF16 or AMX-BF16."""
+    return any(f in x86_flags for f in NATIVE_BF16_FLAGS)
 
 
 def cpu_supports_bf16() -> bool:
-    """Whether this CPU computes bf16 natively (see :func:`native_bf16`)."""
-    return native_bf16(_x86_flags())
+    """Whether this CPU computes bf16 natively: on x86, :func:`native_bf16` of its flags (where
+    nothing tells them, torch's AVX512-BF16 check; never oneDNN's answer, which counts the
+    emulation on plain AVX-512); on another architecture (Arm), as oneDNN sees it."""
+    if platform.machine().lower() not in X86_MACHINES:
+        return onednn_bf16()
+    flags = _bf16_flags()
+    if flags is not None:
+        return native_bf16(flags)
+    try:
+        return bool(torch.cpu._is_avx512_bf16_supported())
+    except Exception:
+        return False
 
 
 SPEED_FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_tile")
@@ -88,11 +105,10 @@ def cpu_info() -> dict[str, Any]:
     """The CPU's model, core count and the instruction sets that decide training speed (Linux
     ``/proc/cpuinfo``; elsewhere the model is ``platform.processor()`` and the flags are unknown)."""
     import os
-    import platform
 
     text = _read_cpuinfo()
     model = _cpuinfo_field(text, "model name")
-    flags = set((_cpuinfo_field(text, "flags") or "").split())
+    flags = _cpuinfo_flags(text)
     have = [f for f in SPEED_FLAGS if f in flags] if text else None
     info = {"model": model or platform.processor() or "unknown", "cores": os.cpu_count(), "flags": have}
     info["native_bf16"] = cpu_supports_bf16()
