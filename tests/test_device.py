@@ -48,7 +48,7 @@ def test_an_x86_cpu_is_judged_by_its_flags_never_by_onednn(monkeypatch) -> None:
     _x86(monkeypatch, {"architecture": "x86_64", "avx512_f": True, "avx512_bf16": True})
     assert device.cpu_supports_bf16() is True
     # torch without get_capabilities, or an odd answer: /proc/cpuinfo's kernel names
-    for caps in (AttributeError, TypeError, None, {}):
+    for caps in (AttributeError, TypeError, None, {}, {"architecture": "x86_64", "avx512_f": True}):
         _x86(monkeypatch, caps, cpuinfo="model name\t: X\nflags\t\t: avx2 avx512f avx512bw\n")
         assert device.cpu_supports_bf16() is False
         _x86(monkeypatch, caps, cpuinfo="flags\t\t: avx2 avx512f avx512_bf16\n")

@@ -54,7 +54,7 @@ def _bf16_flags() -> set[str] | None:
         caps = dict(torch.cpu.get_capabilities())
     except Exception:  # torch older than get_capabilities, or an unexpected answer
         caps = {}
-    if caps:
+    if any(f in caps for f in NATIVE_BF16_FLAGS):  # an older torch may not know them
         return {f for f in NATIVE_BF16_FLAGS if caps.get(f) is True}
     flags = _cpuinfo_flags(_read_cpuinfo())
     return flags & set(NATIVE_BF16_FLAGS) if flags else None
