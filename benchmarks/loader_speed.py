@@ -1,7 +1,7 @@
 """DataLoader throughput with augmentation, by number of workers, against the training step.
 
     python benchmarks/loader_speed.py --data ../shared/data/covid-qu-ex --batches 60
-    python benchmarks/loader_speed.py --data ../shared/data/covid-qu-ex --in-training 120
+    python benchmarks/loader_speed.py --data ../shared/data/covid-qu-ex --in-training 80
 
 Reads Train from the on-disk cache (decoded, resized arrays; the first call fills it), applies
 the preset's augmentation, and prints images/s of the loader alone for each worker count. Compare
@@ -11,8 +11,8 @@ step, workers only take cores from the step (``data.num_workers=0`` on a 2-core 
 ``--in-training N`` measures what the loader costs where it runs, inside the training loop: N
 steps of the preset's network, loss and optimiser (``train_one_epoch``, no workers) with each
 augmentation (none, light, xray), and with OpenCV's own thread pool on and off (albumentations
-runs on OpenCV; between steps, PyTorch's threads may still hold the cores). Seconds per step,
-the preset's first setting measured again at the end to show the machine's drift.
+runs on OpenCV; between steps, PyTorch's threads may still hold the cores). Seconds per step;
+the first setting (no augmentation) is measured again at the end to show the machine's drift.
 """
 
 from __future__ import annotations
