@@ -58,6 +58,28 @@ def test_unreadable_image_is_left_out_and_listed(synth_root: Path, tmp_path: Pat
     assert r.images == 7 and len(r.skipped) == 1 and victim.name in r.skipped[0][0]
 
 
+def test_an_interrupted_copy_leaves_nothing_behind(synth_root: Path, tmp_path: Path, monkeypatch) -> None:
+    import covidseg.data.compact as compact
+
+    real, written = compact._png1, []
+
+    def png_then_interrupt(mask01: np.ndarray) -> bytes:  # Ctrl-C after five masks
+        if len(written) == 5:
+            raise KeyboardInterrupt
+        written.append(1)
+        return real(mask01)
+
+    monkeypatch.setattr(compact, "_png1", png_then_interrupt)
+    out = tmp_path / "out"
+    out.mkdir()  # an empty folder may be the destination
+    with pytest.raises(KeyboardInterrupt):
+        write_compact(synth_root, out, ("Val",), size=64)
+    assert written and list(tmp_path.iterdir()) == [out] and not any(out.iterdir())
+    monkeypatch.undo()
+    r = write_compact(synth_root, out, ("Val",), size=64)  # the same destination, now whole
+    assert r.images == 8 and list(tmp_path.iterdir()) == [out] and discover(out).counts() == r.counts
+
+
 def test_bad_destinations_and_settings_are_refused(synth_root: Path, tmp_path: Path) -> None:
     busy = tmp_path / "busy"
     busy.mkdir()

@@ -70,6 +70,13 @@ def sync_folder(folder: str | Path) -> None:
         os.close(fd)
 
 
+def umask() -> int:
+    """The process's file-creation mask (read without changing it for long)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def remove_leftovers(folder: str | Path) -> int:
     """Remove the temporary files (and links) killed writes left in ``folder``; call it holding the
     folder's lock, when no write can be in progress. Returns how many."""

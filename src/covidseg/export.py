@@ -22,8 +22,8 @@ import numpy as np
 import torch
 
 from covidseg import __version__
-from covidseg.atomic import sync_file, sync_folder
-from covidseg.engine.checkpoint import FILE_SHA256, load_run, umask
+from covidseg.atomic import sync_file, sync_folder, umask
+from covidseg.engine.checkpoint import FILE_SHA256, load_run
 from covidseg.errors import CovidsegError
 from covidseg.inference.backends import onnx_backend, torch_backend
 from covidseg.inference.bundle import FORMAT, FORMAT_VERSION

@@ -16,14 +16,18 @@ from __future__ import annotations
 import io
 import json
 import logging
+import os
+import shutil
+import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
+from covidseg.atomic import umask
 from covidseg.data.cache import decode_sample
-from covidseg.data.discovery import DATASET_FOLDER, IMAGES, INFECTION, LUNG, discover
+from covidseg.data.discovery import DATASET_FOLDER, IMAGES, INFECTION, LUNG, Sample, discover
 from covidseg.errors import DataError
 from covidseg.progress import Progress, silent
 
@@ -77,7 +81,8 @@ def write_compact(
 
     ``out_dir`` must not exist yet or be empty, and must not lie inside ``source``. Images that
     cannot be read, or whose masks do not match them in size, are left out and listed in the
-    report, as training would leave them out.
+    report, as training would leave them out. The copy appears whole or not at all: it is written
+    under a hidden name beside ``out_dir`` and takes its name when complete.
 
     Raises:
         DataError: bad folders, a size or quality out of range, or nothing readable.
@@ -94,17 +99,42 @@ def write_compact(
     src = found.root.resolve()
     if out == src or src in out.parents:
         raise DataError(f"{out} lies inside the source {src}; write the copy elsewhere")
-    root = out / DATASET_FOLDER
-    report = CompactReport(str(root), str(src), [s for s in splits if s in found.splits], size, quality)
+    report = CompactReport(str(out / DATASET_FOLDER), str(src), [x for x in splits if x in found.splits], size, quality)
+    # Written beside ``out`` under a hidden name and renamed into place when complete, so that an
+    # interrupted copy never leaves a folder that trains as if it were the whole data set.
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    try:
+        tmp.chmod(0o777 & ~umask())  # mkdtemp makes 0700; the copy is as readable as any folder the user makes
+        _write_samples(found.samples, tmp / DATASET_FOLDER, report, progress)
+        if not report.images:
+            raise DataError(f"none of the {len(found.samples)} images under {src} could be read")
+        report.counts = discover(tmp, splits).counts()
+        (tmp / "compact.json").write_text(json.dumps(asdict(report), indent=2))
+        if hasattr(os, "sync"):
+            os.sync()  # every file on the disk before the copy takes its name
+        if out.exists():
+            out.rmdir()
+        os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if report.skipped:
+        log.warning("left out %d unreadable or mismatched image(s); see %s", len(report.skipped), out / "compact.json")
+    return report
+
+
+def _write_samples(samples: list[Sample], root: Path, report: CompactReport, progress: Progress) -> None:
+    """Write each sample's X-ray (JPEG) and masks (1-bit PNG) under ``root``, counting into ``report``."""
     err_sum, err_n = 0.0, 0
-    for s in progress(found.samples, desc="compact", total=len(found.samples)):
+    for s in progress(samples, desc="compact", total=len(samples)):
         try:
-            image, infection, lung = decode_sample(s, size)
+            image, infection, lung = decode_sample(s, report.size)
         except DataError as exc:
             report.skipped.append([str(s.image), str(exc)])
             continue
         files = {
-            IMAGES: (s.image.stem + ".jpg", _jpeg(image, quality)),
+            IMAGES: (s.image.stem + ".jpg", _jpeg(image, report.quality)),
             INFECTION: (s.image.stem + ".png", _png1(infection)),
         }
         if lung is not None:
@@ -120,11 +150,4 @@ def write_compact(
         err_n += diff.size
         report.max_abs_error = max(report.max_abs_error, int(diff.max()))
         report.images += 1
-    if not report.images:
-        raise DataError(f"none of the {len(found.samples)} images under {src} could be read")
-    report.mean_abs_error = round(err_sum / err_n, 3)
-    report.counts = discover(out, splits).counts()
-    (out / "compact.json").write_text(json.dumps(asdict(report), indent=2))
-    if report.skipped:
-        log.warning("left out %d unreadable or mismatched image(s); see %s", len(report.skipped), out / "compact.json")
-    return report
+    report.mean_abs_error = round(err_sum / err_n, 3) if err_n else 0.0

@@ -23,7 +23,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from covidseg.atomic import sync_file, sync_folder
+from covidseg.atomic import sync_file, sync_folder, umask
 from covidseg.config import Config, from_dict
 from covidseg.errors import CheckpointError, ConfigError
 from covidseg.models import create_model
@@ -65,13 +65,6 @@ def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-
-
-def umask() -> int:
-    """The process's file-creation mask (read without changing it for long)."""
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
