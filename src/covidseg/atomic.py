@@ -10,6 +10,10 @@ folder removes (:func:`remove_leftovers`).
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 TMP_PREFIX = ".covidseg-tmp-"
@@ -75,6 +79,26 @@ def umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
+
+
+@contextmanager
+def folder_in_place(out: str | Path) -> Iterator[Path]:
+    """Yield a new hidden folder beside ``out`` to fill; when the block ends, rename it to ``out``
+    (which must be missing or empty), so that ``out`` appears whole or not at all. An error or
+    Ctrl-C in the block removes the folder. The caller syncs what it wrote before the block ends."""
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    try:
+        tmp.chmod(0o777 & ~umask())  # mkdtemp makes 0700; as readable as any folder the user makes
+        yield tmp
+        if out.exists():
+            out.rmdir()
+        os.replace(tmp, out)
+        sync_folder(out.parent)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
 
 
 def remove_leftovers(folder: str | Path) -> int:

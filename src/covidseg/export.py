@@ -10,9 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import shutil
-import tempfile
 import warnings
 from datetime import datetime, timezone
 from pathlib import Path
@@ -22,7 +20,7 @@ import numpy as np
 import torch
 
 from covidseg import __version__
-from covidseg.atomic import sync_file, sync_folder, umask
+from covidseg.atomic import folder_in_place, sync_file, sync_folder, umask
 from covidseg.engine.checkpoint import FILE_SHA256, load_run
 from covidseg.errors import CovidsegError
 from covidseg.inference.backends import onnx_backend, torch_backend
@@ -267,11 +265,8 @@ def export_bundle(
     model = model.float().eval()
     post = resolve_postprocess(load_postprocess(run_dir), cfg.eval.threshold, None)
     size = cfg.data.image_size
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-    try:
+    with folder_in_place(out) as tmp:
         mask = umask()
-        tmp.chmod(0o777 & ~mask)  # mkdtemp makes 0700; the bundle is as readable as any folder the user makes
         dtype = torch.float16 if precision == "fp16" else None
         weights = {k: _stored(v, dtype) for k, v in model.state_dict().items()}
         if safetensors:
@@ -308,13 +303,6 @@ def export_bundle(
             f.chmod(0o666 & ~mask)
             sync_file(f)
         sync_folder(tmp)
-        if out.exists():
-            out.rmdir()
-        os.replace(tmp, out)
-        sync_folder(out.parent)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     log.debug(
         "wrote bundle %s (ONNX vs PyTorch max logit difference %.2e)", out, meta["onnx_vs_torch_max_abs_logit_diff"]
     )

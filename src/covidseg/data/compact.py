@@ -17,15 +17,13 @@ import io
 import json
 import logging
 import os
-import shutil
-import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
-from covidseg.atomic import umask
+from covidseg.atomic import folder_in_place
 from covidseg.data.cache import decode_sample
 from covidseg.data.discovery import DATASET_FOLDER, IMAGES, INFECTION, LUNG, Sample, discover
 from covidseg.errors import DataError
@@ -100,12 +98,9 @@ def write_compact(
     if out == src or src in out.parents:
         raise DataError(f"{out} lies inside the source {src}; write the copy elsewhere")
     report = CompactReport(str(out / DATASET_FOLDER), str(src), [x for x in splits if x in found.splits], size, quality)
-    # Written beside ``out`` under a hidden name and renamed into place when complete, so that an
-    # interrupted copy never leaves a folder that trains as if it were the whole data set.
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-    try:
-        tmp.chmod(0o777 & ~umask())  # mkdtemp makes 0700; the copy is as readable as any folder the user makes
+    # Written under a hidden name and renamed when complete, so that an interrupted copy never
+    # leaves a folder that trains as if it were the whole data set.
+    with folder_in_place(out) as tmp:
         _write_samples(found.samples, tmp / DATASET_FOLDER, report, progress)
         if not report.images:
             raise DataError(f"none of the {len(found.samples)} images under {src} could be read")
@@ -113,12 +108,6 @@ def write_compact(
         (tmp / "compact.json").write_text(json.dumps(asdict(report), indent=2))
         if hasattr(os, "sync"):
             os.sync()  # every file on the disk before the copy takes its name
-        if out.exists():
-            out.rmdir()
-        os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     if report.skipped:
         log.warning("left out %d unreadable or mismatched image(s); see %s", len(report.skipped), out / "compact.json")
     return report
